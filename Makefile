@@ -1,0 +1,26 @@
+# Two entry points that do all set-up on a fresh machine:
+#   make search   -- a real architecture search on the embedded digits data set (offline)
+#   make test     -- the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rknas-installed
+
+.PHONY: search test venv plugins clean
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,plot]' $(addprefix -e ./,$(wildcard plugins/*/))
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+search: $(STAMP)
+	$(BIN)/rknas search --space digits_quick --trials 20
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) studies/*.db

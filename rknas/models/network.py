@@ -1,0 +1,324 @@
+"""The RKCNN network: preprocessor, periods of stage blocks, transitions, postprocessor.
+
+Structure and initialisation follow ``shared/design/rkcnn-architecture.md`` exactly, so that
+the parameter and FLOP counts of the paper's tables come out exactly.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from rknas.errors import ConfigError, PluginError
+from rknas.models.blocks import batch_norm, group_norm
+from rknas.strategies.base import StageStrategy
+
+FRAMEWORKS = ("cifar", "mnist")
+DEFAULTS = {
+    # framework: (in_channels, image_size, attention, multiscale)
+    "cifar": (3, 32, True, True),
+    "mnist": (1, 28, False, False),
+}
+
+
+def _as_list(v):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    if isinstance(v, (int, float)):
+        return [v]
+    return list(v)
+
+
+class NetworkConfig(BaseModel):
+    """Everything that determines an RKCNN. Per-period lists of length 1 apply to every period;
+    the number of periods is the longest list."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    framework: Literal["cifar", "mnist"] = "cifar"
+    strategy: list[str] = Field(default_factory=lambda: ["I"])
+    stages: list[int] = Field(default_factory=lambda: [2])
+    k: list[int] = Field(default_factory=lambda: [32])
+    steps: list[int] = Field(default_factory=lambda: [1])
+    classes: int = 10
+    in_channels: Optional[int] = None
+    image_size: Optional[int] = None
+    attention: Optional[bool] = None
+    multiscale: Optional[bool] = None
+    width: float = 1.0
+    dropout: float = 0.0
+
+    @field_validator("strategy", "stages", "k", "steps", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return _as_list(v)
+
+    @model_validator(mode="after")
+    def _check(self):
+        lists = {"strategy": self.strategy, "stages": self.stages, "k": self.k, "steps": self.steps}
+        for key, val in lists.items():
+            if not val:
+                raise ValueError(f"{key} must not be empty")
+        periods = max(len(v) for v in lists.values())
+        for key, val in lists.items():
+            if len(val) not in (1, periods):
+                lens = ", ".join(f"{k}={len(v)}" for k, v in lists.items())
+                raise ValueError(f"per-period lists must have 1 or {periods} entries ({lens})")
+            if len(val) == 1 and periods > 1:
+                setattr(self, key, val * periods)
+        if any(k <= 0 for k in self.k):
+            raise ValueError(f"k must be positive, got {self.k}")
+        if any(s < 1 for s in self.stages):
+            raise ValueError(f"stages must be >= 1, got {self.stages}")
+        if any(r < 1 for r in self.steps):
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.classes < 1:
+            raise ValueError(f"classes must be >= 1, got {self.classes}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+        c, size, att, ms = DEFAULTS[self.framework]
+        self.in_channels = c if self.in_channels is None else self.in_channels
+        self.image_size = size if self.image_size is None else self.image_size
+        self.attention = att if self.attention is None else self.attention
+        self.multiscale = ms if self.multiscale is None else self.multiscale
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        sizes = spatial_sizes(self.framework, self.image_size, self.periods)
+        if min(sizes) < 1:
+            raise ValueError(
+                f"image size {self.image_size} is too small for the {self.framework} framework with "
+                f"{self.periods} period(s) (feature maps would be {sizes}); use larger images or fewer periods"
+            )
+        return self
+
+    @property
+    def periods(self) -> int:
+        return len(self.k)
+
+    @property
+    def name(self) -> str:
+        """Paper-style name: RKCNN-I-5_5_6 (mixed strategies: RKCNN-I_I_R-2_2_2)."""
+        strat = self.strategy[0] if len(set(self.strategy)) == 1 else "_".join(self.strategy)
+        stages = "_".join(map(str, self.stages))
+        return f"RKCNN-{strat}-{stages}"
+
+    def resolved(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def spatial_sizes(framework: str, image_size: int, periods: int) -> list[int]:
+    """Feature-map side length in each period."""
+    if framework == "mnist":
+        s = image_size - 2  # conv3x3, no padding
+        s = (s + 2 - 4) // 2 + 1 if s >= 2 else 0  # conv4x4 stride 2 padding 1
+        s = (s + 2 - 4) // 2 + 1 if s >= 2 else 0
+    else:
+        s = image_size
+    sizes = [s]
+    for _ in range(periods - 1):
+        s //= 2
+        sizes.append(s)
+    return sizes
+
+
+class Attention(nn.Module):
+    """Channel attention of the attentional transition (squeeze-and-excitation, ratio 2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(1, channels // 2)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x):
+        w = x.mean(dim=(2, 3))
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(w))))
+        return x * w[:, :, None, None]
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-conv1x1(k_p -> k_{p+1}) [-dropout] [-attention] - AvgPool2d(2)."""
+
+    def __init__(self, c_in: int, c_out: int, attention: bool, dropout: float):
+        layers: dict[str, nn.Module] = {
+            "norm": batch_norm(c_in),
+            "relu": nn.ReLU(inplace=True),
+            "conv": nn.Conv2d(c_in, c_out, 1, bias=False),
+        }
+        if dropout > 0:
+            layers["drop"] = nn.Dropout(dropout)
+        if attention:
+            layers["attention"] = Attention(c_out)
+        layers["pool"] = nn.AvgPool2d(2)
+        super().__init__(OrderedDict(layers))
+
+
+class Period(nn.Module):
+    """``r`` stage blocks in a row, each with its own weights."""
+
+    def __init__(self, blocks: list[nn.Module], two_outputs: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.two_outputs = two_outputs
+
+    def forward(self, y):
+        for block in self.blocks:
+            y = block(y)
+        return y if self.two_outputs else (y, y)
+
+
+def build_stage(strategy: StageStrategy, channels: int, stages: int, width: float, dropout: float) -> nn.Module:
+    """Build one block and check it honours the contract, so a broken plugin is reported
+    by strategy and package instead of surfacing as a shape error deep in training."""
+    who = f"stage strategy {strategy.name!r} from {strategy.provider}"
+    if stages < strategy.min_stages:
+        raise ConfigError(f"{who} needs stages >= {strategy.min_stages}, got {stages}")
+    try:
+        module = strategy.builder(channels, stages, width, dropout)
+    except Exception as exc:
+        raise PluginError(f"{who} failed to build (k={channels}, s={stages}): {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise PluginError(f"{who} builder returned {type(module).__name__}, not a torch.nn.Module")
+    out_c = strategy.output_width(channels, stages)
+    post_c = strategy.postprocessor_width(channels, stages)
+    x = torch.randn(2, channels, 4, 4, requires_grad=True)
+    was_training = module.training
+    module.eval()  # no BatchNorm statistics are touched by the check
+    try:
+        out = module(x)
+    except Exception as exc:
+        raise PluginError(f"{who} raised in forward (k={channels}, s={stages}): {type(exc).__name__}: {exc}") from exc
+    finally:
+        module.train(was_training)
+    outs = out if isinstance(out, tuple) else (out,)
+    expected = [(2, out_c, 4, 4)] + ([(2, post_c, 4, 4)] if strategy.post_channels else [])
+    if strategy.post_channels and not isinstance(out, tuple):
+        raise PluginError(f"{who} declares post_channels, so its module must return (to_next, to_post)")
+    got = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs]
+    if got != expected:
+        raise PluginError(f"{who} returned shape {got} for input (2, {channels}, 4, 4); the contract expects {expected}")
+    if any(o.dtype != x.dtype for o in outs):
+        raise PluginError(f"{who} changed the dtype from {x.dtype} to {[o.dtype for o in outs]}")
+    total = sum(o.float().sum() for o in outs)
+    if total.requires_grad:
+        total.backward()
+    if x.grad is None or not torch.isfinite(x.grad).all():
+        raise PluginError(f"{who}: no finite gradient flows from its output back to its input")
+    module.zero_grad(set_to_none=True)
+    return module
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class RKCNN(nn.Module):
+    """A multi-period RKCNN in the ``cifar`` or ``mnist`` framework."""
+
+    def __init__(self, config: NetworkConfig, strategies: Optional[list[StageStrategy]] = None):
+        super().__init__()
+        self.config = config
+        if strategies is None:
+            from rknas.plugins import get_strategy
+
+            strategies = [get_strategy(n) for n in config.strategy]
+        cfg = config
+        k = cfg.k
+        if cfg.framework == "cifar":
+            self.pre = nn.Conv2d(cfg.in_channels, k[0], 3, padding=1, bias=False)
+        else:
+            self.pre = nn.Sequential(
+                nn.Conv2d(cfg.in_channels, k[0], 3, 1),
+                group_norm(k[0]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(k[0], k[0], 4, 2, 1),
+                group_norm(k[0]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(k[0], k[0], 4, 2, 1),
+            )
+        self.periods = nn.ModuleList()
+        self.transitions = nn.ModuleList()
+        post_widths = []
+        for p in range(cfg.periods):
+            st, s, r = strategies[p], cfg.stages[p], cfg.steps[p]
+            out_c = st.output_width(k[p], s)
+            if out_c != k[p] and r > 1:
+                raise ConfigError(
+                    f"stage strategy {st.name!r} changes the width ({k[p]} -> {out_c} channels), "
+                    f"so period {p + 1} can have only 1 time step, got {r}"
+                )
+            blocks = [build_stage(st, k[p], s, cfg.width, cfg.dropout) for _ in range(r)]
+            self.periods.append(Period(blocks, two_outputs=st.post_channels is not None))
+            post_widths.append(st.postprocessor_width(k[p], s))
+            if p + 1 < cfg.periods:
+                self.transitions.append(Transition(out_c, k[p + 1], cfg.attention, cfg.dropout))
+        used = post_widths if cfg.multiscale else post_widths[-1:]
+        norm = batch_norm if cfg.framework == "cifar" else group_norm
+        self.post_norms = nn.ModuleList(norm(c) for c in used)
+        self.classifier = nn.Linear(sum(used), cfg.classes)
+        _init_weights(self)
+
+    def forward(self, x):
+        y = self.pre(x)
+        finals = []
+        for p, period in enumerate(self.periods):
+            y, to_post = period(y)
+            finals.append(to_post)
+            if p < len(self.transitions):
+                y = self.transitions[p](y)
+        used = finals if self.config.multiscale else finals[-1:]
+        pooled = [torch.relu(norm(f)).mean(dim=(2, 3)) for norm, f in zip(self.post_norms, used)]
+        return self.classifier(torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0])
+
+
+def build_network(config: NetworkConfig | dict) -> RKCNN:
+    """Build an RKCNN from a config object or a plain dict (as stored in exported YAML)."""
+    if not isinstance(config, NetworkConfig):
+        config = parse_network_config(config)
+    from rknas.plugins import get_strategy
+
+    strategies = [get_strategy(n) for n in config.strategy]
+    for p, (st, s) in enumerate(zip(strategies, config.stages)):
+        if s < st.min_stages:
+            raise ConfigError(
+                f"period {p + 1}: stage strategy {st.name!r} needs stages >= {st.min_stages}, got {s}"
+            )
+    return RKCNN(config, strategies)
+
+
+def parse_network_config(data: dict) -> NetworkConfig:
+    """Validate a dict into a NetworkConfig, turning pydantic's report into one line."""
+    from pydantic import ValidationError
+
+    try:
+        return NetworkConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc, where: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    prefix = f"{where}: " if where else ""
+    return prefix + "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Search: space files, the trial objective, and the Ray Tune x Optuna runner."""

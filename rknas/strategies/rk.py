@@ -1,0 +1,41 @@
+"""The paper's three RK blocks, registered through the same hook third-party plugins use."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from rknas import hookimpl
+from rknas.models.blocks import RKBlock
+from rknas.strategies.base import StageStrategy
+
+
+def _builder(mode: str, channels: int, stages: int, width: float, dropout: float) -> RKBlock:
+    return RKBlock(channels, stages, mode=mode, width=width, dropout=dropout)
+
+
+BUILTIN = (
+    StageStrategy(
+        name="E",
+        description="RKCNN-E: dense Phase I only, e_i = x_i (explicit RK, Eq 17)",
+        builder=partial(_builder, "E"),
+        min_stages=1,
+    ),
+    StageStrategy(
+        name="I",
+        description="RKCNN-I: Phase II alternate update with replacement (implicit RK, Eq 28)",
+        builder=partial(_builder, "I"),
+        min_stages=2,
+    ),
+    StageStrategy(
+        name="R",
+        description="RKCNN-R: Phase II alternate update without replacement (Eq 27)",
+        builder=partial(_builder, "R"),
+        min_stages=2,
+    ),
+)
+
+
+@hookimpl
+def register_stage_strategies(register):
+    for strategy in BUILTIN:
+        register(strategy)

@@ -1,0 +1,73 @@
+"""`rknas strategies` and `rknas describe`, including their bad-input behaviour."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rknas.cli import main
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_describe_json_matches_paper(capsys):
+    code, out, _ = run(capsys, "describe", "--strategy", "I", "--stages", "5,5,6", "--k", "150,120,120", "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["name"] == "RKCNN-I-5_5_6" and info["periods"] == 3
+    assert info["params"] == 7_287_400 and info["flops"] == 7_305_588_600  # paper: 7.29M, 7.30G
+
+
+def test_describe_mnist_and_model_name(capsys):
+    code, out, _ = run(capsys, "describe", "--framework", "mnist", "--strategy", "I", "--stages", "2", "--k", "32", "--json")
+    assert code == 0 and json.loads(out)["params"] == 78_410
+    code, out, _ = run(capsys, "describe", "--model", "rkcnn_r_3_4_4_k180", "--json")
+    assert code == 0 and json.loads(out)["params"] == 8_760_250
+
+
+def test_describe_table_output(capsys):
+    code, out, _ = run(capsys, "describe", "--strategy", "E", "--stages", "2", "--k", "8")
+    assert code == 0 and "RKCNN-E-2" in out and "params" in out
+
+
+def test_strategies_json(capsys):
+    code, out, _ = run(capsys, "strategies", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["R"]["package"] == "rknas" and rows["R"]["min_stages"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--k", "0"], "k must be positive"),
+        (["--k", "-3"], "k must be positive"),
+        (["--strategy", "I", "--stages", "1"], "needs stages >= 2"),
+        (["--stages", "2,2,2", "--k", "8,8"], "1 or 3 entries"),
+        (["--strategy", "Q"], "unknown stage strategy 'Q'; known: E, I, R"),
+        (["--image-size", "2", "--stages", "2,2,2"], "too small"),
+        (["--framework", "mnist", "--image-size", "3"], "too small"),
+        (["--k", "a,b"], "comma-separated list of int"),
+        (["--framework", "imagenet"], "framework"),
+    ],
+)
+def test_describe_bad_input(capsys, args, fragment):
+    code, out, err = run(capsys, "describe", *args)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_describe_missing_config_file(capsys, tmp_path):
+    code, _, err = run(capsys, "describe", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_console_script_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "rknas.cli", "describe", "--k", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")

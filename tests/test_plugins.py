@@ -1,0 +1,142 @@
+"""The plugin system: built-ins through the hook, throwaway plugins, contract checks."""
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import rknas
+from rknas import PreActUnit, PluginError, StageStrategy, build_network, hookspecs
+from rknas.plugins import get_plugin_manager, list_strategies, plugin_info
+
+
+class Heun(nn.Module):
+    """y + (u1(y) + u2(concat(y, u1(y)))) / 2, built from the public unit."""
+
+    def __init__(self, k, s, w, d):
+        super().__init__()
+        self.u1 = PreActUnit(k, k, w, d)
+        self.u2 = PreActUnit(2 * k, k, w, d)
+
+    def forward(self, y):
+        a = self.u1(y)
+        return y + 0.5 * (a + self.u2(torch.cat([y, a], 1)))
+
+
+class ThrowawayPlugin:
+    __name__ = "throwaway"
+    __version__ = "9.9"
+
+    @rknas.hookimpl
+    def register_stage_strategies(self, register):
+        register(StageStrategy(name="heun_test", description="Heun test", builder=lambda k, s, w, d: Heun(k, s, w, d)))
+
+
+def test_builtins_register_through_the_hook():
+    pm = get_plugin_manager()
+    impls = pm.hook.register_stage_strategies.get_hookimpls()
+    assert any(i.plugin_name == "rknas.strategies.rk" for i in impls)
+    found = {s.name: s for s in list_strategies()}
+    assert {"E", "I", "R"} <= set(found)
+    assert found["I"].min_stages == 2 and found["E"].min_stages == 1
+    assert found["I"].package == "rknas" and found["I"].version == rknas.__version__
+
+
+def test_every_hookspec_is_documented():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "rknas_spec")]
+    assert {f.__name__ for f in specs} >= {"register_stage_strategies", "register_search_spaces", "register_datasets"}
+    for f in specs:
+        assert f.__doc__ and len(f.__doc__.strip()) > 40, f"hook {f.__name__} has no real docstring"
+        assert list(inspect.signature(f).parameters) == ["register"]
+
+
+def test_throwaway_plugin_builds_a_network(register_plugin):
+    register_plugin(ThrowawayPlugin(), name="throwaway")
+    s = rknas.get_strategy("heun_test")
+    assert s.package == "throwaway" and s.version == "9.9"
+    model = build_network({"strategy": ["heun_test", "I"], "stages": [1, 2], "k": [4, 4], "image_size": 8})
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert any(r["name"] == "throwaway" and "register_stage_strategies" in r["hooks"] for r in plugin_info())
+
+
+def test_throwaway_plugin_is_gone_after_the_test():
+    assert "heun_test" not in {s.name for s in list_strategies()}
+
+
+def _plugin(name, builder, **kw):
+    class P:
+        __name__ = f"pkg_{name}"
+        __version__ = "1.2.3"
+
+        @rknas.hookimpl
+        def register_stage_strategies(self, register):
+            register(StageStrategy(name=name, description="x", builder=builder, **kw))
+
+    return P()
+
+
+def test_duplicate_name_names_both_providers(register_plugin):
+    register_plugin(_plugin("I", lambda k, s, w, d: nn.Identity()), name="impostor")
+    with pytest.raises(PluginError) as err:
+        list_strategies()
+    assert "'I'" in str(err.value) and "rknas" in str(err.value) and "impostor" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "builder,fragment",
+    [
+        (lambda k, s, w, d: 1 / 0, "failed to build"),
+        (lambda k, s, w, d: "not a module", "not a torch.nn.Module"),
+        (lambda k, s, w, d: nn.Conv2d(k, k + 1, 1), "returned shape"),
+        (lambda k, s, w, d: nn.Flatten(), "returned shape"),
+        (lambda k, s, w, d: _Raises(), "raised in forward"),
+        (lambda k, s, w, d: _NoGrad(), "gradient"),
+    ],
+)
+def test_broken_plugins_are_reported_by_name_and_package(register_plugin, builder, fragment):
+    register_plugin(_plugin("broken", builder), name="brokenpkg")
+    with pytest.raises(PluginError) as err:
+        build_network({"strategy": "broken", "stages": 1, "k": 4, "image_size": 8})
+    msg = str(err.value)
+    assert "'broken'" in msg and "brokenpkg 1.2.3" in msg and fragment in msg
+
+
+class _Raises(nn.Module):
+    def forward(self, y):
+        raise RuntimeError("boom")
+
+
+class _NoGrad(nn.Module):
+    def forward(self, y):
+        return y.detach() * 0
+
+
+def test_registering_a_non_strategy_is_reported(register_plugin):
+    class Bad:
+        @rknas.hookimpl
+        def register_stage_strategies(self, register):
+            register({"name": "x"})
+
+    register_plugin(Bad(), name="badpkg")
+    with pytest.raises(PluginError, match="badpkg.*not a rknas.StageStrategy"):
+        list_strategies()
+
+
+def test_min_stages_enforced():
+    with pytest.raises(rknas.ConfigError, match="needs stages >= 2"):
+        build_network({"strategy": "R", "stages": 1, "k": 4})
+
+
+def test_plugins_env_var_restricts_entry_points(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from rknas import plugins
+
+    ep = EntryPoint(name="rknas_baselines", value="x:y", group="rknas")
+    monkeypatch.setenv("RKNAS_PLUGINS", "rknas-template")
+    assert not plugins._allowed(ep)
+    monkeypatch.setenv("RKNAS_PLUGINS", "rknas-baselines, other")
+    assert plugins._allowed(ep)
+    monkeypatch.delenv("RKNAS_PLUGINS")
+    assert plugins._allowed(ep)
