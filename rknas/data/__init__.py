@@ -1,1 +1,10 @@
-"""Data sets as in-memory tensors."""
+"""Data sets as in-memory uint8 tensors, split and augmented on the tensors themselves.
+
+Small image data sets fit in memory (CIFAR-10 is 150 MB as uint8), so trials skip Python
+data loaders entirely: batches are index slices, augmentation is batched tensor ops, and on
+a GPU the whole set lives on the device.
+"""
+
+from rknas.data.core import DataSpec, TensorData, augment, load_dataset, normalizer, split
+
+__all__ = ["DataSpec", "TensorData", "augment", "load_dataset", "normalizer", "split"]

@@ -92,7 +92,8 @@ class NetworkConfig(BaseModel):
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         sizes = spatial_sizes(self.framework, self.image_size, self.periods)
-        if min(sizes) < 1:
+        # GroupNorm with one channel per group over a 1x1 map outputs zeros: mnist needs >= 2x2.
+        if min(sizes) < (2 if self.framework == "mnist" else 1):
             raise ValueError(
                 f"image size {self.image_size} is too small for the {self.framework} framework with "
                 f"{self.periods} period(s) (feature maps would be {sizes}); use larger images or fewer periods"

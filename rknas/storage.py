@@ -1,0 +1,96 @@
+"""Study storage: any SQLAlchemy URL through Optuna's RDBStorage, SQLite by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from rknas.errors import RknasError
+
+DEFAULT_STORAGE = "sqlite:///studies/rknas.db"
+STORAGE_ENV = "RKNAS_STORAGE"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(url: Optional[str] = None) -> str:
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def open_storage(url: Optional[str] = None, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open (and for SQLite create) a storage; readers and the search share it safely."""
+    url = storage_url(url)
+    kwargs: dict = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not create and not path.is_file():
+            raise RknasError(f"storage {url} does not exist (no file {path}); run `rknas search` first or pass --storage")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RknasError(f"cannot create the folder for storage {url}: {exc.strerror}") from None
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RknasError(f"cannot open storage {url}: {first}") from None
+
+
+def study_names(storage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_study(storage, name: str) -> optuna.Study:
+    names = study_names(storage)
+    if name not in names:
+        raise RknasError(f"no study {name!r} in this storage; studies: {', '.join(names) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def is_interrupted(t) -> bool:
+    return bool(t.user_attrs.get("interrupted"))
+
+
+def finished_trials(study: optuna.Study) -> list:
+    """Trials that count towards --trials: COMPLETE, PRUNED, and FAIL except interrupted ones."""
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not is_interrupted(t)]
+
+
+def fail_running(study: optuna.Study, reason: str) -> int:
+    """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
+
+
+def summarize(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    best = None
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        if len(study.directions) == 1:
+            best = study.best_trial.value
+        else:
+            best = max(t.values[0] for t in study.best_trials)
+    return {
+        "study": study.study_name,
+        "space": study.user_attrs.get("space_name"),
+        "objectives": study.user_attrs.get("metrics", ["value"] * len(study.directions)),
+        "directions": [d.name.lower() for d in study.directions],
+        "trials": len(trials),
+        "counts": {k: v for k, v in counts.items() if v},
+        "best_val_accuracy": best,
+    }

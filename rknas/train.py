@@ -1,0 +1,197 @@
+"""One training loop, used by search trials and by `rknas train`.
+
+Short trials need care that long paper runs do not: the learning-rate schedule is scaled to
+the trial's own epochs (warm-up, then cosine or step decay), and BatchNorm statistics are
+recomputed on training batches before every evaluation, because with momentum 0.01 the
+running averages lag far behind the weights after only a few hundred steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from rknas.data.core import TensorData, augment, normalizer, to_float
+from rknas.models.network import NetworkConfig, build_network
+
+
+class TrainConfig(BaseModel):
+    """Optimiser, schedule and batch settings for one training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = [0.5, 0.75]
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    bn_recalibrate: bool = True
+    crop_pad: int = 0
+    flip: bool = False
+    seed: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimiser steps."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 0.1 ** sum(progress >= m for m in cfg.milestones)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 256, max_images: int = 4096) -> None:
+    """Replace BatchNorm running statistics by exact averages over training images."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    for i in range(0, min(len(x), max_images), batch_size):
+        model(to_float(x[i : i + batch_size], mean, std))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, mean, std, batch_size: int = 512) -> dict:
+    model.eval()
+    correct, loss, n = 0, 0.0, len(data)
+    for i in range(0, n, batch_size):
+        logits = model(to_float(data.x[i : i + batch_size], mean, std))
+        y = data.y[i : i + batch_size]
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return {"accuracy": correct / max(1, n), "loss": loss / max(1, n)}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    network: NetworkConfig,
+    cfg: TrainConfig,
+    train: TensorData,
+    val: Optional[TensorData] = None,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Optional[Callable[[int, dict], None]] = None,
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
+    model: Optional[nn.Module] = None,
+) -> tuple[nn.Module, list[dict], tuple[torch.Tensor, torch.Tensor]]:
+    """Train ``network`` on ``train``; evaluate on ``val`` after each epoch.
+
+    ``on_epoch(epoch, metrics)`` is called after every epoch (1-based). With ``checkpoint``
+    the full state is written after every epoch, and ``resume`` continues from it.
+    Returns the model, the per-epoch history and the normalisation (mean, std).
+    """
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    model = (model or build_network(network)).to(device)
+    mean, std = normalizer(train)
+    train_d = train.to(device)
+    val_d = val.to(device) if val is not None else None
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)  # drop the ragged last batch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(train), generator=gen).to(device)
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            xb = train_d.x[idx]
+            if cfg.crop_pad or cfg.flip:
+                xb = augment(xb, cfg.crop_pad, cfg.flip, generator=gen)
+            xb, yb = to_float(xb, mean, std), train_d.y[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(idx)
+            tot_correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(idx)
+        metrics = {"epoch": epoch, "train_loss": tot_loss / max(1, seen), "train_accuracy": tot_correct / max(1, seen),
+                   "lr": opt.param_groups[0]["lr"]}
+        if cfg.bn_recalibrate:
+            recalibrate_bn(model, train_d.x, mean, std)
+        if val_d is not None:
+            ev = evaluate(model, val_d, mean, std)
+            metrics.update(val_accuracy=ev["accuracy"], val_loss=ev["loss"])
+        metrics["epoch_time"] = time.perf_counter() - t0
+        history.append(metrics)
+        if checkpoint is not None:
+            _atomic_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
+                 "mean": mean, "std": std},
+                Path(checkpoint),
+            )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return model, history, (mean, std)
