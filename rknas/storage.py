@@ -94,3 +94,79 @@ def summarize(study: optuna.Study) -> dict:
         "counts": {k: v for k, v in counts.items() if v},
         "best_val_accuracy": best,
     }
+
+
+# ---- export ------------------------------------------------------------------------------------
+def candidates(study: optuna.Study) -> list:
+    """Single objective: completed trials best first. Several: the Pareto set, most accurate first."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise RknasError(f"study {study.study_name!r} has no completed trial yet")
+    if len(study.directions) == 1:
+        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        return sorted(complete, key=lambda t: sign * t.value)
+    metrics = study.user_attrs.get("metrics", [])
+    acc = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    return sorted(study.best_trials, key=lambda t: -t.values[acc])
+
+
+def choose(study: optuna.Study, max_params: Optional[float] = None, max_flops: Optional[float] = None, trial: Optional[int] = None):
+    """The trial to export: ``trial`` if given, else the first candidate (most accurate) within the limits."""
+    if trial is not None:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not found or found[0].state != TrialState.COMPLETE:
+            raise RknasError(f"trial {trial} of study {study.study_name!r} does not exist or did not complete")
+        return found[0]
+    pool = candidates(study)
+    ok = [
+        t for t in pool
+        if (max_params is None or t.user_attrs.get("params", 0) <= max_params)
+        and (max_flops is None or t.user_attrs.get("flops", 0) <= max_flops)
+    ]
+    if not ok:
+        smallest = min(pool, key=lambda t: t.user_attrs.get("params", 0))
+        raise RknasError(
+            f"no candidate of study {study.study_name!r} fits the limits; the smallest has "
+            f"{smallest.user_attrs.get('params', 0):,} params and {smallest.user_attrs.get('flops', 0):,} FLOPs"
+        )
+    return ok[0]
+
+
+def export_config(study: optuna.Study, t, url: str) -> dict:
+    """A self-contained config: network, training, data, and where it came from."""
+    import datetime
+
+    from rknas import __version__
+
+    if "network" not in t.user_attrs:
+        raise RknasError(f"trial {t.number} of study {study.study_name!r} has no recorded network config")
+    space = study.user_attrs.get("space", {})
+    metrics = study.user_attrs.get("metrics", ["val_accuracy"])
+    return {
+        "rknas_config": 1,
+        "name": _name(t.user_attrs["network"]),
+        "network": t.user_attrs["network"],
+        "training": t.user_attrs["training"],
+        "data": space.get("data", {}),
+        "provenance": {
+            "study": study.study_name,
+            "storage": url,
+            "trial": t.number,
+            "space": study.user_attrs.get("space_name"),
+            "values": dict(zip(metrics, t.values)),
+            "val_accuracy_per_epoch": t.user_attrs.get("val_accuracy_per_epoch"),
+            "params": t.user_attrs.get("params"),
+            "flops": t.user_attrs.get("flops"),
+            "seed": t.user_attrs.get("seed"),
+            "strategy_versions": t.user_attrs.get("strategy_versions"),
+            "rknas_version_search": study.user_attrs.get("rknas_version"),
+            "rknas_version_export": __version__,
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _name(network: dict) -> str:
+    from rknas.models.network import NetworkConfig
+
+    return NetworkConfig.model_validate(network).name

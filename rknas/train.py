@@ -195,3 +195,83 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return model, history, (mean, std)
+
+
+def train_from_config(
+    path: Path,
+    epochs: Optional[int] = None,
+    out: Optional[Path] = None,
+    resume: bool = False,
+    device: Optional[str] = None,
+    data_root: Optional[str] = None,
+    on_epoch: Optional[Callable[[int, dict], None]] = None,
+) -> dict:
+    """Full training of an exported config on train+validation; test accuracy at the end.
+
+    Writes ``checkpoint.pt`` after each epoch (``resume`` continues from it), then
+    ``model.pt`` (weights + configs) and ``metrics.json`` into ``out``.
+    """
+    import json
+
+    from rknas.config import read_yaml
+    from rknas.data.core import DataSpec, load_dataset
+    from rknas.errors import ConfigError
+    from rknas.models.counting import count_flops, count_params
+    from rknas.models.network import parse_network_config
+
+    raw = read_yaml(path)
+    for key in ("network", "training", "data"):
+        if not isinstance(raw.get(key), dict):
+            raise ConfigError(f"{path}: missing section {key!r} (expected a file written by `rknas best`)")
+    network = parse_network_config(raw["network"])
+    try:
+        training = TrainConfig.model_validate(raw["training"])
+        data_spec = DataSpec.model_validate(raw["data"])
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            from rknas.models.network import format_validation_error
+
+            raise ConfigError(format_validation_error(exc, str(path))) from None
+        raise
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+        training.epochs = epochs
+    if data_root:
+        data_spec.root = data_root
+    out = Path(out or Path("runs") / Path(path).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise ConfigError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    train, test = load_dataset(data_spec)
+    if network.in_channels != train.in_channels or network.image_size != train.image_size:
+        raise ConfigError(
+            f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
+            f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
+        )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    model, history, (mean, std) = fit(network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume)
+    test_metrics = evaluate(model, test.to(dev), mean, std)
+    model_cpu = model.to("cpu")
+    metrics = {
+        "name": network.name,
+        "config": str(path),
+        "epochs": training.epochs,
+        "test_accuracy": test_metrics["accuracy"],
+        "test_loss": test_metrics["loss"],
+        "params": count_params(model_cpu),
+        "flops": count_flops(model_cpu, network),
+        "train_images": len(train),
+        "test_images": len(test),
+        "wall_time_s": time.perf_counter() - t0,
+        "history": history,
+    }
+    torch.save({"model": model_cpu.state_dict(), "network": network.model_dump(mode="json"),
+                "training": training.model_dump(mode="json"), "mean": mean, "std": std}, out / "model.pt")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["out"] = str(out)
+    return metrics

@@ -44,6 +44,20 @@ class SearchOptions:
     on_event: Optional[Callable[[str, dict], None]] = field(default=None, repr=False)
 
 
+class _Sink:
+    """An event callback that pickles to a no-op (Tune pickles its callbacks and searcher to disk)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, kind, data):
+        if self.fn is not None:
+            self.fn(kind, data)
+
+    def __getstate__(self):
+        return {"fn": None}
+
+
 @dataclass
 class SearchResult:
     study: str
@@ -244,7 +258,7 @@ def _searcher_class():
                 state = TrialState.FAIL
             self._completed_trials.add(trial_id)
             if self._rk_events:
-                self._rk_events("trial_end", {"number": ot.number, "state": state.name, "attrs": attrs, "values": values})
+                self._rk_events("trial_end", {"trial_id": trial_id, "number": ot.number, "state": state.name, "attrs": attrs, "values": values})
 
     return StudySearch
 
@@ -280,7 +294,7 @@ def strategy_versions() -> dict:
 
 def run_search(opts: SearchOptions) -> SearchResult:
     """Run (or continue) a search until the study holds ``opts.trials`` finished trials."""
-    events = opts.on_event or (lambda kind, data: None)
+    events = _Sink(opts.on_event)
     space, study_name, url, storage = prepare(opts)
     study_exists = study_name in study_names(storage)
     if study_exists:

@@ -1,0 +1,8 @@
+"""Template rknas plugin: one stage strategy, ``heun``."""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("rknas-template")
+except PackageNotFoundError:  # imported from a source tree without install
+    __version__ = "0.0.0+unknown"
