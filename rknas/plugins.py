@@ -1,7 +1,8 @@
 """The plugin manager: built-in plugins and entry-point plugins, registered the same way.
 
 Built-ins are listed in ``DEFAULT_PLUGINS``; third-party packages declare an entry point in
-the ``rknas`` group. ``RKNAS_PLUGINS`` (comma-separated package or entry-point names)
+the ``rknas`` group; ``RKNAS_PLUGIN_MODULES`` names importable modules to register as well
+(a plugin under development, or one only a test uses). ``RKNAS_PLUGINS`` (comma-separated package or entry-point names)
 restricts which installed plugins load; set it to an empty string to load none.
 """
 
@@ -23,6 +24,7 @@ from rknas.strategies.base import StageStrategy
 
 ENTRY_POINT_GROUP = "rknas"
 PLUGINS_ENV = "RKNAS_PLUGINS"
+MODULES_ENV = "RKNAS_PLUGIN_MODULES"  # importable modules to register as plugins (no packaging needed)
 DEFAULT_PLUGINS = (
     "rknas.strategies.rk",
     "rknas.search.builtin_spaces",
@@ -71,6 +73,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm.register(plugin, name=ep.name)
             _providers[ep.name] = (package, version)
         _pm = pm
+    for modname in filter(None, (m.strip() for m in os.environ.get(MODULES_ENV, "").split(","))):
+        if not _pm.has_plugin(modname):
+            try:
+                module = importlib.import_module(modname)
+            except ImportError as exc:
+                raise PluginError(f"{MODULES_ENV}: cannot import plugin module {modname!r}: {exc}") from None
+            _pm.register(module, name=modname)
+            _providers[modname] = (modname, str(getattr(module, "__version__", "")))
     return _pm
 
 

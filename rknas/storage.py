@@ -65,7 +65,7 @@ def finished_trials(study: optuna.Study) -> list:
 def fail_running(study: optuna.Study, reason: str) -> int:
     """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count."""
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

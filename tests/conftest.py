@@ -1,10 +1,16 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-# Tests see only the built-in plugins unless a test opts in, so an installed third-party
-# plugin cannot change what the core tests measure.
+# Tests see only the built-in plugins (and the test-only plugin module) unless a test opts in,
+# so an installed third-party plugin cannot change what the core tests measure.
 os.environ.setdefault("RKNAS_PLUGINS", "")
+SUPPORT = str(Path(__file__).parent / "support")
+sys.path.insert(0, SUPPORT)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SUPPORT, os.environ.get("PYTHONPATH")]))
+os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
 
 
 @pytest.fixture
@@ -23,3 +29,21 @@ def register_plugin():
     yield register
     for plugin in added:
         pm.unregister(plugin)
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for every test that needs it, bound to 127.0.0.1."""
+    import ray
+
+    from rknas.search.runner import LOOPBACK_ENV
+
+    os.environ.update(LOOPBACK_ENV)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import logging
+    import tempfile
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             _temp_dir=os.path.join(tempfile.gettempdir(), f"rknas-test-ray-{os.getpid()}"))
+    yield ray
+    ray.shutdown()

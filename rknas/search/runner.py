@@ -123,13 +123,15 @@ def start_ray(opts: SearchOptions):
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: rknas draws its own progress
-    env_vars = {k: os.environ[k] for k in ("RKNAS_PLUGINS", "RKNAS_PLUGIN_MODULES") if k in os.environ}
+    env_vars = {k: os.environ[k] for k in ("RKNAS_PLUGINS", "RKNAS_PLUGIN_MODULES", "PYTHONPATH") if k in os.environ}
     common = dict(
         logging_level=logging.ERROR,
         log_to_driver=False,
         include_dashboard=False,
         runtime_env={"env_vars": env_vars} if env_vars else None,
     )
+    if opts.address:
+        _check_reachable(opts.address)
     if ray.is_initialized():
         return
     if opts.address:
@@ -142,6 +144,23 @@ def start_ray(opts: SearchOptions):
     os.environ.update(LOOPBACK_ENV)
     temp = os.path.join(tempfile.gettempdir(), f"rknas-ray-{os.getuid()}")
     ray.init(_temp_dir=temp, **common)
+
+
+def _check_reachable(address: str) -> None:
+    """Ray can wait minutes on a dead address; a plain TCP connect answers in seconds."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RknasError(f"--address {address!r} is not HOST:PORT (the head node's GCS address, e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise RknasError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def check_resources(opts: SearchOptions) -> int:
@@ -219,6 +238,12 @@ def _searcher_class():
             space = self._rk_space
             result = result or {}
             history = self._rk_history.pop(trial_id, [])
+            # Tune hands the last result only to on_trial_complete, not to on_trial_result.
+            epoch = int(result.get("epoch", 0) or 0)
+            if epoch > len(history) and not result.get("failed") and not result.get("constraint_violation"):
+                history.append(result["val_accuracy"])
+                if not isinstance(self.metric, list):
+                    ot.report(result["val_accuracy"], epoch)
             params = self._rk_configs.pop(trial_id, None) or {**ot.params, **(result.get("config") or {})}
             attrs = {"val_accuracy_per_epoch": history, "seed": params.get("seed")}
             for key in ("params", "flops", "wall_time", "val_loss", "train_loss"):
@@ -245,9 +270,10 @@ def _searcher_class():
                 state = TrialState.COMPLETE
                 values = [result[m] for m in space.metrics]
                 values = values if isinstance(self.metric, list) else values[0]
-            if space.constraints.max_params is not None or space.constraints.max_flops is not None:
-                # Optuna's convention: <= 0 is feasible; samplers steer away from the rest.
-                ot.set_constraint([1.0 if result.get("constraint_violation") else 0.0])
+            # Optuna's convention: <= 0 is feasible; constrained samplers steer away from the rest.
+            for key, limit in (("params", space.constraints.max_params), ("flops", space.constraints.max_flops)):
+                if limit is not None and key in result:
+                    ot.set_constraint(f"max_{key}", (result[key] - limit) / limit)
             for k, v in attrs.items():
                 ot.set_user_attr(k, v)
             try:
@@ -304,6 +330,10 @@ def run_search(opts: SearchOptions) -> SearchResult:
             events("already_done", {"finished": done, "target": opts.trials})
             return _result(study, url, opts.trials, 0, False)
     train, val = load_data(space)
+    start_ray(opts)
+    default_concurrency = check_resources(opts)
+    concurrency = opts.concurrency or default_concurrency
+    # Only now, with every check passed, is the storage written to.
     study = optuna.create_study(
         study_name=study_name, storage=storage, load_if_exists=True,
         directions=list(space.directions),
@@ -313,15 +343,12 @@ def run_search(opts: SearchOptions) -> SearchResult:
     remaining = opts.trials - done
     from rknas import __version__
 
-    if not study_exists:
+    if "space" not in study.user_attrs:
         study.set_user_attr("space_name", space.name)
         study.set_user_attr("space", space.model_dump(mode="json"))
         study.set_user_attr("metrics", space.metrics)
         study.set_user_attr("seed", opts.seed)
         study.set_user_attr("rknas_version", __version__)
-    start_ray(opts)
-    default_concurrency = check_resources(opts)
-    concurrency = opts.concurrency or default_concurrency
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler

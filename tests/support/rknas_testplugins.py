@@ -1,0 +1,31 @@
+"""Strategies used only by the search tests (registered through RKNAS_PLUGIN_MODULES)."""
+
+import torch
+from torch import nn
+
+import rknas
+from rknas import StageStrategy
+
+__version__ = "0.0.1"
+
+
+class Dud(nn.Module):
+    """Wipes the state: the classifier sees a constant, so accuracy stays at chance."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(1))
+
+    def forward(self, y):
+        return y * self.scale * 0
+
+
+class WrongShape(nn.Module):
+    def forward(self, y):
+        return y[:, :1]
+
+
+@rknas.hookimpl
+def register_stage_strategies(register):
+    register(StageStrategy(name="dud", description="test: chance accuracy", builder=lambda k, s, w, d: Dud(k)))
+    register(StageStrategy(name="broken", description="test: breaks the contract", builder=lambda k, s, w, d: WrongShape()))

@@ -1,0 +1,136 @@
+"""A real Ray Tune search into a temporary SQLite study: states, resume, export, re-training."""
+
+import json
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from rknas.cli import main
+from rknas.search.runner import SearchOptions, run_search
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "name": "tiny",
+    "data": {"name": "digits", "train_subset": 500},
+    "framework": "cifar",
+    "architecture": {"periods": 2, "strategy": ["E", "dud", "broken"], "stages": {"low": 1, "high": 2}, "k": [8, 48], "attention": False},
+    "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
+    "fidelity": {"epochs": 3, "min_epochs": 1, "reduction_factor": 2},
+    "constraints": {"max_params": 40000},
+}
+GOOD = {"p1_strategy": "E", "p1_stages": 2, "p1_k": 8, "p2_strategy": "E", "p2_stages": 1, "p2_k": 8}
+P2 = {"p2_strategy": "E", "p2_stages": 1, "p2_k": 8}
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(SPACE))
+    return p
+
+
+def enqueue(url, *trials):
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize", load_if_exists=True)
+    for params in trials:
+        study.enqueue_trial(params)
+    return study
+
+
+def states(url):
+    study = optuna.load_study(study_name="tiny", storage=url)
+    return {t.number: t for t in study.get_trials()}
+
+
+def test_search_records_complete_pruned_fail_and_continues(ray_local, tmp_path, space_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    enqueue(
+        url,
+        GOOD,                                                  # 0: trains fully -> COMPLETE
+        {"p1_strategy": "dud", "p1_stages": 1, "p1_k": 8, "p2_strategy": "dud", "p2_stages": 1, "p2_k": 8},  # 1: chance accuracy -> ASHA stops it at epoch 1
+        {"p1_strategy": "broken", "p1_stages": 1, "p1_k": 8, **P2},  # 2: breaks the contract -> FAIL with the reason
+        {"p1_strategy": "E", "p1_stages": 2, "p1_k": 48, **P2},      # 3: too many params -> never trained
+    )
+    events = []
+    res = run_search(SearchOptions(space=str(space_file), trials=4, storage=url, concurrency=1, seed=3,
+                                   on_event=lambda k, d: events.append((k, d))))
+    assert res.finished == 4 and not res.interrupted
+    t = states(url)
+    assert t[0].state == TrialState.COMPLETE and t[0].value > 0.5
+    assert t[0].user_attrs["params"] < 40000 and len(t[0].user_attrs["val_accuracy_per_epoch"]) == 3
+    assert t[0].user_attrs["val_accuracy_per_epoch"][-1] == pytest.approx(t[0].value)
+    assert t[0].intermediate_values[3] == pytest.approx(t[0].value)  # the final epoch is recorded too
+    assert t[0].user_attrs["network"]["strategy"] == ["E", "E"] and t[0].user_attrs["seed"] == 3
+    assert t[0].user_attrs["strategy_versions"]["E"].startswith("rknas ")
+    assert t[0].user_attrs["wall_time"] > 0 and t[0].user_attrs["flops"] > 0
+    assert t[1].state == TrialState.PRUNED and t[1].user_attrs["pruned_at_epoch"] == 1
+    assert t[2].state == TrialState.FAIL
+    assert "'broken'" in t[2].user_attrs["fail_reason"] and "rknas_testplugins" in t[2].user_attrs["fail_reason"]
+    assert t[3].state == TrialState.PRUNED and "max_params" in t[3].user_attrs["constraint_violation"]
+    assert "wall_time" not in t[3].user_attrs  # never trained
+    assert [d["state"] for k, d in events if k == "trial_end"] == ["COMPLETE", "PRUNED", "FAIL", "PRUNED"]
+
+    # An interrupted earlier run left a RUNNING trial: it is marked FAIL and does not count.
+    study = optuna.load_study(study_name="tiny", storage=url)
+    study.ask()
+    enqueue(url, GOOD)
+    res = run_search(SearchOptions(space=str(space_file), trials=5, storage=url, concurrency=1, seed=3))
+    t = states(url)
+    assert res.finished == 5 and len(t) == 6
+    assert t[4].state == TrialState.FAIL and t[4].user_attrs["interrupted"] is True
+    assert t[5].state == TrialState.COMPLETE
+    # Same config and seed offset: reproducible to the last digit.
+    assert t[5].user_attrs["seed"] == 3 + 5
+
+    # Asking again for 5 trials runs nothing.
+    res = run_search(SearchOptions(space=str(space_file), trials=5, storage=url))
+    assert res.started_now == 0 and len(states(url)) == 6
+
+    # best -> config -> train reproduces: same file, same seed -> identical weights and accuracy.
+    out = tmp_path / "best.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["best", "--study", "tiny", "--storage", url, "-o", str(out)])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["provenance"]["trial"] in (0, 5) and cfg["network"]["k"] == [8, 8]
+    assert cfg["provenance"]["values"]["val_accuracy"] == pytest.approx(max(t[0].value, t[5].value))
+    runs = []
+    for name in ("a", "b"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--config", str(out), "--epochs", "2", "--out", str(tmp_path / name)])
+        assert exc.value.code == 0
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] > 0.5
+    wa = torch.load(tmp_path / "a" / "model.pt")["model"]
+    wb = torch.load(tmp_path / "b" / "model.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # describe reads the same file
+    with pytest.raises(SystemExit) as exc:
+        main(["describe", str(out), "--json"])
+    assert exc.value.code == 0
+
+
+def test_multi_objective_pareto_and_choice(ray_local, tmp_path, capsys):
+    space = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"]},
+             "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
+             "constraints": {}, "fidelity": {"epochs": 2, "min_epochs": 1, "early_stopping": False}}
+    path = tmp_path / "mo.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/mo.db"
+    study = optuna.create_study(study_name="mo", storage=url, directions=["maximize", "minimize"])
+    for k in (8, 48):
+        study.enqueue_trial({"p1_stages": 2, "p1_k": k, "p2_stages": 1, "p2_k": 8})
+    res = run_search(SearchOptions(space=str(path), study="mo", trials=2, storage=url, concurrency=2))
+    assert res.finished == 2
+    study = optuna.load_study(study_name="mo", storage=url)
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
+    small = min(study.trials, key=lambda t: t.values[1])
+    out = tmp_path / "pick.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["best", "--study", "mo", "--storage", url, "-o", str(out), "--max-params", str(small.values[1])])
+    assert exc.value.code == 0
+    assert "Pareto set" in capsys.readouterr().err
+    assert yaml.safe_load(out.read_text())["provenance"]["trial"] == small.number

@@ -1,0 +1,102 @@
+"""Search-space files: validation errors name the file, the key and what is allowed."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from rknas.errors import ConfigError
+from rknas.search.space import load_space, space_files
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ["digits_quick", "fashion_mnist_default", "mnist_default", "cifar10_default", "cifar100_default", "svhn_default"]
+
+
+def write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data) if isinstance(data, dict) else data)
+    return str(p)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spaces_load_and_sample(name):
+    space = load_space(name)
+    assert space.name == name
+    study = optuna.create_study(directions=space.directions)
+    for _ in range(5):
+        trial = study.ask()
+        fixed = space.sample(trial)
+        net, train = space.configs({**trial.params, **fixed})
+        assert net.periods == space.architecture.periods
+
+
+def test_paper_models_are_inside_the_paper_spaces():
+    """cifar10_default contains RKCNN-I-5_5_6 (150,120,120); fashion/mnist contain RKCNN-I-2 k=32."""
+    c10 = load_space("cifar10_default").architecture
+    assert "I" in c10.strategy and c10.stages.low <= 5 and c10.stages.high >= 6
+    assert c10.k.low <= 120 and c10.k.high >= 150 and (150 - c10.k.low) % c10.k.step == 0 and (120 - c10.k.low) % c10.k.step == 0
+    mn = load_space("mnist_default").architecture
+    assert "I" in mn.strategy and mn.stages.low <= 2 <= mn.stages.high and (32 - mn.k.low) % mn.k.step == 0
+
+
+def test_strategies_that_need_more_stages_are_never_proposed(tmp_path):
+    path = write(tmp_path, {"data": {"name": "digits"}, "architecture": {"periods": 2, "strategy": ["E", "I", "R"],
+                                                                       "stages": {"low": 1, "high": 2}, "k": 8}})
+    space = load_space(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        t = study.ask()
+        space.sample(t)
+        for p in (1, 2):
+            s, n = t.params[f"p{p}_strategy"], t.params[f"p{p}_stages"]
+            seen.add((s, n))
+            assert not (s in ("I", "R") and n < 2)
+        study.tell(t, 0.5)
+    assert ("E", 1) in seen and ("I", 2) in seen
+
+
+def test_strategy_that_can_never_fit_is_an_error(tmp_path):
+    path = write(tmp_path, {"data": {"name": "digits"}, "architecture": {"strategy": ["I"], "stages": 1}})
+    with pytest.raises(ConfigError, match="no listed strategy works with at most 1 stages"):
+        load_space(path)
+
+
+@pytest.mark.parametrize(
+    "data,fragments",
+    [
+        ({"data": {"name": "digits"}, "framework": "imagenet"}, ["framework", "'cifar' or 'mnist'"]),
+        ({"data": {"name": "digits"}, "architecture": {"strategy": ["E", "Q"]}}, ["architecture.strategy", "unknown stage strategy 'Q'", "known: E, I, R"]),
+        ({"data": {"name": "digits"}, "architecture": {"stages": {"low": 4, "high": 2}}}, ["architecture.stages", "low (4.0) must be <= high (2.0)"]),
+        ({"data": {"name": "digits"}, "fidelity": {"epochs": 0}}, ["fidelity.epochs", "greater than or equal to 1"]),
+        ({"data": {"name": "digits"}, "bogus": 1}, ["bogus", "Extra inputs are not permitted"]),
+        ({"data": {"name": "digits"}, "objectives": [{"metric": "params", "direction": "minimize"}]}, ["val_accuracy must be one of the objectives"]),
+        ({"data": {"name": "digits"}, "objectives": [{"metric": "loss", "direction": "minimize"}]}, ["objectives.0.metric", "'val_accuracy', 'params' or 'flops'"]),
+        ({"framework": "cifar"}, ["data", "Field required"]),
+    ],
+)
+def test_schema_errors_name_file_key_and_allowed_values(tmp_path, data, fragments):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert msg.startswith(path)
+    for f in fragments:
+        assert f in msg
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "data:\n  name: digits\n architecture: [\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: invalid YAML at line \d+"):
+        load_space(path)
+
+
+def test_unknown_space_lists_known():
+    with pytest.raises(ConfigError) as err:
+        load_space("nope")
+    assert "unknown search space 'nope'" in str(err.value) and "digits_quick" in str(err.value)
+
+
+def test_spaces_directory_is_found():
+    assert space_files()["digits_quick"][0] == REPO / "search_spaces" / "digits_quick.yaml"
