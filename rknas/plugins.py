@@ -84,6 +84,31 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return _pm
 
 
+def reset() -> None:
+    """Forget the manager; the next use loads plugins again (after the environment changed)."""
+    global _pm
+    _pm = None
+    _providers.clear()
+    load_errors.clear()
+
+
+def plugin_env() -> dict:
+    """The environment that decides which plugins load, to reproduce it in Ray workers."""
+    return {k: os.environ.get(k) for k in (PLUGINS_ENV, MODULES_ENV)}
+
+
+def apply_plugin_env(env: dict) -> None:
+    """Make this process load the plugins ``env`` names (a worker follows its driver)."""
+    if env == plugin_env():
+        return
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset()
+
+
 def provider_of(plugin: Any) -> tuple[str, str]:
     """(package, version) of a registered plugin object."""
     pm = get_plugin_manager()

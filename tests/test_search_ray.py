@@ -17,7 +17,7 @@ SPACE = {
     "name": "tiny",
     "data": {"name": "digits", "train_subset": 500},
     "framework": "cifar",
-    "architecture": {"periods": 2, "strategy": ["E", "dud", "broken"], "stages": {"low": 1, "high": 2}, "k": [8, 48], "attention": False},
+    "architecture": {"periods": 2, "strategy": ["E", "search_dud", "search_broken"], "stages": {"low": 1, "high": 2}, "k": [8, 48], "attention": False},
     "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
     "fidelity": {"epochs": 3, "min_epochs": 1, "reduction_factor": 2},
     "constraints": {"max_params": 40000},
@@ -50,8 +50,8 @@ def test_search_records_complete_pruned_fail_and_continues(ray_local, tmp_path, 
     enqueue(
         url,
         GOOD,                                                  # 0: trains fully -> COMPLETE
-        {"p1_strategy": "dud", "p1_stages": 1, "p1_k": 8, "p2_strategy": "dud", "p2_stages": 1, "p2_k": 8},  # 1: chance accuracy -> ASHA stops it at epoch 1
-        {"p1_strategy": "broken", "p1_stages": 1, "p1_k": 8, **P2},  # 2: breaks the contract -> FAIL with the reason
+        {"p1_strategy": "search_dud", "p1_stages": 1, "p1_k": 8, "p2_strategy": "search_dud", "p2_stages": 1, "p2_k": 8},  # 1: chance accuracy -> ASHA stops it at epoch 1
+        {"p1_strategy": "search_broken", "p1_stages": 1, "p1_k": 8, **P2},  # 2: breaks the contract -> FAIL with the reason
         {"p1_strategy": "E", "p1_stages": 2, "p1_k": 48, **P2},      # 3: too many params -> never trained
     )
     events = []
@@ -68,7 +68,7 @@ def test_search_records_complete_pruned_fail_and_continues(ray_local, tmp_path, 
     assert t[0].user_attrs["wall_time"] > 0 and t[0].user_attrs["flops"] > 0
     assert t[1].state == TrialState.PRUNED and t[1].user_attrs["pruned_at_epoch"] == 1
     assert t[2].state == TrialState.FAIL
-    assert "'broken'" in t[2].user_attrs["fail_reason"] and "rknas_testplugins" in t[2].user_attrs["fail_reason"]
+    assert "'search_broken'" in t[2].user_attrs["fail_reason"] and "rknas_testplugins" in t[2].user_attrs["fail_reason"]
     assert t[3].state == TrialState.PRUNED and "max_params" in t[3].user_attrs["constraint_violation"]
     assert "wall_time" not in t[3].user_attrs  # never trained
     assert [d["state"] for k, d in events if k == "trial_end"] == ["COMPLETE", "PRUNED", "FAIL", "PRUNED"]

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from rknas.errors import ConfigError, RknasError
+from rknas.plugins import plugin_env
 from rknas.search.space import SearchSpace, load_space
 from rknas.storage import fail_running, finished_trials, open_storage, storage_url, study_names
 
@@ -180,12 +181,16 @@ def check_resources(opts: SearchOptions) -> int:
     return max(1, min(by_cpu, by_gpu))
 
 
-def _trainable(config, train=None, val=None, space_dict=None, gpus=0.0, cpus=1.0):
+def _trainable(config, train=None, val=None, space_dict=None, gpus=0.0, cpus=1.0, plugins=None):
     """What runs in a Ray worker for each trial."""
     import torch
     from ray import tune
 
+    from rknas.plugins import apply_plugin_env
     from rknas.search.objective import pick_device, run_trial
+
+    if plugins is not None:
+        apply_plugin_env(plugins)  # the same plugins as the driver, whatever the worker's environment
 
     torch.set_num_threads(max(1, int(cpus)))
     space = SearchSpace.model_validate(space_dict)
@@ -386,7 +391,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         scheduler = FIFOScheduler()
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, train=train, val=val, space_dict=space.model_dump(mode="json"),
-                             gpus=opts.gpus_per_trial, cpus=opts.cpus_per_trial),
+                             gpus=opts.gpus_per_trial, cpus=opts.cpus_per_trial, plugins=plugin_env()),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
     )
     events("start", {"study": study_name, "storage": url, "finished": done, "target": opts.trials,

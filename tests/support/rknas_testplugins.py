@@ -27,5 +27,5 @@ class WrongShape(nn.Module):
 
 @rknas.hookimpl
 def register_stage_strategies(register):
-    register(StageStrategy(name="dud", description="test: chance accuracy", builder=lambda k, s, w, d: Dud(k)))
-    register(StageStrategy(name="broken", description="test: breaks the contract", builder=lambda k, s, w, d: WrongShape()))
+    register(StageStrategy(name="search_dud", description="test: chance accuracy", builder=lambda k, s, w, d: Dud(k)))
+    register(StageStrategy(name="search_broken", description="test: breaks the contract", builder=lambda k, s, w, d: WrongShape()))

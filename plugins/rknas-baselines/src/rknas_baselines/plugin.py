@@ -11,6 +11,7 @@ as in the Neural-ODE reference code). Both have the same parameter and FLOP coun
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import rknas
 from rknas import StageStrategy
@@ -99,3 +100,8 @@ STRATEGIES = tuple(_strategies())
 def register_stage_strategies(register):
     for strategy in STRATEGIES:
         register(strategy)
+
+
+@rknas.hookimpl
+def register_search_spaces(register):
+    register(Path(__file__).parent / "spaces")
