@@ -336,6 +336,20 @@ def studies(storage: Optional[str] = typer.Option(None, "--storage"), as_json: b
 
 
 @app.command()
+def report(
+    study: str = typer.Option(..., "--study"),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
+):
+    """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
+    from rknas.report import plot_study
+    from rknas.storage import load_study, open_storage, storage_url
+
+    st = load_study(open_storage(storage_url(storage), create=False), study)
+    console.print(f"Wrote {plot_study(st, output)}")
+
+
+@app.command()
 def spaces():
     """The known search spaces (repository, plugins, ./search_spaces)."""
     from rknas.search.space import space_files

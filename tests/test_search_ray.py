@@ -107,6 +107,10 @@ def test_search_records_complete_pruned_fail_and_continues(ray_local, tmp_path, 
     wa = torch.load(tmp_path / "a" / "model.pt")["model"]
     wb = torch.load(tmp_path / "b" / "model.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # report draws the study
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--study", "tiny", "--storage", url, "-o", str(tmp_path / "r.png")])
+    assert exc.value.code == 0 and (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # describe reads the same file
     with pytest.raises(SystemExit) as exc:
         main(["describe", str(out), "--json"])
@@ -134,3 +138,41 @@ def test_multi_objective_pareto_and_choice(ray_local, tmp_path, capsys):
     assert exc.value.code == 0
     assert "Pareto set" in capsys.readouterr().err
     assert yaml.safe_load(out.read_text())["provenance"]["trial"] == small.number
+
+
+def test_ctrl_c_stops_gracefully_and_the_same_command_continues(tmp_path, space_file):
+    """A separate process with its own Ray, interrupted like a user would, then resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path}/int.db"
+    enqueue(url, GOOD, GOOD, GOOD)
+    cmd = [sys.executable, "-m", "rknas.cli", "search", "--space", str(space_file), "--trials", "3",
+           "--storage", url, "--concurrency", "1", "--study", "tiny"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            if len([t for t in states(url).values() if t.state.is_finished()]) >= 1:
+                break
+        except Exception:
+            pass
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command to continue" in err
+    t = states(url)
+    assert not any(x.state == TrialState.RUNNING for x in t.values())  # nothing left dangling
+    finished_before = [x for x in t.values() if x.state == TrialState.COMPLETE]
+    assert 1 <= len(finished_before) < 3
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    t2 = states(url)
+    finished = [x for x in t2.values() if x.state.is_finished() and not x.user_attrs.get("interrupted")]
+    assert len(finished) == 3  # interrupted trials are recorded but do not count
+    assert any(x.user_attrs.get("interrupted") for x in t2.values()) or len(t2) == 3
+    for x in finished_before:  # earlier results untouched
+        assert t2[x.number].value == x.value
