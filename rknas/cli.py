@@ -307,7 +307,13 @@ def train(
         def on_epoch(epoch, m):
             prog.update(task, completed=epoch, description=f"epoch {epoch}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}")
 
-        metrics = train_from_config(config, epochs=epochs, out=out, resume=resume, device=device, data_root=data_root, on_epoch=on_epoch)
+        try:
+            metrics = train_from_config(config, epochs=epochs, out=out, resume=resume, device=device, data_root=data_root, on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            prog.stop()
+            print("interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
+                  file=sys.stderr)
+            return 130
     console.print(
         f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
         f"({metrics['params']:,} params, {metrics['wall_time_s']:.1f} s). Wrote {metrics['out']}/model.pt and metrics.json"

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports Ray: every Ray server the tests start listens on 127.0.0.1 only.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 # Tests see only the built-in plugins (and the test-only plugin module) unless a test opts in,
 # so an installed third-party plugin cannot change what the core tests measure.
 os.environ.setdefault("RKNAS_PLUGINS", "")
@@ -11,6 +14,20 @@ SUPPORT = str(Path(__file__).parent / "support")
 sys.path.insert(0, SUPPORT)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SUPPORT, os.environ.get("PYTHONPATH")]))
 os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the rknas CLI in-process: returns (exit code, stdout, stderr)."""
+    from rknas.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    return run
 
 
 @pytest.fixture
@@ -34,16 +51,14 @@ def register_plugin():
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """One local Ray for every test that needs it, bound to 127.0.0.1."""
+    import logging
+
     import ray
 
-    from rknas.search.runner import LOOPBACK_ENV
+    from rknas.search.runner import start_local_ray
 
-    os.environ.update(LOOPBACK_ENV)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import logging
-    import tempfile
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             _temp_dir=os.path.join(tempfile.gettempdir(), f"rknas-test-ray-{os.getpid()}"))
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield ray
     ray.shutdown()

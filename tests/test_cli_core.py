@@ -6,38 +6,32 @@ import sys
 
 import pytest
 
-from rknas.cli import main
 
 
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
-def test_describe_json_matches_paper(capsys):
-    code, out, _ = run(capsys, "describe", "--strategy", "I", "--stages", "5,5,6", "--k", "150,120,120", "--json")
+def test_describe_json_matches_paper(cli):
+    code, out, _ = cli("describe", "--strategy", "I", "--stages", "5,5,6", "--k", "150,120,120", "--json")
     info = json.loads(out)
     assert code == 0
     assert info["name"] == "RKCNN-I-5_5_6" and info["periods"] == 3
     assert info["params"] == 7_287_400 and info["flops"] == 7_305_588_600  # paper: 7.29M, 7.30G
 
 
-def test_describe_mnist_and_model_name(capsys):
-    code, out, _ = run(capsys, "describe", "--framework", "mnist", "--strategy", "I", "--stages", "2", "--k", "32", "--json")
+def test_describe_mnist_and_model_name(cli):
+    code, out, _ = cli("describe", "--framework", "mnist", "--strategy", "I", "--stages", "2", "--k", "32", "--json")
     assert code == 0 and json.loads(out)["params"] == 78_410
-    code, out, _ = run(capsys, "describe", "--model", "rkcnn_r_3_4_4_k180", "--json")
+    code, out, _ = cli("describe", "--model", "rkcnn_r_3_4_4_k180", "--json")
     assert code == 0 and json.loads(out)["params"] == 8_760_250
 
 
-def test_describe_table_output(capsys):
-    code, out, _ = run(capsys, "describe", "--strategy", "E", "--stages", "2", "--k", "8")
+def test_describe_table_output(cli):
+    code, out, _ = cli("describe", "--strategy", "E", "--stages", "2", "--k", "8")
     assert code == 0 and "RKCNN-E-2" in out and "params" in out
 
 
-def test_strategies_json(capsys):
-    code, out, _ = run(capsys, "strategies", "--json")
+def test_strategies_json(cli):
+    code, out, _ = cli("strategies", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0 and rows["R"]["package"] == "rknas" and rows["R"]["min_stages"] == 2
 
@@ -56,15 +50,15 @@ def test_strategies_json(capsys):
         (["--framework", "imagenet"], "framework"),
     ],
 )
-def test_describe_bad_input(capsys, args, fragment):
-    code, out, err = run(capsys, "describe", *args)
+def test_describe_bad_input(cli, args, fragment):
+    code, out, err = cli("describe", *args)
     assert code == 2
     assert fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_describe_missing_config_file(capsys, tmp_path):
-    code, _, err = run(capsys, "describe", str(tmp_path / "nope.yaml"))
+def test_describe_missing_config_file(cli, tmp_path):
+    code, _, err = cli("describe", str(tmp_path / "nope.yaml"))
     assert code == 2 and "does not exist" in err
 
 

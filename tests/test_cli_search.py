@@ -7,14 +7,8 @@ import optuna
 import pytest
 import yaml
 
-from rknas.cli import main
 
 
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def one_line_error(code, err, fragment):
@@ -51,31 +45,31 @@ def db(tmp_path):
         (["--space", "digits_quick", "--address", "nonsense"], "is not HOST:PORT"),
     ],
 )
-def test_search_bad_input(capsys, db, args, fragment):
+def test_search_bad_input(cli, db, args, fragment):
     url, path = db
     before = digest(path)
-    code, _, err = run(capsys, "search", "--storage", url, *args)
+    code, _, err = cli("search", "--storage", url, *args)
     one_line_error(code, err, fragment)
     assert digest(path) == before
 
 
-def test_search_bad_space_files(capsys, tmp_path, db):
+def test_search_bad_space_files(cli, tmp_path, db):
     url, path = db
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("data: [unclosed\n")
-    code, _, err = run(capsys, "search", "--storage", url, "--space", bad_yaml)
+    code, _, err = cli("search", "--storage", url, "--space", bad_yaml)
     one_line_error(code, err, "invalid YAML at line")
     bad_key = tmp_path / "badkey.yaml"
     bad_key.write_text(yaml.safe_dump({"data": {"name": "digits"}, "framework": "resnet"}))
-    code, _, err = run(capsys, "search", "--storage", url, "--space", bad_key)
+    code, _, err = cli("search", "--storage", url, "--space", bad_key)
     one_line_error(code, err, "badkey.yaml: framework: Input should be 'cifar' or 'mnist'")
     bad_strat = tmp_path / "badstrat.yaml"
     bad_strat.write_text(yaml.safe_dump({"data": {"name": "digits"}, "architecture": {"strategy": ["I", "heun9"]}}))
-    code, _, err = run(capsys, "search", "--storage", url, "--space", bad_strat)
+    code, _, err = cli("search", "--storage", url, "--space", bad_strat)
     one_line_error(code, err, "unknown stage strategy 'heun9'")
 
 
-def test_search_objectives_must_match_existing_study(capsys, tmp_path, db):
+def test_search_objectives_must_match_existing_study(cli, tmp_path, db):
     url, path = db
     space = tmp_path / "mo.yaml"
     space.write_text(yaml.safe_dump({
@@ -83,15 +77,15 @@ def test_search_objectives_must_match_existing_study(capsys, tmp_path, db):
         "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
     }))
     before = digest(path)
-    code, _, err = run(capsys, "search", "--storage", url, "--space", space)
+    code, _, err = cli("search", "--storage", url, "--space", space)
     one_line_error(code, err, "study 'digits_quick'")
     assert "use another --study name" in err and digest(path) == before
 
 
-def test_search_gpus_where_cluster_has_none(capsys, ray_local, db):
+def test_search_gpus_where_cluster_has_none(cli, ray_local, db):
     url, path = db
     before = digest(path)
-    code, _, err = run(capsys, "search", "--storage", url, "--space", "digits_quick", "--gpus-per-trial", "0.5", "--study", "gpu")
+    code, _, err = cli("search", "--storage", url, "--space", "digits_quick", "--gpus-per-trial", "0.5", "--study", "gpu")
     one_line_error(code, err, "--gpus-per-trial 0.5 asked for, but the Ray cluster has 0 GPUs")
     assert digest(path) == before
 
@@ -103,35 +97,35 @@ def test_search_gpus_where_cluster_has_none(capsys, ray_local, db):
         ("postgresql+nodriver://u@localhost/db", "cannot open storage postgresql+nodriver"),
     ],
 )
-def test_bad_storage_urls(capsys, url, fragment):
-    code, _, err = run(capsys, "search", "--space", "digits_quick", "--storage", url)
+def test_bad_storage_urls(cli, url, fragment):
+    code, _, err = cli("search", "--space", "digits_quick", "--storage", url)
     one_line_error(code, err, fragment)
 
 
-def test_storage_in_unwritable_place(capsys, tmp_path):
+def test_storage_in_unwritable_place(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run(capsys, "search", "--space", "digits_quick", "--storage", f"sqlite:///{blocker}/x.db")
+    code, _, err = cli("search", "--space", "digits_quick", "--storage", f"sqlite:///{blocker}/x.db")
     one_line_error(code, err, "cannot")
 
 
-def test_best_and_studies_bad_input(capsys, tmp_path, db):
+def test_best_and_studies_bad_input(cli, tmp_path, db):
     url, _ = db
-    code, _, err = run(capsys, "best", "--study", "nope", "--storage", url)
+    code, _, err = cli("best", "--study", "nope", "--storage", url)
     one_line_error(code, err, "no study 'nope' in this storage; studies: digits_quick")
-    code, _, err = run(capsys, "best", "--study", "x", "--storage", f"sqlite:///{tmp_path}/missing.db")
+    code, _, err = cli("best", "--study", "x", "--storage", f"sqlite:///{tmp_path}/missing.db")
     one_line_error(code, err, "does not exist")
     assert not (tmp_path / "missing.db").exists()
-    code, _, err = run(capsys, "best", "--study", "digits_quick", "--storage", url)
+    code, _, err = cli("best", "--study", "digits_quick", "--storage", url)
     one_line_error(code, err, "has no recorded network config")
-    code, out, _ = run(capsys, "studies", "--storage", url, "--json")
+    code, out, _ = cli("studies", "--storage", url, "--json")
     assert code == 0 and '"digits_quick"' in out
 
 
-def test_train_bad_input(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--config", tmp_path / "none.yaml")
+def test_train_bad_input(cli, tmp_path):
+    code, _, err = cli("train", "--config", tmp_path / "none.yaml")
     one_line_error(code, err, "does not exist")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"network": {"k": 8}}))
-    code, _, err = run(capsys, "train", "--config", cfg)
+    code, _, err = cli("train", "--config", cfg)
     one_line_error(code, err, "missing section 'training'")

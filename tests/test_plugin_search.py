@@ -7,7 +7,6 @@ import pytest
 from optuna.trial import TrialState
 
 from rknas import plugins
-from rknas.cli import main
 from rknas.search.runner import SearchOptions, run_search
 
 
@@ -21,27 +20,22 @@ def installed_plugins(monkeypatch):
     plugins.reset()
 
 
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
-def test_entry_point_plugins_are_listed_with_package_and_version(installed_plugins, capsys):
-    code, out, _ = run(capsys, "strategies", "--json")
+def test_entry_point_plugins_are_listed_with_package_and_version(installed_plugins, cli):
+    code, out, _ = cli("strategies", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0
     assert rows["heun"]["package"] == "rknas-template" and rows["heun"]["version"] == "0.1.0"
     assert rows["densenet"]["package"] == "rknas-baselines"
-    code, out, _ = run(capsys, "plugins", "--json")
+    code, out, _ = cli("plugins", "--json")
     info = {r["name"]: r for r in json.loads(out)["plugins"]}
     assert "register_search_spaces" in info["baselines"]["hooks"]
-    code, out, _ = run(capsys, "describe", "--framework", "mnist", "--strategy", "preact_gn", "--stages", "1", "--k", "32", "--json")
+    code, out, _ = cli("describe", "--framework", "mnist", "--strategy", "preact_gn", "--stages", "1", "--k", "32", "--json")
     assert code == 0 and json.loads(out)["params"] == 52_234  # paper: 52.23K
 
 
-def test_restricting_plugins_hides_them(monkeypatch, capsys):
+def test_restricting_plugins_hides_them(monkeypatch, cli):
     monkeypatch.setenv("RKNAS_PLUGINS", "rknas-template")
     plugins.reset()
     try:
@@ -52,8 +46,8 @@ def test_restricting_plugins_hides_them(monkeypatch, capsys):
         plugins.reset()
 
 
-def test_broken_plugin_from_describe_is_one_line_exit_2(capsys):
-    code, _, err = run(capsys, "describe", "--strategy", "search_broken", "--stages", "1", "--k", "8")
+def test_broken_plugin_from_describe_is_one_line_exit_2(cli):
+    code, _, err = cli("describe", "--strategy", "search_broken", "--stages", "1", "--k", "8")
     assert code == 2 and "'search_broken' from rknas_testplugins 0.0.1" in err and "returned shape" in err
     assert len(err.strip().splitlines()) == 1
 

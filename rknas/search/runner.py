@@ -119,9 +119,28 @@ def load_data(space: SearchSpace):
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
-def start_ray(opts: SearchOptions):
+def keep_ray_on_loopback() -> None:
+    """Make a local Ray bind 127.0.0.1 only.
+
+    Ray reads the switch into a module constant when it is imported: set the variable for the
+    processes Ray starts, and the constant in case this process imported Ray already.
+    """
+    os.environ.update(LOOPBACK_ENV)
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_local_ray(num_cpus: Optional[int] = None, **kwargs) -> None:
+    """A local Ray on 127.0.0.1 with its files under a temp folder of ours."""
+    keep_ray_on_loopback()
     import ray
 
+    temp = os.path.join(tempfile.gettempdir(), f"rknas-ray-{os.getuid()}")
+    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp, **kwargs)
+
+
+def start_ray(opts: SearchOptions):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: rknas draws its own progress
     env_vars = {k: os.environ[k] for k in ("RKNAS_PLUGINS", "RKNAS_PLUGIN_MODULES", "PYTHONPATH") if k in os.environ}
@@ -133,6 +152,10 @@ def start_ray(opts: SearchOptions):
     )
     if opts.address:
         _check_reachable(opts.address)
+    else:
+        keep_ray_on_loopback()
+    import ray
+
     if ray.is_initialized():
         return
     if opts.address:
@@ -142,9 +165,7 @@ def start_ray(opts: SearchOptions):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RknasError(f"cannot join the Ray cluster at {opts.address}: {first}") from None
         return
-    os.environ.update(LOOPBACK_ENV)
-    temp = os.path.join(tempfile.gettempdir(), f"rknas-ray-{os.getuid()}")
-    ray.init(_temp_dir=temp, **common)
+    start_local_ray(**common)
 
 
 def _check_reachable(address: str) -> None:
