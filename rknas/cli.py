@@ -243,6 +243,8 @@ def search(
         console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}, {b['params']:,} params, {b['flops']:,} FLOPs.")
         storage_arg = f" --storage {result.storage}" if storage else ""
         console.print(f"Export it: rknas best --study {result.study}{storage_arg} -o best.yaml")
+    if timeout and result.finished < result.target and not result.interrupted:
+        console.print(f"Stopped by --timeout {timeout:g}s; run the same command again to continue the study.")
     if result.interrupted:
         print(f"interrupted: {result.finished} of {result.target} trials finished; run the same command to continue", file=sys.stderr)
         return 130

@@ -34,6 +34,6 @@ def register_search_spaces(register):
 def register_datasets(register):
     """Register data sets: call ``register(name, loader)``.
 
-    ``loader(root, **options)`` returns a ``rknas.data.TensorDataset`` pair
+    ``loader(root, **options)`` returns a ``rknas.data.TensorData`` pair
     ``(train, test)`` of in-memory tensors; see ``rknas.data`` for the fields.
     """

@@ -3,6 +3,7 @@
 import json
 
 import optuna
+import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -68,3 +69,30 @@ def test_search_mixing_rk_and_baseline_strategies(installed_plugins, ray_local, 
         assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
         assert t.user_attrs["strategy_versions"][arch[0]].split()[0] in ("rknas", "rknas-baselines")
     assert by_arch[("I", "densenet")].user_attrs["strategy_versions"]["densenet"] == "rknas-baselines 0.1.0"
+
+
+@pytest.mark.parametrize(
+    "builder,fragment",
+    [("raise", "failed to build"), ("dup", "registered twice: by rknas"), ("forward", "raised in forward")],
+)
+def test_broken_plugins_from_describe(cli, register_plugin, builder, fragment):
+    import rknas
+    from rknas import StageStrategy
+
+    class Boom(torch.nn.Module):
+        def forward(self, y):
+            raise RuntimeError("boom")
+
+    def build(k, s, w, d):
+        if builder == "raise":
+            raise ValueError("bad k")
+        return Boom()
+
+    class P:
+        @rknas.hookimpl
+        def register_stage_strategies(self, register):
+            register(StageStrategy(name="I" if builder == "dup" else "bad", description="x", builder=build))
+
+    register_plugin(P(), name="badpkg")
+    code, _, err = cli("describe", "--strategy", "bad", "--stages", "1", "--k", "8")
+    assert code == 2 and fragment in err and "badpkg" in err and len(err.strip().splitlines()) == 1

@@ -140,3 +140,31 @@ def test_plugins_env_var_restricts_entry_points(monkeypatch):
     assert plugins._allowed(ep)
     monkeypatch.delenv("RKNAS_PLUGINS")
     assert plugins._allowed(ep)
+
+
+def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
+    from rknas.data import DataSpec, TensorData, load_dataset
+    from rknas.search.space import load_space, space_files
+
+    def loader(root, n=20):
+        x = torch.randint(0, 255, (n, 1, 8, 8), dtype=torch.uint8)
+        return TensorData(x, torch.arange(n) % 2, 2), TensorData(x[:4], torch.arange(4) % 2, 2)
+
+    (tmp_path / "rand_space.yaml").write_text("data: {name: rand8}\narchitecture: {periods: 1, stages: 2, k: 8}\n")
+
+    class P:
+        @rknas.hookimpl
+        def register_datasets(self, register):
+            register("rand8", loader)
+
+        @rknas.hookimpl
+        def register_search_spaces(self, register):
+            register(tmp_path)
+
+    register_plugin(P(), name="randpkg")
+    train, test = load_dataset(DataSpec(name="rand8", options={"n": 12}))
+    assert len(train) == 12 and train.classes == 2
+    assert space_files()["rand_space"][1] == "randpkg"
+    assert load_space("rand_space").data.name == "rand8"
+    with pytest.raises(rknas.ConfigError, match="unknown data set 'nope'; known: .*rand8"):
+        load_dataset(DataSpec(name="nope"))

@@ -165,3 +165,21 @@ def test_train_rejects_mismatched_data(tmp_path):
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="expects 1x32x32 inputs, the data set has 1x8x8"):
         train_from_config(p, out=tmp_path / "x")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    from rknas.data.loaders import image_folder
+
+    for split_name in ("train", "test"):
+        for cls, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            d = tmp_path / split_name / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 12), color).save(d / f"{i}.png")
+    train, test = image_folder(str(tmp_path), image_size=16)
+    assert train.x.shape == (6, 3, 16, 16) and train.classes == 2 and len(test) == 6
+    assert train.x[0, 0].float().mean() > 200 and train.x[-1, 2].float().mean() > 200  # cat red, dog blue
+    with pytest.raises(ConfigError, match="does not exist"):
+        image_folder(str(tmp_path / "none"))
