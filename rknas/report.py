@@ -60,7 +60,8 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     ax = axes[2]
     for t in done:
         curve = t.user_attrs["val_accuracy_per_epoch"]
-        ax.plot(range(1, len(curve) + 1), curve, c=colors[t.state], alpha=0.5, lw=1)
+        ax.plot(range(1, len(curve) + 1), curve, c=colors[t.state], alpha=0.5, lw=1, marker="o", ms=3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
