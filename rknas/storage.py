@@ -77,7 +77,8 @@ def summarize(study: optuna.Study) -> dict:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
-        counts[t.state.name] += 1
+        key = "INTERRUPTED" if t.state == TrialState.FAIL and is_interrupted(t) else t.state.name
+        counts[key] = counts.get(key, 0) + 1
     best = None
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
