@@ -100,3 +100,20 @@ def test_unknown_space_lists_known():
 
 def test_spaces_directory_is_found():
     assert space_files()["digits_quick"][0] == REPO / "search_spaces" / "digits_quick.yaml"
+
+
+def test_stage_choices_conditioned_on_strategy(tmp_path):
+    """A list of stage counts with strategies of different min_stages must not trip Optuna's
+    rule that categorical choices stay fixed per parameter name."""
+    path = write(tmp_path, {"data": {"name": "digits"}, "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": [1, 2, 3], "k": 8}})
+    space = load_space(path)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
+    seen = set()
+    for _ in range(25):
+        t = study.ask()
+        fixed = space.sample(t)
+        net, _ = space.configs({**t.params, **fixed})
+        seen.add((net.strategy[0], net.stages[0]))
+        assert not (net.strategy[0] == "I" and net.stages[0] < 2)
+        study.tell(t, float(net.stages[0]))
+    assert {("E", 1), ("I", 2)} <= seen or {("E", 1), ("I", 3)} <= seen

@@ -171,9 +171,14 @@ class SearchSpace(BaseModel):
             stages_param = arch.stages
             if isinstance(stages_param, Range):
                 stages_param = Range(low=max(stages_param.low, low_s), high=stages_param.high, step=stages_param.step or 1)
-            elif isinstance(stages_param, list):
-                stages_param = [s for s in stages_param if s >= low_s]
-            _suggest(trial, f"p{p}_stages", stages_param, fixed, integer=True)
+            elif isinstance(stages_param, list) and min(stages_param) < low_s:
+                # Optuna's categorical choices may not change between trials under one name:
+                # strategies that need more stages get their own parameter.
+                value = _suggest(trial, f"p{p}_stages_min{low_s}", [s for s in stages_param if s >= low_s], fixed)
+                fixed[f"p{p}_stages"] = value
+                stages_param = None
+            if stages_param is not None:
+                _suggest(trial, f"p{p}_stages", stages_param, fixed, integer=True)
             _suggest(trial, f"p{p}_k", arch.k, fixed, integer=True)
             _suggest(trial, f"p{p}_steps", arch.steps, fixed, integer=True)
         for key in ("attention", "multiscale", "width", "dropout"):
