@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from rknas.data.core import TensorData, augment, split
+from rknas.data.core import augment, split
 from rknas.data.loaders import digits, fashion_mnist, mnist
 from rknas.errors import ConfigError
 from rknas.train import TrainConfig, lr_factor, recalibrate_bn, train_from_config

@@ -111,9 +111,6 @@ class NetworkConfig(BaseModel):
         stages = "_".join(map(str, self.stages))
         return f"RKCNN-{strat}-{stages}"
 
-    def resolved(self) -> dict:
-        return self.model_dump(mode="json")
-
 
 def spatial_sizes(framework: str, image_size: int, periods: int) -> list[int]:
     """Feature-map side length in each period."""
