@@ -176,3 +176,19 @@ def test_ctrl_c_stops_gracefully_and_the_same_command_continues(tmp_path, space_
     assert any(x.user_attrs.get("interrupted") for x in t2.values()) or len(t2) == 3
     for x in finished_before:  # earlier results untouched
         assert t2[x.number].value == x.value
+
+
+def test_a_worker_that_dies_is_a_fail_and_the_search_goes_on(ray_local, tmp_path):
+    space = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E", "search_crash"]},
+             "fidelity": {"epochs": 1, "early_stopping": False}, "constraints": {}}
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/c.db"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    study.enqueue_trial({"p1_strategy": "search_crash", "p1_stages": 1, "p1_k": 8, **P2})
+    study.enqueue_trial(GOOD)
+    res = run_search(SearchOptions(space=str(path), study="tiny", trials=2, storage=url, concurrency=1))
+    t = states(url)
+    assert res.finished == 2 and not res.interrupted
+    assert t[0].state == TrialState.FAIL and t[0].user_attrs["fail_reason"].startswith("the trial's worker crashed")
+    assert t[1].state == TrialState.COMPLETE

@@ -234,8 +234,8 @@ def _searcher_class():
             self._rk_versions = rk_versions
             self._rk_history: dict = defaultdict(list)
             self._rk_events = rk_events
-            self.fail_reasons: dict = {}
             self._rk_configs: dict = {}
+            self._pending_errors: dict = {}
 
         def suggest(self, trial_id):
             config = super().suggest(trial_id)
@@ -284,7 +284,7 @@ def _searcher_class():
             epochs = int(result.get("epoch", 0) or 0)
             if error or result.get("failed"):
                 state, values = TrialState.FAIL, None
-                attrs["fail_reason"] = result.get("error") or self.fail_reasons.get(trial_id) or "the trial's worker crashed (see the Ray logs)"
+                attrs["fail_reason"] = result.get("error") or "the trial's worker crashed (see the Ray logs)"
             elif result.get("constraint_violation"):
                 state, values = TrialState.PRUNED, None
                 attrs["constraint_violation"] = result["constraint_violation"]
@@ -299,6 +299,25 @@ def _searcher_class():
             for key, limit in (("params", space.constraints.max_params), ("flops", space.constraints.max_flops)):
                 if limit is not None and key in result:
                     ot.set_constraint(f"max_{key}", (result[key] - limit) / limit)
+            self._completed_trials.add(trial_id)
+            if error and not result.get("failed"):
+                # The worker died: Tune tells the searcher first and the callbacks (which can
+                # read the error) right after, so the trial is recorded once the reason is in.
+                self._pending_errors[trial_id] = (ot, attrs)
+                return
+            self._record(trial_id, ot, attrs, state, values)
+
+        def record_error(self, trial_id, reason):
+            if trial_id in self._pending_errors:
+                ot, attrs = self._pending_errors.pop(trial_id)
+                attrs["fail_reason"] = reason
+                self._record(trial_id, ot, attrs, TrialState.FAIL, None)
+
+        def flush_errors(self):
+            for trial_id in list(self._pending_errors):
+                self.record_error(trial_id, "the trial's worker crashed (see the Ray logs)")
+
+        def _record(self, trial_id, ot, attrs, state, values):
             for k, v in attrs.items():
                 ot.set_user_attr(k, v)
             try:
@@ -307,11 +326,23 @@ def _searcher_class():
                 ot.set_user_attr("fail_reason", f"could not record result: {exc}")
                 self._ot_study.tell(ot, None, state=TrialState.FAIL)
                 state = TrialState.FAIL
-            self._completed_trials.add(trial_id)
             if self._rk_events:
                 self._rk_events("trial_end", {"trial_id": trial_id, "number": ot.number, "state": state.name, "attrs": attrs, "values": values})
 
     return StudySearch
+
+
+def _error_line(trial) -> str:
+    """The most telling line of the error Tune saved for a trial."""
+    try:
+        text = open(trial.error_file).read() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "died" in ln.lower() or "exit" in ln.lower() or "killed" in ln.lower():
+            return f"the trial's worker crashed: {ln[:300]}"
+    return f"the trial's worker crashed: {lines[-1][:300]}" if lines else "the trial's worker crashed (see the Ray logs)"
 
 
 def _tune_callback(events, searcher_ref):
@@ -325,8 +356,7 @@ def _tune_callback(events, searcher_ref):
             events("trial_result", {"trial_id": trial.trial_id, "result": result})
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            msg = getattr(trial, "error_msg", None) or ""
-            searcher_ref.fail_reasons[trial.trial_id] = (msg.strip().splitlines() or ["worker crashed"])[-1]
+            searcher_ref.record_error(trial.trial_id, _error_line(trial))
 
     return Events()
 
@@ -441,6 +471,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         tuner.fit()
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+        searcher.flush_errors()
         left = fail_running(study, "interrupted: the search stopped before this trial finished")
     finished = len(finished_trials(study))
     interrupted = finished < opts.trials and not opts.timeout

@@ -29,3 +29,19 @@ class WrongShape(nn.Module):
 def register_stage_strategies(register):
     register(StageStrategy(name="search_dud", description="test: chance accuracy", builder=lambda k, s, w, d: Dud(k)))
     register(StageStrategy(name="search_broken", description="test: breaks the contract", builder=lambda k, s, w, d: WrongShape()))
+
+
+class Crash(nn.Module):
+    """Passes the contract check (eval mode) and kills its process during training."""
+
+    def forward(self, y):
+        if self.training:
+            import os
+
+            os._exit(3)
+        return y
+
+
+@rknas.hookimpl(specname="register_stage_strategies")
+def register_crash(register):
+    register(StageStrategy(name="search_crash", description="test: worker dies while training", builder=lambda k, s, w, d: Crash()))
