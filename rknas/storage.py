@@ -79,13 +79,8 @@ def summarize(study: optuna.Study) -> dict:
     for t in trials:
         key = "INTERRUPTED" if t.state == TrialState.FAIL and is_interrupted(t) else t.state.name
         counts[key] = counts.get(key, 0) + 1
-    best = None
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        if len(study.directions) == 1:
-            best = study.best_trial.value
-        else:
-            best = max(t.values[0] for t in study.best_trials)
+    top = best_trial(study)
+    best = accuracy_of(study, top) if top is not None else None
     return {
         "study": study.study_name,
         "space": study.user_attrs.get("space_name"),
@@ -106,9 +101,20 @@ def candidates(study: optuna.Study) -> list:
     if len(study.directions) == 1:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         return sorted(complete, key=lambda t: sign * t.value)
+    return sorted(study.best_trials, key=lambda t: -accuracy_of(study, t))
+
+
+def best_trial(study: optuna.Study):
+    """The most accurate completed trial (of the Pareto set, with several objectives), or None."""
+    try:
+        return candidates(study)[0]
+    except RknasError:
+        return None
+
+
+def accuracy_of(study: optuna.Study, t) -> float:
     metrics = study.user_attrs.get("metrics", [])
-    acc = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
-    return sorted(study.best_trials, key=lambda t: -t.values[acc])
+    return t.values[metrics.index("val_accuracy") if "val_accuracy" in metrics else 0]
 
 
 def choose(study: optuna.Study, max_params: Optional[float] = None, max_flops: Optional[float] = None, trial: Optional[int] = None):

@@ -291,15 +291,7 @@ def build_network(config: NetworkConfig | dict) -> RKCNN:
     """Build an RKCNN from a config object or a plain dict (as stored in exported YAML)."""
     if not isinstance(config, NetworkConfig):
         config = parse_network_config(config)
-    from rknas.plugins import get_strategy
-
-    strategies = [get_strategy(n) for n in config.strategy]
-    for p, (st, s) in enumerate(zip(strategies, config.stages)):
-        if s < st.min_stages:
-            raise ConfigError(
-                f"period {p + 1}: stage strategy {st.name!r} needs stages >= {st.min_stages}, got {s}"
-            )
-    return RKCNN(config, strategies)
+    return RKCNN(config)
 
 
 def parse_network_config(data: dict) -> NetworkConfig:

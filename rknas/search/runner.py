@@ -93,17 +93,18 @@ def prepare(opts: SearchOptions):
     study_name = opts.study or space.name
     url = storage_url(opts.storage)
     storage = open_storage(url)
+    existing = None
     if study_name in study_names(storage):
         existing = optuna.load_study(study_name=study_name, storage=storage)
         want = [d.upper() for d in space.directions]
-        have = [d.name.upper().replace("STUDYDIRECTION.", "") for d in existing.directions]
+        have = [d.name for d in existing.directions]
         have_metrics = existing.user_attrs.get("metrics")
         if want != have or (have_metrics and have_metrics != space.metrics):
             raise ConfigError(
                 f"study {study_name!r} in {url} has objectives {have_metrics or have} ({', '.join(h.lower() for h in have)}), "
                 f"but space {space.name!r} wants {space.metrics} ({', '.join(space.directions)}); use another --study name"
             )
-    return space, study_name, url, storage
+    return space, study_name, url, storage, existing
 
 
 def load_data(space: SearchSpace):
@@ -376,14 +377,12 @@ def strategy_versions() -> dict:
 def run_search(opts: SearchOptions) -> SearchResult:
     """Run (or continue) a search until the study holds ``opts.trials`` finished trials."""
     events = _Sink(opts.on_event)
-    space, study_name, url, storage = prepare(opts)
-    study_exists = study_name in study_names(storage)
-    if study_exists:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        done = len(finished_trials(study))
+    space, study_name, url, storage, existing = prepare(opts)
+    if existing is not None:
+        done = len(finished_trials(existing))
         if done >= opts.trials:
             events("already_done", {"finished": done, "target": opts.trials})
-            return _result(study, url, opts.trials, 0, False)
+            return _result(existing, url, opts.trials, 0, False)
     train, val = load_data(space)
     start_ray(opts)
     default_concurrency = check_resources(opts)
@@ -479,19 +478,14 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
 
 def _result(study, url, target, started, interrupted) -> SearchResult:
-    from rknas.storage import summarize
+    from rknas.storage import accuracy_of, best_trial, summarize
 
-    summary = summarize(study)
+    t = best_trial(study)
     best = None
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if complete:
-        if len(study.directions) == 1:
-            t = study.best_trial
-        else:
-            t = max(study.best_trials, key=lambda tr: tr.values[0])
-        best = {"number": t.number, "values": t.values, "val_accuracy": t.values[0], "params": t.user_attrs.get("params"),
-                "flops": t.user_attrs.get("flops"), "name": (t.user_attrs.get("network") or {}).get("strategy")}
+    if t is not None:
+        best = {"number": t.number, "values": t.values, "val_accuracy": accuracy_of(study, t),
+                "params": t.user_attrs.get("params"), "flops": t.user_attrs.get("flops")}
     return SearchResult(
         study=study.study_name, storage=url, target=target, finished=len(finished_trials(study)),
-        started_now=started, interrupted=interrupted, counts=summary["counts"], best=best,
+        started_now=started, interrupted=interrupted, counts=summarize(study)["counts"], best=best,
     )
