@@ -18,7 +18,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from rknas.data.core import TensorData, augment, normalizer, to_float
@@ -217,7 +217,7 @@ def train_from_config(
     from rknas.data.core import DataSpec, load_dataset
     from rknas.errors import ConfigError
     from rknas.models.counting import count_flops, count_params
-    from rknas.models.network import parse_network_config
+    from rknas.models.network import format_validation_error, parse_network_config
 
     raw = read_yaml(path)
     for key in ("network", "training", "data"):
@@ -227,14 +227,8 @@ def train_from_config(
     try:
         training = TrainConfig.model_validate(raw["training"])
         data_spec = DataSpec.model_validate(raw["data"])
-    except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            from rknas.models.network import format_validation_error
-
-            raise ConfigError(format_validation_error(exc, str(path))) from None
-        raise
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
     if epochs is not None:
         if epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {epochs}")

@@ -65,3 +65,29 @@ def test_describe_missing_config_file(cli, tmp_path):
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "rknas.cli", "describe", "--k", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["describe", "--classes", "many"], "Invalid value for '--classes'"),
+        (["describe", "--bogus"], "No such option: --bogus"),
+        (["search"], "Missing option '--space'"),
+    ],
+)
+def test_usage_errors_are_one_line(cli, args, fragment):
+    code, _, err = cli(*args)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and "rknas" in err and "--help" in err
+
+
+def test_unwritable_output_path_is_one_line(cli, tmp_path):
+    import yaml
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"network": {"k": 8, "in_channels": 1, "image_size": 8}, "training": {"epochs": 1},
+                                   "data": {"name": "digits"}}))
+    code, _, err = cli("train", "--config", cfg, "--out", blocker / "run")
+    assert code == 2 and err.startswith("error: ") and str(blocker) in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -168,3 +168,5 @@ def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
     assert load_space("rand_space").data.name == "rand8"
     with pytest.raises(rknas.ConfigError, match="unknown data set 'nope'; known: .*rand8"):
         load_dataset(DataSpec(name="nope"))
+    with pytest.raises(rknas.ConfigError, match=r"data set 'rand8' \(randpkg\) could not be loaded: TypeError"):
+        load_dataset(DataSpec(name="rand8", options={"bogus": 1}))

@@ -74,6 +74,13 @@ def test_strategy_that_can_never_fit_is_an_error(tmp_path):
         ({"data": {"name": "digits"}, "objectives": [{"metric": "params", "direction": "minimize"}]}, ["val_accuracy must be one of the objectives"]),
         ({"data": {"name": "digits"}, "objectives": [{"metric": "loss", "direction": "minimize"}]}, ["objectives.0.metric", "'val_accuracy', 'params' or 'flops'"]),
         ({"framework": "cifar"}, ["data", "Field required"]),
+        ({"data": {"name": "digits"}, "architecture": {"k": {"low": 0, "high": 8}}}, ["architecture.k: 0.0 is not allowed", "integers >= 1"]),
+        ({"data": {"name": "digits"}, "architecture": {"dropout": [0.0, 1.5]}}, ["architecture.dropout: 1.5", "[0, 1)"]),
+        ({"data": {"name": "digits"}, "training": {"optimizer": ["sgd", "rmsprop"]}}, ["training.optimizer: 'rmsprop'", "'sgd' or 'adamw'"]),
+        ({"data": {"name": "digits"}, "training": {"lr": -0.1}}, ["training.lr: -0.1", "numbers > 0"]),
+        ({"data": {"name": "digits"}, "training": {"batch_size": []}}, ["training.batch_size: an empty list"]),
+        ({"data": {"name": "digits", "val_fraction": 1.5}}, ["data.val_fraction", "less than 1"]),
+        ({"data": {"name": "digits", "train_subset": 0}}, ["data.train_subset", "greater than or equal to 1"]),
     ],
 )
 def test_schema_errors_name_file_key_and_allowed_values(tmp_path, data, fragments):

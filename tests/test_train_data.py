@@ -183,3 +183,12 @@ def test_image_folder(tmp_path):
     assert train.x[0, 0].float().mean() > 200 and train.x[-1, 2].float().mean() > 200  # cat red, dog blue
     with pytest.raises(ConfigError, match="does not exist"):
         image_folder(str(tmp_path / "none"))
+
+
+def test_train_config_schema_errors_name_the_key(tmp_path):
+    p = _config(tmp_path)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["training"]["optimizer"] = "rmsprop"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"c\.yaml: optimizer: Input should be 'sgd' or 'adamw'"):
+        train_from_config(p, out=tmp_path / "x")

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from rknas.errors import ConfigError
+from rknas.errors import ConfigError, RknasError
 
 
 @dataclass
@@ -52,10 +52,10 @@ class DataSpec(BaseModel):
 
     name: str
     root: Optional[str] = None
-    val_fraction: float = 0.2
-    train_subset: Optional[int] = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    train_subset: Optional[int] = Field(None, ge=1)
     split_seed: int = 0
-    crop_pad: int = 0
+    crop_pad: int = Field(0, ge=0)
     flip: bool = False
     options: dict = {}
 
@@ -67,8 +67,13 @@ def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     known = datasets()
     if spec.name not in known:
         raise ConfigError(f"unknown data set {spec.name!r}; known: {', '.join(sorted(known))}")
-    loader, _ = known[spec.name]
-    train, test = loader(spec.root, **spec.options)
+    loader, provider = known[spec.name]
+    try:
+        train, test = loader(spec.root, **spec.options)
+    except RknasError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"data set {spec.name!r} ({provider}) could not be loaded: {type(exc).__name__}: {exc}") from None
     return train, test
 
 

@@ -41,7 +41,7 @@ Param = Union[Range, list, bool, int, float, str]
 
 
 def _values(p) -> list:
-    """The finite set of values a parameter can take (ranges of ints are enumerated)."""
+    """The listed values of a parameter, or a range's two ends (enough for min/max checks)."""
     if isinstance(p, Range):
         return [p.low, p.high]
     return list(p) if isinstance(p, list) else [p]
@@ -154,6 +154,34 @@ class SearchSpace(BaseModel):
         usable = [n for n in names if known[n].min_stages <= max_s]
         if not usable:
             raise ConfigError(f"{where}: no listed strategy works with at most {max_s} stages (architecture.stages)")
+
+    # (section, key, test, what is allowed) -- checked on every listed value or range end, so a
+    # space that could propose an invalid network or optimiser fails at load, not in every trial.
+    _ALLOWED = (
+        ("architecture", "stages", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
+        ("architecture", "k", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
+        ("architecture", "steps", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
+        ("architecture", "attention", lambda v: isinstance(v, bool), "true or false"),
+        ("architecture", "multiscale", lambda v: isinstance(v, bool), "true or false"),
+        ("architecture", "width", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "numbers > 0"),
+        ("architecture", "dropout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
+        ("training", "optimizer", lambda v: v in ("sgd", "adamw"), "'sgd' or 'adamw'"),
+        ("training", "lr", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "numbers > 0"),
+        ("training", "momentum", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
+        ("training", "weight_decay", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "numbers >= 0"),
+        ("training", "batch_size", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
+        ("training", "label_smoothing", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
+    )
+
+    def check_values(self, where: str) -> None:
+        for section, key, ok, allowed in self._ALLOWED:
+            param = getattr(getattr(self, section), key)
+            values = _values(param)
+            if not values:
+                raise ConfigError(f"{where}: {section}.{key}: an empty list; allowed: {allowed}")
+            bad = [v for v in values if not ok(v)]
+            if bad:
+                raise ConfigError(f"{where}: {section}.{key}: {bad[0]!r} is not allowed; allowed: {allowed}")
 
     def sample(self, trial) -> dict:
         """Define-by-run: suggest every searched value on an Optuna trial; return the constants."""
@@ -287,4 +315,5 @@ def parse_space(raw: dict, where: str, default_name: str = "") -> SearchSpace:
     if not space.name:
         space.name = default_name
     space.check_strategies(where)
+    space.check_values(where)
     return space
