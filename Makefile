@@ -11,7 +11,7 @@ STAMP := $(VENV)/.rknas-installed
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,plot]' $(addprefix -e ./,$(wildcard plugins/*/))
+	$(BIN)/python -m pip install -q -e '.[test,plot,export]' $(addprefix -e ./,$(wildcard plugins/*/))
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,27 +1,22 @@
-"""rknas: neural architecture search over Runge-Kutta CNNs, with stage strategies as plugins."""
+"""rknas: neural architecture search over Runge-Kutta CNNs, with stage strategies as plugins.
 
-from importlib.metadata import PackageNotFoundError, version as _version
+The names below are the library API that the CLI, notebooks and plugins use.
+"""
 
-import pluggy
-
-try:
-    __version__ = _version("rknas")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
-hookimpl = pluggy.HookimplMarker("rknas")
-
-from rknas.errors import ConfigError, PluginError, RknasError  # noqa: E402
-from rknas.strategies.base import StageStrategy  # noqa: E402
-from rknas.models.blocks import PreActUnit, RKBlock, concat  # noqa: E402
-from rknas.models.network import NetworkConfig, RKCNN, build_network  # noqa: E402
-from rknas.models.counting import count_flops, count_params, describe  # noqa: E402
-from rknas.models.registry import create_model, list_models  # noqa: E402
-from rknas.plugins import get_strategy, list_strategies  # noqa: E402
+from rknas._version import __version__
+from rknas.errors import ConfigError, PluginError, RknasError
+from rknas.hookspecs import hookimpl, hookspec
+from rknas.models.blocks import PreActUnit, RKBlock, concat
+from rknas.models.counting import count_flops, count_params, describe
+from rknas.models.network import RKCNN, NetworkConfig, build_network
+from rknas.models.registry import create_model, list_models
+from rknas.registry import get_strategy, list_strategies
+from rknas.strategies.base import StageStrategy
 
 __all__ = [
     "__version__",
     "hookimpl",
+    "hookspec",
     "StageStrategy",
     "PreActUnit",
     "RKBlock",

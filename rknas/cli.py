@@ -1,4 +1,9 @@
-"""The ``rknas`` command line: a thin typer layer over the library."""
+"""The ``rknas`` command line: a thin typer layer over the library.
+
+Each command parses its options, calls one library function and prints the result (tables
+come from ``rknas.display``). User errors are ``RknasError``s, printed by ``main`` as one
+line with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,26 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import optuna
 import typer
+import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.progress import Progress
 from typer.exceptions import TyperException
 
+from rknas import display
+from rknas.config import load_network_section
 from rknas.errors import RknasError
+from rknas.models.counting import describe as describe_network
+from rknas.models.network import parse_network_config
+from rknas.models.registry import list_models, model_config
+from rknas.plugins import load_errors, plugin_info
+from rknas.registry import list_strategies
+from rknas.report import plot_study
+from rknas.search.runner import SearchOptions, run_search
+from rknas.search.space import space_files
+from rknas.storage import candidates, choose, export_config, load_study, open_storage, storage_url, study_names, summarize
+from rknas.train import train_from_config
 
 app = typer.Typer(
     help="Neural architecture search over Runge-Kutta CNNs.",
@@ -21,9 +40,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True)
 
 
-def _csv(value: Optional[str], cast=str) -> Optional[list]:
+def _csv(value: Optional[str], cast: type = str) -> Optional[list]:
     if value is None:
         return None
     try:
@@ -35,8 +55,6 @@ def _csv(value: Optional[str], cast=str) -> Optional[list]:
 @app.command()
 def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """List every registered stage strategy and the package that provides it."""
-    from rknas.plugins import list_strategies
-
     rows = [
         {"name": s.name, "description": s.description, "min_stages": s.min_stages, "package": s.package, "version": s.version}
         for s in list_strategies()
@@ -44,25 +62,19 @@ def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON in
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "min s", "package", "description")
     for r in rows:
-        table.add_row(r["name"], str(r["min_stages"]), f"{r['package']} {r['version']}", r["description"])
-    console.print(table)
+        r["provider"] = f"{r['package']} {r['version']}".strip()
+    console.print(display.rows_table(rows, {"name": "name", "min_stages": "min s", "provider": "package", "description": "description"}))
 
 
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """List loaded plugins (built-in and installed) with the hooks each implements."""
-    from rknas.plugins import load_errors, plugin_info
-
     rows = plugin_info()
     if as_json:
         print(json.dumps({"plugins": rows, "load_errors": load_errors}, indent=2))
         return
-    table = Table("plugin", "package", "version", "hooks")
-    for r in rows:
-        table.add_row(r["name"], r["package"], r["version"], ", ".join(r["hooks"]))
-    console.print(table)
+    console.print(display.rows_table(rows, {"name": "plugin", "package": "package", "version": "version", "hooks": "hooks"}))
     for err in load_errors:
         console.print(f"[red]not loaded:[/red] {err}")
 
@@ -70,8 +82,6 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 @app.command()
 def models(pattern: str = typer.Argument("*", help="Glob over model names.")):
     """List the named paper models (usable with `rknas describe --model NAME`)."""
-    from rknas.models.registry import list_models
-
     for name in list_models(pattern):
         print(name)
 
@@ -95,17 +105,10 @@ def describe(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Build a network and print its size (params, FLOPs in the paper's convention)."""
-    from rknas.models.counting import describe as describe_network
-    from rknas.models.network import parse_network_config
-
     data: dict = {}
     if config is not None:
-        from rknas.config import load_network_section
-
         data.update(load_network_section(config))
     if model is not None:
-        from rknas.models.registry import model_config
-
         data.update(model_config(model).model_dump(exclude_defaults=False))
     overrides = {
         "framework": framework,
@@ -128,83 +131,7 @@ def describe(
     if as_json:
         print(json.dumps(info))
         return
-    table = Table(title=info["name"], show_header=False)
-    for key in ("framework", "strategy", "stages", "k", "steps", "classes", "in_channels", "image_size", "attention", "multiscale", "width", "dropout"):
-        table.add_row(key, str(info[key]))
-    table.add_row("params", f"{info['params']:,} ({info['params'] / 1e6:.3f} M)")
-    table.add_row("FLOPs", f"{info['flops']:,} ({info['flops'] / 1e9:.4f} G)")
-    console.print(table)
-
-
-class SearchProgress:
-    """Live terminal view of a search: counts, best so far, ETA, one line per finished trial."""
-
-    def __init__(self, console: Console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), console=console, transient=False,
-        )
-        self.task = None
-        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
-        self.running = set()
-        self.best = None
-        self.t0 = None
-        self.done_now = 0
-        self.remaining = 0
-
-    def __call__(self, kind: str, data: dict) -> None:
-        import time
-
-        if kind == "already_done":
-            self.console.print(f"The study already has {data['finished']} finished trials (target {data['target']}); nothing to run.")
-        elif kind == "start":
-            if data["stale"]:
-                self.console.print(f"[yellow]{data['stale']} trial(s) left RUNNING by an earlier search were marked FAIL (interrupted).")
-            self.console.print(
-                f"Study [bold]{data['study']}[/] in {data['storage']}: {data['finished']} of {data['target']} trials finished, "
-                f"running {data['remaining']} more, {data['concurrency']} at a time."
-            )
-            self.t0, self.remaining = time.time(), data["remaining"]
-            self.progress.start()
-            self.task = self.progress.add_task(data["space"], total=data["target"], completed=data["finished"], stats="starting Ray")
-        elif kind == "trial_start":
-            self.running.add(data["trial_id"])
-        elif kind == "trial_end":
-            state, attrs = data["state"], data["attrs"]
-            self.counts[state] = self.counts.get(state, 0) + 1
-            self.running.discard(data.get("trial_id"))
-            self.done_now += 1
-            net = attrs.get("network") or {}
-            arch = " ".join(f"{s}{n}/k{k}" for s, n, k in zip(net.get("strategy", []), net.get("stages", []), net.get("k", [])))
-            size = f"{attrs['params'] / 1e3:.1f}K params" if attrs.get("params") else ""
-            if state == "COMPLETE":
-                acc = data["values"][0] if isinstance(data["values"], list) else data["values"]
-                self.best = acc if self.best is None else max(self.best, acc)
-                what = f"[green]COMPLETE[/] val {acc:.4f}"
-            elif state == "PRUNED":
-                why = attrs.get("constraint_violation") or f"stopped at epoch {attrs.get('pruned_at_epoch')}"
-                last = (attrs.get("val_accuracy_per_epoch") or [None])[-1]
-                what = f"[yellow]PRUNED[/] {why}" + (f", val {last:.4f}" if last is not None else "")
-            else:
-                what = f"[red]FAIL[/] {attrs.get('fail_reason', '')}"
-            self.progress.console.print(f"  trial {data['number']:>4}  {what}  {arch}  {size}")
-        if self.task is not None:
-            eta = ""
-            if self.done_now:
-                left = (time.time() - self.t0) / self.done_now * max(0, self.remaining - self.done_now)
-                eta = f" | ETA {int(left // 60)}m{int(left % 60):02d}s"
-            best = f"{self.best:.4f}" if self.best is not None else "-"
-            stats = (
-                f"running {len(self.running)} | pruned {self.counts['PRUNED']} | failed {self.counts['FAIL']} | "
-                f"best val {best}{eta}"
-            )
-            self.progress.update(self.task, advance=1 if kind == "trial_end" else 0, stats=stats)
-
-    def stop(self):
-        self.progress.stop()
+    console.print(display.network_table(info))
 
 
 @app.command()
@@ -224,9 +151,7 @@ def search(
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Train every trial for all its epochs (no ASHA)."),
 ):
     """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL."""
-    from rknas.search.runner import SearchOptions, run_search
-
-    view = SearchProgress(console)
+    view = display.SearchProgress(console)
     opts = SearchOptions(
         space=space, trials=trials, study=study, storage=storage, address=address, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, concurrency=concurrency, seed=seed, epochs=epochs, timeout=timeout,
@@ -261,20 +186,10 @@ def best(
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial number instead."),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
-    import yaml
-
-    from rknas.storage import candidates, choose, export_config, load_study, open_storage, storage_url
-
     url = storage_url(storage)
     st = load_study(open_storage(url, create=False), study)
     if len(st.directions) > 1:
-        metrics = st.user_attrs.get("metrics", [])
-        table = Table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study}")
-        for t in candidates(st):
-            net = t.user_attrs.get("network", {})
-            table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{t.user_attrs.get('params', 0):,}",
-                          f"{t.user_attrs.get('flops', 0):,}", " ".join(f"{a}{b}/k{c}" for a, b, c in zip(net.get("strategy", []), net.get("stages", []), net.get("k", []))))
-        Console(stderr=True).print(table)
+        err_console.print(display.pareto_table(st))
     chosen = choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
     cfg = export_config(st, chosen, url)
     text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(cfg, sort_keys=False)
@@ -283,7 +198,7 @@ def best(
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
-        Console(stderr=True).print(
+        err_console.print(
             f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {cfg['provenance']['values'].get('val_accuracy', 0):.4f}, "
             f"{cfg['provenance']['params']:,} params"
         )
@@ -299,10 +214,6 @@ def train(
     data_root: Optional[str] = typer.Option(None, "--data-root"),
 ):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
-    from rich.progress import Progress
-
-    from rknas.train import train_from_config
-
     with Progress(console=console) as prog:
         task = prog.add_task("training", total=None)
 
@@ -325,22 +236,13 @@ def train(
 @app.command()
 def studies(storage: Optional[str] = typer.Option(None, "--storage"), as_json: bool = typer.Option(False, "--json")):
     """The studies in a storage with trial counts and best values."""
-    import optuna
-
-    from rknas.storage import open_storage, storage_url, study_names, summarize
-
     url = storage_url(storage)
     st = open_storage(url, create=False)
     rows = [summarize(optuna.load_study(study_name=n, storage=st)) for n in study_names(st)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("study", "space", "objectives", "trials", "states", "best val acc", title=url)
-    for r in rows:
-        table.add_row(r["study"], str(r["space"]), ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
-                      str(r["trials"]), ", ".join(f"{k.lower()} {v}" for k, v in r["counts"].items()),
-                      f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-")
-    console.print(table)
+    console.print(display.studies_table(rows, url))
 
 
 @app.command()
@@ -350,9 +252,6 @@ def report(
     output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    from rknas.report import plot_study
-    from rknas.storage import load_study, open_storage, storage_url
-
     st = load_study(open_storage(storage_url(storage), create=False), study)
     console.print(f"Wrote {plot_study(st, output)}")
 
@@ -360,12 +259,76 @@ def report(
 @app.command()
 def spaces():
     """The known search spaces (repository, plugins, ./search_spaces)."""
-    from rknas.search.space import space_files
+    rows = [{"name": n, "provider": p, "file": str(f)} for n, (f, p) in sorted(space_files().items())]
+    console.print(display.rows_table(rows, {"name": "space", "provider": "provider", "file": "file"}))
 
-    table = Table("space", "provider", "file")
-    for name, (path, package) in sorted(space_files().items()):
-        table.add_row(name, package, str(path))
+
+data_app = typer.Typer(help="Download data sets and list where rknas looks for each.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="cifar10, cifar100, svhn, mnist or fashion_mnist."),
+    root: Path = typer.Option(..., "--root", help="Where to put it: later the --data-root of search and train."),
+    mirror: Optional[str] = typer.Option(
+        None, "--mirror", help="URL prefix holding torchvision's files under their own names (default $RKNAS_DATA_MIRROR)."
+    ),
+):
+    """Download a data set in torchvision's format, checked against torchvision's MD5 sums."""
+    from rich.filesize import decimal
+
+    from rknas.data.download import download
+
+    s = download(name, root, mirror=mirror)
+    if s["status"] == "present":
+        print(f"{name} is already in {s['root']} ({len(s['files'])} files, {decimal(s['bytes'])}); nothing downloaded")
+        return
+    print(f"Downloaded {name} from {', '.join(s['sources'])}")
+    for f in s["files"]:
+        print(f"  {f['path']}  {decimal(f['bytes'])}")
+    print(f"{len(s['files'])} files, {decimal(s['bytes'])}; use them with --data-root {s['root']}")
+
+
+@data_app.command("list")
+def data_list(
+    root: Optional[Path] = typer.Option(None, "--root", help="The folder to check (the --data-root of search and train)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Every known data set: where rknas looks for it, whether it is there, how to get it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from rknas.data.download import list_datasets
+
+    rows = list_datasets(root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("data set", "present", "where", "how to get it")
+    for r in rows:
+        present = {True: "yes", False: "no", None: "?"}[r["present"]]
+        table.add_row(r["name"], present, Text("\n".join(r["where"]), overflow="fold"), Text(r["how"]))
     console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    model_pt: Path = typer.Argument(..., help="RUN/model.pt written by `rknas train`."),
+    fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
+    output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
+):
+    """Export a trained model to ONNX or TorchScript (input: images scaled to [0, 1]; normalisation included)."""
+    from rich.filesize import decimal
+
+    from rknas.export import export_model
+
+    info = export_model(model_pt, fmt, output)
+    shape = "x".join(map(str, info["input_shape"]))
+    print(
+        f"Wrote {info['path']} ({info['format']}, {decimal(info['bytes'])}): input float {shape} scaled to [0, 1], "
+        f"output logits; max abs difference from PyTorch on a random batch: {info['max_abs_diff']:.2e}"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -8,17 +8,19 @@ running averages lag far behind the weights after only a few hundred steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from rknas.data.core import TensorData, augment, normalizer, to_float
@@ -30,21 +32,73 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = 1e-4
+    weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = [0.5, 0.75]
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     bn_recalibrate: bool = True
-    crop_pad: int = 0
+    crop_pad: int = Field(0, ge=0)
     flip: bool = False
     seed: int = 0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Autocast dtype of forward passes. auto: bf16 on CUDA devices that support it, else fp32.
+    fp16 scales the loss (GradScaler). Weights, optimiser state, counts and configs stay fp32."""
+    channels_last: Optional[bool] = None
+    """NHWC memory format for model and batches. None: on for CUDA (faster convolutions with
+    cuDNN, especially under bf16/fp16), off on CPU."""
+
+
+# Reading the loss back every step would stall the GPU; check for divergence this often instead.
+DIVERGENCE_CHECK_STEPS = 50
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision ``fit`` uses on ``device``: "auto" resolved, anything else as given.
+
+    Args:
+        precision: "auto", "bf16", "fp16" or "fp32".
+        device: where the model runs.
+
+    Returns:
+        "bf16", "fp16" or "fp32".
+    """
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_channels_last(channels_last: Optional[bool], device: str | torch.device) -> bool:
+    """Whether ``fit`` uses the channels-last memory format on ``device`` (None: on CUDA only)."""
+    return torch.device(device).type == "cuda" if channels_last is None else channels_last
+
+
+def autocast(device: str | torch.device, precision: str):
+    """The autocast context of a resolved ``precision`` on ``device`` (none for fp32).
+
+    Args:
+        device: where the model runs.
+        precision: "bf16", "fp16" or "fp32" (see ``resolve_precision``).
+
+    Returns:
+        A context manager.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def _batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+    x = to_float(x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def seed_everything(seed: int) -> None:
@@ -77,8 +131,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 256, max_images: int = 4096) -> None:
-    """Replace BatchNorm running statistics by exact averages over training images."""
+def recalibrate_bn(
+    model: nn.Module,
+    x: torch.Tensor,
+    mean,
+    std,
+    batch_size: int = 256,
+    max_images: int = 4096,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> None:
+    """Replace BatchNorm running statistics by exact averages over training images.
+
+    ``precision`` and ``channels_last`` should be those of training ("auto" resolves for the
+    device of ``x``), so that the statistics describe the activations the model computes.
+    """
+    precision = resolve_precision(precision, x.device)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -90,23 +159,62 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
-    for i in range(0, min(len(x), max_images), batch_size):
-        model(to_float(x[i : i + batch_size], mean, std))
+    with autocast(x.device, precision):
+        for i in range(0, min(len(x), max_images), batch_size):
+            model(_batch(x[i : i + batch_size], mean, std, channels_last))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, mean, std, batch_size: int = 512) -> dict:
+def evaluate(
+    model: nn.Module,
+    data: TensorData,
+    mean,
+    std,
+    batch_size: int = 512,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> dict:
+    """Accuracy and mean cross-entropy of ``model`` on ``data`` (in eval mode).
+
+    Args:
+        model: the network, on the device of ``data``.
+        data: images and labels.
+        mean: per-channel normalisation mean (0-1 scale).
+        std: per-channel normalisation std.
+        batch_size: images per forward pass.
+        precision: autocast precision ("auto" resolves for the device of ``data``).
+        channels_last: feed batches in the channels-last memory format.
+
+    Returns:
+        ``{"accuracy": float, "loss": float}``; the sums stay on the device until the end.
+    """
     model.eval()
-    correct, loss, n = 0, 0.0, len(data)
-    for i in range(0, n, batch_size):
-        logits = model(to_float(data.x[i : i + batch_size], mean, std))
-        y = data.y[i : i + batch_size]
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return {"accuracy": correct / max(1, n), "loss": loss / max(1, n)}
+    precision = resolve_precision(precision, data.x.device)
+    n = len(data)
+    acc_dtype = torch.float32 if data.x.device.type == "mps" else torch.float64  # exact counts, as before
+    loss = torch.zeros((), dtype=acc_dtype, device=data.x.device)
+    correct = torch.zeros((), dtype=acc_dtype, device=data.x.device)
+    with autocast(data.x.device, precision):
+        for i in range(0, n, batch_size):
+            logits = model(_batch(data.x[i : i + batch_size], mean, std, channels_last)).float()
+            y = data.y[i : i + batch_size]
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    loss_sum, n_correct = torch.stack([loss, correct]).tolist()
+    return {"accuracy": n_correct / max(1, n), "loss": loss_sum / max(1, n)}
+
+
+def _check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> None:
+    """Raise FloatingPointError if the summed loss is not finite (one host sync)."""
+    if not torch.isfinite(loss_sum).item():
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch} (mean loss {loss_sum.item() / max(1, seen)} after step {step}); "
+            "lower the learning rate"
+        )
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -132,10 +240,23 @@ def fit(
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based). With ``checkpoint``
     the full state is written after every epoch, and ``resume`` continues from it.
     Returns the model, the per-epoch history and the normalisation (mean, std).
+
+    Forward passes run under ``cfg.precision`` and ``cfg.channels_last``. Losses and correct
+    counts are summed on the device and read once per epoch; divergence (a non-finite loss)
+    is checked every ``DIVERGENCE_CHECK_STEPS`` steps and at the end of each epoch, so a
+    diverged run stops within that many steps with FloatingPointError. The checkpoint holds
+    only tensors and plain values, so it loads with ``torch.load(..., weights_only=True)``.
     """
     device = torch.device(device)
-    seed_everything(cfg.seed)
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    seed_everything(cfg.seed)  # before the model is built: its initial weights follow the seed
     model = (model or build_network(network)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     mean, std = normalizer(train)
     train_d = train.to(device)
     val_d = val.to(device) if val is not None else None
@@ -146,52 +267,62 @@ def fit(
     history: list[dict] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # map to the CPU: generator states must be CPU tensors; load_state_dict moves the rest.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         history = state["history"]
         start_epoch = state["epoch"]
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(len(train), generator=gen).to(device)
-        tot_loss, tot_correct, seen = 0.0, 0, 0
+        tot_loss = torch.zeros((), device=device)
+        tot_correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         for b in range(steps_per_epoch):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             xb = train_d.x[idx]
             if cfg.crop_pad or cfg.flip:
                 xb = augment(xb, cfg.crop_pad, cfg.flip, generator=gen)
-            xb, yb = to_float(xb, mean, std), train_d.y[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+            xb, yb = _batch(xb, mean, std, channels_last), train_d.y[idx]
+            with autocast(device, precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()  # without fp16 the scaler passes everything through
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            tot_loss += loss.item() * len(idx)
-            tot_correct += (logits.argmax(1) == yb).sum().item()
+            tot_loss += loss.detach() * len(idx)
+            tot_correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)
-        metrics = {"epoch": epoch, "train_loss": tot_loss / max(1, seen), "train_accuracy": tot_correct / max(1, seen),
-                   "lr": opt.param_groups[0]["lr"]}
+            if (b + 1) % DIVERGENCE_CHECK_STEPS == 0 or b + 1 == steps_per_epoch:
+                _check_finite(tot_loss, seen, epoch, b + 1)
+        loss_sum, n_correct = torch.stack([tot_loss.double(), tot_correct.double()]).tolist()
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": n_correct / max(1, seen),
+                   "lr": float(opt.param_groups[0]["lr"])}
         if cfg.bn_recalibrate:
-            recalibrate_bn(model, train_d.x, mean, std)
+            recalibrate_bn(model, train_d.x, mean, std, precision=precision, channels_last=channels_last)
         if val_d is not None:
-            ev = evaluate(model, val_d, mean, std)
+            ev = evaluate(model, val_d, mean, std, precision=precision, channels_last=channels_last)
             metrics.update(val_accuracy=ev["accuracy"], val_loss=ev["loss"])
         metrics["epoch_time"] = time.perf_counter() - t0
         history.append(metrics)
         if checkpoint is not None:
-            _atomic_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
-                 "mean": mean, "std": std},
-                Path(checkpoint),
-            )
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                     "history": history, "epoch": epoch, "mean": mean, "std": std}
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            _atomic_save(state, Path(checkpoint))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return model, history, (mean, std)
@@ -248,8 +379,11 @@ def train_from_config(
         )
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    model, history, (mean, std) = fit(network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume)
-    test_metrics = evaluate(model, test.to(dev), mean, std)
+    model, history, (mean, std) = fit(
+        network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume
+    )
+    test_metrics = evaluate(model, test.to(dev), mean, std, precision=training.precision,
+                            channels_last=resolve_channels_last(training.channels_last, dev))
     model_cpu = model.to("cpu")
     metrics = {
         "name": network.name,

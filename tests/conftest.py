@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,9 @@ def cli(capsys):
     return run
 
 
-@pytest.fixture
-def register_plugin():
-    """Register throwaway plugin objects for one test and unregister them afterwards."""
+@contextlib.contextmanager
+def registered_plugins():
+    """Register throwaway plugin objects inside the block; all are unregistered on exit."""
     from rknas.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -43,9 +44,19 @@ def register_plugin():
         added.append(plugin)
         return plugin
 
-    yield register
-    for plugin in added:
-        pm.unregister(plugin)
+    try:
+        yield register
+    finally:
+        for plugin in added:
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+
+
+@pytest.fixture
+def register_plugin():
+    """Register throwaway plugin objects for one test and unregister them afterwards."""
+    with registered_plugins() as register:
+        yield register
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +66,7 @@ def ray_local(tmp_path_factory):
 
     import ray
 
-    from rknas.search.runner import start_local_ray
+    from rknas.search.ray_env import start_local_ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)

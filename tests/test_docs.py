@@ -10,8 +10,9 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def hookspec_signatures() -> dict[str, str]:
+    """name -> ``name(arg, ...)``: pluggy matches implementations by argument names."""
     return {
-        name: f"{name}{inspect.signature(f)}"
+        name: f"{name}({', '.join(inspect.signature(f).parameters)})"
         for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
         if hasattr(f, "rknas_spec")
     }

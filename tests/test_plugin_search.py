@@ -8,6 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from rknas import plugins
+from rknas.registry import list_strategies
 from rknas.search.runner import SearchOptions, run_search
 
 
@@ -40,7 +41,7 @@ def test_restricting_plugins_hides_them(monkeypatch, cli):
     monkeypatch.setenv("RKNAS_PLUGINS", "rknas-template")
     plugins.reset()
     try:
-        names = {s.name for s in plugins.list_strategies()}
+        names = {s.name for s in list_strategies()}
         assert "heun" in names and "densenet" not in names
     finally:
         monkeypatch.undo()

@@ -1,6 +1,7 @@
 """The plugin system: built-ins through the hook, throwaway plugins, contract checks."""
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from torch import nn
 
 import rknas
 from rknas import PreActUnit, PluginError, StageStrategy, build_network, hookspecs
-from rknas.plugins import get_plugin_manager, list_strategies, plugin_info
+from rknas.plugins import get_plugin_manager, plugin_info
+from rknas.registry import list_strategies
 
 
 class Heun(nn.Module):
@@ -60,8 +62,44 @@ def test_throwaway_plugin_builds_a_network(register_plugin):
     assert any(r["name"] == "throwaway" and "register_stage_strategies" in r["hooks"] for r in plugin_info())
 
 
-def test_throwaway_plugin_is_gone_after_the_test():
+def test_throwaway_plugins_are_gone_after_the_block():
+    from conftest import registered_plugins
+
+    with registered_plugins() as register:
+        register(ThrowawayPlugin(), name="throwaway")
+        assert "heun_test" in {s.name for s in list_strategies()}
     assert "heun_test" not in {s.name for s in list_strategies()}
+    assert "throwaway" not in {r["name"] for r in plugin_info()}
+
+
+@pytest.mark.parametrize(
+    "source,hook",
+    [
+        ("@hookimpl\ndef register_stage_strategy(register):\n    pass\n", "register_stage_strategy"),
+        ("@hookimpl\ndef register_stage_strategies(register, extra):\n    pass\n", "extra"),
+    ],
+    ids=["misspelt-name", "unknown-argument"],
+)
+def test_a_hook_that_matches_no_spec_is_reported_and_not_loaded(tmp_path, monkeypatch, cli, source, hook):
+    from rknas import plugins
+
+    module = f"misspelt_plugin_{hook}"  # a fresh module per case (imports are cached)
+    (tmp_path / f"{module}.py").write_text("from rknas import hookimpl\n\n" + source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("RKNAS_PLUGIN_MODULES", f"rknas_testplugins,{module}")
+    plugins.reset()
+    try:
+        code, out, err = cli("plugins", "--json")
+        assert code == 0
+        info = json.loads(out)
+        assert module not in {r["name"] for r in info["plugins"]}
+        (message,) = [e for e in info["load_errors"] if module in e]
+        assert "was not loaded" in message and hook in message
+        assert f"warning: {message}" in err
+        assert {"E", "I", "R"} <= {s.name for s in list_strategies()}  # the rest still loads
+    finally:
+        monkeypatch.undo()
+        plugins.reset()
 
 
 def _plugin(name, builder, **kw):

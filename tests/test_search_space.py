@@ -74,10 +74,10 @@ def test_strategy_that_can_never_fit_is_an_error(tmp_path):
         ({"data": {"name": "digits"}, "objectives": [{"metric": "params", "direction": "minimize"}]}, ["val_accuracy must be one of the objectives"]),
         ({"data": {"name": "digits"}, "objectives": [{"metric": "loss", "direction": "minimize"}]}, ["objectives.0.metric", "'val_accuracy', 'params' or 'flops'"]),
         ({"framework": "cifar"}, ["data", "Field required"]),
-        ({"data": {"name": "digits"}, "architecture": {"k": {"low": 0, "high": 8}}}, ["architecture.k: 0.0 is not allowed", "integers >= 1"]),
-        ({"data": {"name": "digits"}, "architecture": {"dropout": [0.0, 1.5]}}, ["architecture.dropout: 1.5", "[0, 1)"]),
+        ({"data": {"name": "digits"}, "architecture": {"k": {"low": 0, "high": 8}}}, ["architecture.k: 0.0 is not allowed", "k must be positive"]),
+        ({"data": {"name": "digits"}, "architecture": {"dropout": [0.0, 1.5]}}, ["architecture.dropout: 1.5 is not allowed", "[0, 1)"]),
         ({"data": {"name": "digits"}, "training": {"optimizer": ["sgd", "rmsprop"]}}, ["training.optimizer: 'rmsprop'", "'sgd' or 'adamw'"]),
-        ({"data": {"name": "digits"}, "training": {"lr": -0.1}}, ["training.lr: -0.1", "numbers > 0"]),
+        ({"data": {"name": "digits"}, "training": {"lr": -0.1}}, ["training.lr: -0.1 is not allowed", "greater than 0"]),
         ({"data": {"name": "digits"}, "training": {"batch_size": []}}, ["training.batch_size: an empty list"]),
         ({"data": {"name": "digits", "val_fraction": 1.5}}, ["data.val_fraction", "less than 1"]),
         ({"data": {"name": "digits", "train_subset": 0}}, ["data.train_subset", "greater than or equal to 1"]),
@@ -124,3 +124,49 @@ def test_stage_choices_conditioned_on_strategy(tmp_path):
         assert not (net.strategy[0] == "I" and net.stages[0] < 2)
         study.tell(t, float(net.stages[0]))
     assert {("E", 1), ("I", 2)} <= seen or {("E", 1), ("I", 3)} <= seen
+
+
+def test_a_new_config_field_is_searchable_with_no_other_edit(tmp_path):
+    """The schema is derived from the configs: a throwaway field is loaded, checked, sampled and built."""
+    from pydantic import Field
+
+    from rknas.models.network import NetworkConfig
+    from rknas.search.space import parse_space, space_schema
+    from rknas.train import TrainConfig
+
+    class MyTrain(TrainConfig):
+        grad_clip: float = Field(5.0, gt=0)
+
+    class MyNet(NetworkConfig):
+        gates: list[int] = Field(default_factory=lambda: [1])  # a per-period field
+
+    schema = space_schema(MyNet, MyTrain)
+    raw = {"data": {"name": "digits"}, "architecture": {"periods": 2, "strategy": ["E"], "stages": 1, "k": 8,
+                                                        "gates": {"low": 1, "high": 3}},
+           "training": {"grad_clip": [0.5, 1.0]}}
+    space = parse_space(raw, "mine.yaml", schema=schema)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        t = study.ask()
+        fixed = space.sample(t)
+        assert {"grad_clip", "p1_gates", "p2_gates"} <= set(t.params)
+        net, train = space.configs({**t.params, **fixed})
+        assert isinstance(net, MyNet) and isinstance(train, MyTrain)
+        assert train.grad_clip in (0.5, 1.0) and all(1 <= g <= 3 for g in net.gates)
+        seen.add(train.grad_clip)
+        study.tell(t, 0.0)
+    assert seen == {0.5, 1.0}
+    with pytest.raises(ConfigError, match=r"mine.yaml: training.grad_clip: -1 is not allowed: .*greater than 0"):
+        parse_space({**raw, "training": {"grad_clip": [1.0, -1]}}, "mine.yaml", schema=schema)
+    # The real configs' fields are all there too (e.g. memory options added to NetworkConfig later).
+    from rknas.search.space import Architecture, Training
+
+    assert set(NetworkConfig.model_fields) - {"framework", "classes", "in_channels", "image_size"} <= set(Architecture.model_fields)
+    assert set(TrainConfig.model_fields) - {"epochs", "seed", "crop_pad", "flip", "milestones"} <= set(Training.model_fields)
+
+
+def test_a_range_on_a_non_numeric_setting_is_an_error(tmp_path):
+    path = write(tmp_path, {"data": {"name": "digits"}, "training": {"optimizer": {"low": 1, "high": 2}}})
+    with pytest.raises(ConfigError, match="training.optimizer: a range needs a numeric setting"):
+        load_space(path)

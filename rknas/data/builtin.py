@@ -1,6 +1,6 @@
 """Built-in plugin: the data sets rknas reads itself."""
 
-from rknas import hookimpl
+from rknas.hookspecs import hookimpl
 
 
 @hookimpl

@@ -62,7 +62,7 @@ class DataSpec(BaseModel):
 
 def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     """(train, test) for a named data set from any plugin (built-ins included)."""
-    from rknas.plugins import datasets
+    from rknas.registry import datasets
 
     known = datasets()
     if spec.name not in known:

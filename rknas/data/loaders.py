@@ -1,4 +1,4 @@
-"""Built-in data sets, read from files the user already has (nothing is downloaded)."""
+"""Built-in data sets, read from files already on disk (`rknas data download` fetches them: rknas.data.download)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from rknas.data.core import TensorData
+from rknas.data.download import download_command
 from rknas.errors import ConfigError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -55,7 +56,7 @@ def _idx_files(root: Path, dataset_dir: str) -> Optional[dict]:
     return None
 
 
-def _mnist_like(root: Optional[str], dataset_dir: str, label: str, default: Optional[Path] = None):
+def _mnist_like(root: Optional[str], name: str, dataset_dir: str, label: str, default: Optional[Path] = None):
     candidates = [Path(root).expanduser()] if root else ([default] if default else [])
     for base in candidates:
         files = _idx_files(base, dataset_dir)
@@ -67,24 +68,28 @@ def _mnist_like(root: Optional[str], dataset_dir: str, label: str, default: Opti
     raise ConfigError(
         f"{label} not found under {where}: expected the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
         f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (optionally .gz) in ROOT, ROOT/{dataset_dir}/raw "
-        f"(torchvision's layout) or ROOT/{dataset_dir}; set data.root in the space or pass --data-root"
+        f"(torchvision's layout) or ROOT/{dataset_dir}; set data.root in the space or pass --data-root, "
+        f"or download it: {download_command(name, root)}"
     )
 
 
 def mnist(root: Optional[str] = None):
-    return _mnist_like(root, "MNIST", "MNIST")
+    return _mnist_like(root, "mnist", "MNIST", "MNIST")
 
 
 def fashion_mnist(root: Optional[str] = None):
     """Fashion-MNIST; Debian's dataset-fashion-mnist package is found without a root."""
-    return _mnist_like(root, "FashionMNIST", "Fashion-MNIST", default=FASHION_MNIST_DEBIAN)
+    return _mnist_like(root, "fashion_mnist", "FashionMNIST", "Fashion-MNIST", default=FASHION_MNIST_DEBIAN)
 
 
-def _torchvision(cls_name: str, label: str, fmt: str, root: Optional[str], **kw):
+def _torchvision(name: str, cls_name: str, label: str, fmt: str, root: Optional[str], **kw):
     import torchvision.datasets as tvd
 
     if not root:
-        raise ConfigError(f"{label} needs a root folder holding {fmt}; set data.root in the space or pass --data-root")
+        raise ConfigError(
+            f"{label} needs a root folder holding {fmt}; set data.root in the space or pass --data-root "
+            f"(to download it: {download_command(name)})"
+        )
     cls = getattr(tvd, cls_name)
     try:
         if cls_name == "SVHN":
@@ -92,7 +97,10 @@ def _torchvision(cls_name: str, label: str, fmt: str, root: Optional[str], **kw)
         else:
             tr, te = cls(root, train=True, download=False), cls(root, train=False, download=False)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        raise ConfigError(f"{label} not found in {root}: expected {fmt} (torchvision's format; nothing is downloaded): {exc}") from None
+        raise ConfigError(
+            f"{label} not found in {root}: expected {fmt} (torchvision's format): {exc}; "
+            f"to download it: {download_command(name, root)}"
+        ) from None
 
     def conv(ds):
         if cls_name == "SVHN":
@@ -105,18 +113,20 @@ def _torchvision(cls_name: str, label: str, fmt: str, root: Optional[str], **kw)
 
 
 def cifar10(root: Optional[str] = None):
-    return _torchvision("CIFAR10", "CIFAR-10", "ROOT/cifar-10-batches-py/ (the python version)", root)
+    return _torchvision("cifar10", "CIFAR10", "CIFAR-10", "ROOT/cifar-10-batches-py/ (the python version)", root)
 
 
 def cifar100(root: Optional[str] = None):
-    return _torchvision("CIFAR100", "CIFAR-100", "ROOT/cifar-100-python/ (the python version)", root)
+    return _torchvision("cifar100", "CIFAR100", "CIFAR-100", "ROOT/cifar-100-python/ (the python version)", root)
 
 
 def svhn(root: Optional[str] = None):
-    return _torchvision("SVHN", "SVHN", "ROOT/train_32x32.mat and ROOT/test_32x32.mat", root)
+    return _torchvision("svhn", "SVHN", "SVHN", "ROOT/train_32x32.mat and ROOT/test_32x32.mat", root)
 
 
-def image_folder(root: Optional[str] = None, image_size: int = 32, grayscale: bool = False, test_fraction: float = 0.2, seed: int = 0):
+def image_folder(
+    root: Optional[str] = None, image_size: int = 32, grayscale: bool = False, test_fraction: float = 0.2, seed: int = 0
+):
     """A folder of class sub-folders (torchvision ImageFolder); ROOT/train and ROOT/test if both exist."""
     import torchvision.transforms.v2 as T
     from torchvision.datasets import ImageFolder

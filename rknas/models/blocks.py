@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -34,14 +37,44 @@ def concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=1)
 
 
+def _recompute_norm(norm: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``norm(x)`` as the forward pass computed it (in mode ``training``), for recomputation.
+
+    Calling a training-mode BatchNorm again would update its running statistics (and
+    ``num_batches_tracked``) a second time; the same op on copies of the statistics gives the
+    same output and saves the same tensors, which checkpoint verifies.
+    """
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return norm(x)
+    mean, var = norm.running_mean, norm.running_var
+    batch_stats = training or mean is None
+    if batch_stats and mean is not None:
+        mean, var = mean.clone(), var.clone()
+    return F.batch_norm(x, mean, var, norm.weight, norm.bias, batch_stats, 0.0, norm.eps)
+
+
 class PreActUnit(nn.Sequential):
     """BN-ReLU-conv1x1-BN-ReLU-conv3x3: the unit each RK stage is made of.
 
     ``width`` scales the bottleneck (1x1 output = round(width * out_channels)); dropout, when
     > 0, follows each convolution as in the paper's SVHN setting. Convolutions are bias-free.
+
+    The input is a tensor or a sequence of tensors, concatenated on channels (y_n first). With
+    ``memory_efficient`` (as torchvision's DenseNet), the cheap part before the 3x3 conv
+    (concat-BN-ReLU-conv1x1-BN-ReLU) is recomputed in backward instead of stored: the
+    concatenation of a dense stage grows with the stage index, so storing it per unit costs
+    memory quadratic in the stages. Give a sequence, not a concatenated tensor, to gain the most;
+    recomputation only happens in training with gradients enabled, and results are identical.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: float = 1.0, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        width: float = 1.0,
+        dropout: float = 0.0,
+        memory_efficient: bool = False,
+    ):
         mid = max(1, int(round(width * out_channels)))
         layers: list[tuple[str, nn.Module]] = [
             ("norm1", batch_norm(in_channels)),
@@ -60,6 +93,60 @@ class PreActUnit(nn.Sequential):
         super().__init__(OrderedDict(layers))
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.memory_efficient = memory_efficient
+
+    def _bottleneck(self, inputs: Sequence[torch.Tensor], modes: Optional[tuple[bool, bool, bool]] = None) -> torch.Tensor:
+        """concat-BN-ReLU-conv1x1[-dropout]-BN-ReLU: everything the 3x3 conv reads.
+
+        ``modes`` marks a recomputation: the forward pass's training flags of norm1, drop1 and
+        norm2, so that neither the statistics nor (if the model was switched meanwhile) the
+        result change.
+        """
+        drop = "drop1" in self._modules
+        if modes is None:
+            h = self.conv1(self.relu1(self.norm1(concat(inputs))))
+            return self.relu2(self.norm2(self.drop1(h) if drop else h))
+        h = self.conv1(self.relu1(_recompute_norm(self.norm1, concat(inputs), modes[0])))
+        if drop:
+            h = F.dropout(h, self.drop1.p, modes[1], self.drop1.inplace)
+        return self.relu2(_recompute_norm(self.norm2, h, modes[2]))
+
+    def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        inputs = (x,) if isinstance(x, torch.Tensor) else tuple(x)  # a copy: callers append to their lists
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            modes = (self.norm1.training, "drop1" in self._modules and self.drop1.training, self.norm2.training)
+            calls: list[None] = []  # the first call is the forward pass, any later one a recomputation
+
+            def bottleneck(*xs: torch.Tensor) -> torch.Tensor:
+                calls.append(None)
+                return self._bottleneck(xs, modes if len(calls) > 1 else None)
+
+            h = checkpoint(bottleneck, *inputs, use_reentrant=False, preserve_rng_state="drop1" in self._modules)
+        else:
+            h = self._bottleneck(inputs)
+        h = self.conv2(h)
+        if "drop2" in self._modules:
+            h = self.drop2(h)
+        return h
+
+
+def set_memory_efficient(module: nn.Module, enabled: bool = True) -> int:
+    """Switch recomputation on or off for every PreActUnit inside ``module``.
+
+    The network builder calls this on each built stage block, so blocks of any strategy made of
+    PreActUnits get it without a change to the builder contract.
+
+    Args:
+        module: a stage block (or any module) that may contain PreActUnits.
+        enabled: the new value of their ``memory_efficient``.
+
+    Returns:
+        How many PreActUnits were set.
+    """
+    units = [m for m in module.modules() if isinstance(m, PreActUnit)]
+    for unit in units:
+        unit.memory_efficient = enabled
+    return len(units)
 
 
 class RKBlock(nn.Module):
@@ -89,18 +176,20 @@ class RKBlock(nn.Module):
         )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        # Units get the stage lists and concatenate them themselves, so that a memory-efficient
+        # unit can drop its concatenation after the forward pass.
         feats = [y]
         for unit in self.phase1:
-            feats.append(unit(concat(feats)))
+            feats.append(unit(feats))
         xs = feats[1:]
         if self.mode == "E":
             increments = xs
         elif self.mode == "R":
-            increments = [unit(concat([y, *xs[:i], *xs[i + 1 :]])) for i, unit in enumerate(self.phase2)]
+            increments = [unit([y, *xs[:i], *xs[i + 1 :]]) for i, unit in enumerate(self.phase2)]
         else:  # "I": stage i sees the updated e_1..e_{i-1} and the Phase-I x_{i+1}..x_s
             increments = []
             for i, unit in enumerate(self.phase2):
-                increments.append(unit(concat([y, *increments, *xs[i + 1 :]])))
+                increments.append(unit([y, *increments, *xs[i + 1 :]]))
         out = y
         for e in increments:
             out = out + e

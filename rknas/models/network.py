@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from rknas.errors import ConfigError, PluginError
-from rknas.models.blocks import batch_norm, group_norm
+from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
 from rknas.strategies.base import StageStrategy
 
 FRAMEWORKS = ("cifar", "mnist")
@@ -23,6 +23,8 @@ DEFAULTS = {
     "cifar": (3, 32, True, True),
     "mnist": (1, 28, False, False),
 }
+# memory_efficient=None switches recomputation on from this many stages (benchmarks/RESULTS.md).
+MEMORY_EFFICIENT_MIN_STAGES = 4
 
 
 def _as_list(v):
@@ -53,6 +55,20 @@ class NetworkConfig(BaseModel):
     multiscale: Optional[bool] = None
     width: float = 1.0
     dropout: float = 0.0
+    memory_efficient: Optional[bool] = Field(
+        None,
+        description=(
+            "Recompute each PreActUnit's concat-BN-ReLU-conv1x1-BN-ReLU in backward instead of storing it "
+            "(same results, same params and FLOPs; not part of the name). None: on for periods with "
+            f"stages >= {MEMORY_EFFICIENT_MIN_STAGES}, where it is measured to save memory for little time."
+        ),
+    )
+    """Trade a little step time for much less activation memory in deep dense stages.
+
+    Storing every unit's concatenation makes activation memory grow quadratically in the stages
+    s; recomputing it makes it grow linearly. See ``MEMORY_EFFICIENT_MIN_STAGES`` and
+    benchmarks/RESULTS.md for the measurements behind the default.
+    """
 
     @field_validator("strategy", "stages", "k", "steps", mode="before")
     @classmethod
@@ -103,6 +119,19 @@ class NetworkConfig(BaseModel):
     @property
     def periods(self) -> int:
         return len(self.k)
+
+    def memory_efficient_in(self, period: int) -> bool:
+        """Whether period ``period`` (0-based) recomputes its units' bottlenecks in backward.
+
+        Args:
+            period: index of the period.
+
+        Returns:
+            ``memory_efficient`` when set, else whether that period has enough stages for it to pay.
+        """
+        if self.memory_efficient is not None:
+            return self.memory_efficient
+        return self.stages[period] >= MEMORY_EFFICIENT_MIN_STAGES
 
     @property
     def name(self) -> str:
@@ -235,7 +264,7 @@ class RKCNN(nn.Module):
         super().__init__()
         self.config = config
         if strategies is None:
-            from rknas.plugins import get_strategy
+            from rknas.registry import get_strategy
 
             strategies = [get_strategy(n) for n in config.strategy]
         cfg = config
@@ -264,6 +293,9 @@ class RKCNN(nn.Module):
                     f"so period {p + 1} can have only 1 time step, got {r}"
                 )
             blocks = [build_stage(st, k[p], s, cfg.width, cfg.dropout) for _ in range(r)]
+            if cfg.memory_efficient_in(p):
+                for block in blocks:  # any strategy's PreActUnits, not only the built-in blocks
+                    set_memory_efficient(block, True)
             self.periods.append(Period(blocks, two_outputs=st.post_channels is not None))
             post_widths.append(st.postprocessor_width(k[p], s))
             if p + 1 < cfg.periods:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rknas import hookimpl
+from rknas.hookspecs import hookimpl
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 

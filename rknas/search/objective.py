@@ -1,13 +1,15 @@
 """One trial: build the sampled network, check constraints, train it, report every epoch.
 
-Independent of Ray so it can be tested and called directly; the runner wraps it.
+Independent of Ray so it can be tested and called directly; the searcher's trainable wraps
+it. What it reports after each epoch (``EpochResult``) is the contract between a trial and
+``searcher.trial_state``, which decides the trial's final state from the last report.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Optional, TypedDict
 
 import torch
 
@@ -16,10 +18,30 @@ from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import build_network
 from rknas.search.space import SearchSpace
-from rknas.train import fit
+from rknas.train import fit, seed_everything
 
 
-def constraint_violation(space: SearchSpace, params: int, flops: int) -> str | None:
+class EpochResult(TypedDict, total=False):
+    """What a trial reports: after each epoch, and once more when it ends early.
+
+    ``epoch`` 0 means nothing was trained. ``failed``/``error`` mark an error inside the
+    trial; ``constraint_violation`` a network over a size limit.
+    """
+
+    epoch: int
+    val_accuracy: float
+    val_loss: float
+    train_loss: float
+    params: int
+    flops: int
+    wall_time: float
+    failed: int
+    error: str
+    constraint_violation: str
+
+
+def constraint_violation(space: SearchSpace, params: int, flops: int) -> Optional[str]:
+    """Why a network breaks the space's size constraints, or None."""
     c = space.constraints
     if c.max_params is not None and params > c.max_params:
         return f"params {params:,} > max_params {int(c.max_params):,}"
@@ -33,33 +55,47 @@ def run_trial(
     space: SearchSpace,
     train: TensorData,
     val: TensorData,
-    report: Callable[[dict], None],
+    report: Callable[[EpochResult], None],
     device: str = "cpu",
-) -> dict:
+) -> EpochResult:
     """Train one sampled configuration, calling ``report`` after each epoch.
 
-    A model that violates a constraint is reported once (epoch 0) and never trained. Any
-    error (a broken plugin, divergence) is reported as a result with ``failed`` and ``error``,
-    so the study records the reason and the search goes on.
+    The trial's seed is set before the network is built, so its initial weights depend on
+    its config and seed only, not on what ran before in the same worker.
+
+    Args:
+        params: The trial's parameters and constants, including ``seed``.
+        space: The search space (for configs, fidelity and constraints).
+        train: Training images.
+        val: Validation images.
+        report: Called with an ``EpochResult`` after each epoch (Ray Tune's ``report``).
+        device: Where to train.
+
+    Returns:
+        The last result reported. A model that violates a constraint is reported once
+        (epoch 0) and never trained. Any error (a broken plugin, divergence) is reported as a
+        result with ``failed`` and ``error``, so the study records the reason and the search
+        goes on.
     """
     t0 = time.perf_counter()
     seed = int(params.get("seed", 0))
-    base = {"epoch": 0, "val_accuracy": 0.0}
+    base: EpochResult = {"epoch": 0, "val_accuracy": 0.0}
     try:
         network, training = space.configs(params, seed=seed)
+        seed_everything(seed)
         model = build_network(network)
         n_params, n_flops = count_params(model), count_flops(model)
     except Exception as exc:
-        result = {**base, "failed": 1, "error": _reason(exc)}
+        result: EpochResult = {**base, "failed": 1, "error": _reason(exc)}
         report(result)
         return result
-    sizes = {"params": n_params, "flops": n_flops}
+    sizes: EpochResult = {"params": n_params, "flops": n_flops}
     violation = constraint_violation(space, n_params, n_flops)
     if violation:
         result = {**base, **sizes, "constraint_violation": violation}
         report(result)
         return result
-    last = {**base, **sizes}
+    last: EpochResult = {**base, **sizes}
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         nonlocal last
@@ -91,4 +127,5 @@ def _reason(exc: BaseException) -> str:
 
 
 def pick_device(gpus: float) -> str:
+    """CUDA when the trial holds a GPU share and one is visible, else the CPU."""
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"

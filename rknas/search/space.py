@@ -1,21 +1,27 @@
-"""Search-space files: a validated schema, name lookup, and the Optuna sampling function.
+"""Search-space files: a schema derived from the configs, name lookup, and Optuna sampling.
 
 A value in ``architecture`` or ``training`` is either fixed (a scalar), a choice (a list), or
-a range (``{low, high, step?, log?}``). Per-period keys (strategy, stages, k, steps) are
-sampled separately for each period, and a strategy is only paired with stage counts it
-supports (``min_stages``), so no trial fails for an impossible combination.
+a range (``{low, high, step?, log?}``). The two sections are derived from ``NetworkConfig``
+and ``TrainConfig``: every field of those configs is a searchable key with the config's own
+default and validation, so a new config field is searchable with no edit here. Per-period
+keys (the list fields of ``NetworkConfig``: strategy, stages, k, steps) are sampled
+separately for each period, and a strategy is only paired with stage counts it supports
+(``min_stages``), so no trial fails for an impossible combination.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from rknas.config import read_yaml
 from rknas.data.core import DataSpec
 from rknas.errors import ConfigError
 from rknas.models.network import NetworkConfig, format_validation_error
+from rknas.registry import search_space_sources, strategies
 from rknas.train import TrainConfig
 
 
@@ -29,7 +35,7 @@ class Range(BaseModel):
     log: bool = False
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> Range:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         if self.log and self.low <= 0:
@@ -37,41 +43,78 @@ class Range(BaseModel):
         return self
 
 
-Param = Union[Range, list, bool, int, float, str]
+Param = Union[Range, list, bool, int, float, str, None]
+
+# Config fields a space does not search: the space's data and framework decide them, or
+# the search does (epochs from the fidelity, a seed per trial, augmentation from the data).
+NETWORK_FROM_SPACE = ("framework", "classes", "in_channels", "image_size")
+TRAINING_FROM_SPACE = ("epochs", "seed", "crop_pad", "flip", "milestones")
+# Search defaults that differ from a single network's defaults: a space explores.
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {
+    "strategy": ["E", "I", "R"],
+    "stages": Range(low=1, high=5),
+    "k": Range(low=16, high=64, step=8),
+    "attention": True,
+    "multiscale": True,
+}
 
 
-def _values(p) -> list:
+def _values(p: Any) -> list:
     """The listed values of a parameter, or a range's two ends (enough for min/max checks)."""
     if isinstance(p, Range):
         return [p.low, p.high]
     return list(p) if isinstance(p, list) else [p]
 
 
-class Architecture(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    periods: int = Field(3, ge=1)
-    strategy: Union[list[str], str] = ["E", "I", "R"]
-    stages: Param = Range(low=1, high=5)
-    k: Param = Range(low=16, high=64, step=8)
-    steps: Param = 1
-    attention: Param = True
-    multiscale: Param = True
-    width: Param = 1.0
-    dropout: Param = 0.0
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
 
 
-class Training(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    optimizer: Param = "sgd"
-    lr: Param = 0.1
-    momentum: Param = 0.9
-    nesterov: bool = True
-    weight_decay: Param = 1e-4
-    batch_size: Param = 64
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: Param = 0.0
-    bn_recalibrate: bool = True
+def _base_type(annotation: Any) -> Any:
+    """int for ``int``, ``list[int]`` and ``Optional[int]``; the annotation itself otherwise."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if _is_list(annotation) or (typing.get_origin(annotation) is Union and len(args) == 1):
+        return args[0]
+    return annotation
+
+
+def per_period_fields(network_cls: type[NetworkConfig]) -> list[str]:
+    """The list fields of a network config: one value per period."""
+    return [n for n, f in network_cls.model_fields.items() if _is_list(f.annotation)]
+
+
+def _section(name: str, config_cls: type[BaseModel], skip: tuple[str, ...], defaults: dict, extra: dict) -> type[BaseModel]:
+    fields: dict[str, Any] = dict(extra)
+    per_period = _is_list
+    for fname, info in config_cls.model_fields.items():
+        if fname in skip:
+            continue
+        if fname in defaults:
+            default = defaults[fname]
+        else:
+            default = info.get_default(call_default_factory=True)
+            if per_period(info.annotation) and isinstance(default, list) and len(default) == 1:
+                default = default[0]
+        fields[fname] = (Param, Field(default, description=info.description))
+    model: type[BaseModel] = create_model(
+        name, __config__=ConfigDict(extra="forbid"), __doc__=f"The searchable fields of {config_cls.__name__}.", **fields
+    )
+    return model
+
+
+def architecture_section(network_cls: type[NetworkConfig] = NetworkConfig) -> type[BaseModel]:
+    """The ``architecture:`` schema: every field of ``network_cls`` plus ``periods``."""
+    return _section("Architecture", network_cls, NETWORK_FROM_SPACE, ARCHITECTURE_DEFAULTS,
+                    {"periods": (int, Field(3, ge=1))})
+
+
+def training_section(train_cls: type[TrainConfig] = TrainConfig) -> type[BaseModel]:
+    """The ``training:`` schema: every field of ``train_cls`` the search does not set itself."""
+    return _section("Training", train_cls, TRAINING_FROM_SPACE, {}, {})
+
+
+Architecture = architecture_section()
+Training = training_section()
 
 
 class Fidelity(BaseModel):
@@ -85,19 +128,31 @@ class Fidelity(BaseModel):
 
 
 class Objective(BaseModel):
+    """One metric the study optimises."""
+
     model_config = ConfigDict(extra="forbid")
     metric: Literal["val_accuracy", "params", "flops"]
     direction: Literal["maximize", "minimize"]
 
 
 class Constraints(BaseModel):
+    """Size limits; a trial over them is PRUNED before training and steers the sampler away."""
+
     model_config = ConfigDict(extra="forbid")
     max_params: Optional[float] = None
     max_flops: Optional[float] = None
 
 
 class SearchSpace(BaseModel):
+    """A validated search-space file: data, framework, ranges, fidelity, objectives.
+
+    ``config_classes`` names the configs the two searchable sections are derived from;
+    ``space_schema`` builds a variant over other config classes (a plugin's, or a test's).
+    """
+
     model_config = ConfigDict(extra="forbid")
+    config_classes: ClassVar[tuple[type[NetworkConfig], type[TrainConfig]]] = (NetworkConfig, TrainConfig)
+
     name: str = ""
     description: str = ""
     data: DataSpec
@@ -105,15 +160,15 @@ class SearchSpace(BaseModel):
     classes: Optional[int] = None
     in_channels: Optional[int] = None
     image_size: Optional[int] = None
-    architecture: Architecture = Architecture()
-    training: Training = Training()
+    architecture: Architecture = Field(default_factory=Architecture)  # type: ignore[valid-type]
+    training: Training = Field(default_factory=Training)  # type: ignore[valid-type]
     fidelity: Fidelity = Fidelity()
     objectives: list[Objective] = [Objective(metric="val_accuracy", direction="maximize")]
     constraints: Constraints = Constraints()
 
     @field_validator("objectives")
     @classmethod
-    def _objectives(cls, v):
+    def _objectives(cls, v: list[Objective]) -> list[Objective]:
         if not v:
             raise ValueError("at least one objective is needed")
         metrics = [o.metric for o in v]
@@ -124,7 +179,7 @@ class SearchSpace(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _fidelity(self):
+    def _fidelity(self) -> SearchSpace:
         if self.fidelity.min_epochs > self.fidelity.epochs:
             self.fidelity.min_epochs = self.fidelity.epochs
         return self
@@ -132,67 +187,96 @@ class SearchSpace(BaseModel):
     # ---- derived ---------------------------------------------------------------------------
     @property
     def metrics(self) -> list[str]:
+        """The objectives' metric names, in order."""
         return [o.metric for o in self.objectives]
 
     @property
     def directions(self) -> list[str]:
+        """``maximize``/``minimize`` per objective, in order."""
         return [o.direction for o in self.objectives]
 
+    @property
+    def arch(self) -> Any:
+        """The ``architecture`` section (its class is derived at import, so typed loosely)."""
+        return self.architecture
+
+    @property
+    def periods(self) -> int:
+        """Periods of every network in the space."""
+        return int(self.arch.periods)
+
     def strategies(self) -> list[str]:
-        return [self.architecture.strategy] if isinstance(self.architecture.strategy, str) else list(self.architecture.strategy)
+        """The strategy names the space lists."""
+        strategy = self.arch.strategy
+        return [strategy] if isinstance(strategy, str) else list(strategy)
 
+    def _section_fields(self, section: str) -> list[str]:
+        return [k for k in type(getattr(self, section)).model_fields if k != "periods"]
+
+    # ---- checks ------------------------------------------------------------------------------
     def check_strategies(self, where: str) -> None:
-        """Every strategy must exist and fit the stage range; otherwise say which and why."""
-        from rknas.plugins import strategies
+        """Every strategy must exist and fit the stage range; otherwise say which and why.
 
+        Raises:
+            ConfigError: An unknown strategy, or none that works with the stage range.
+        """
         known = strategies()
         names = self.strategies()
         for n in names:
             if n not in known:
                 raise ConfigError(f"{where}: architecture.strategy: unknown stage strategy {n!r}; known: {', '.join(known)}")
-        max_s = max(int(v) for v in _values(self.architecture.stages))
-        usable = [n for n in names if known[n].min_stages <= max_s]
-        if not usable:
+        max_s = max(int(v) for v in _values(self.arch.stages))
+        if not [n for n in names if known[n].min_stages <= max_s]:
             raise ConfigError(f"{where}: no listed strategy works with at most {max_s} stages (architecture.stages)")
 
-    # (section, key, test, what is allowed) -- checked on every listed value or range end, so a
-    # space that could propose an invalid network or optimiser fails at load, not in every trial.
-    _ALLOWED = (
-        ("architecture", "stages", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
-        ("architecture", "k", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
-        ("architecture", "steps", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
-        ("architecture", "attention", lambda v: isinstance(v, bool), "true or false"),
-        ("architecture", "multiscale", lambda v: isinstance(v, bool), "true or false"),
-        ("architecture", "width", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "numbers > 0"),
-        ("architecture", "dropout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
-        ("training", "optimizer", lambda v: v in ("sgd", "adamw"), "'sgd' or 'adamw'"),
-        ("training", "lr", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "numbers > 0"),
-        ("training", "momentum", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
-        ("training", "weight_decay", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "numbers >= 0"),
-        ("training", "batch_size", lambda v: isinstance(v, (int, float)) and v >= 1 and float(v).is_integer(), "integers >= 1"),
-        ("training", "label_smoothing", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "numbers in [0, 1)"),
-    )
-
     def check_values(self, where: str) -> None:
-        for section, key, ok, allowed in self._ALLOWED:
-            param = getattr(getattr(self, section), key)
-            values = _values(param)
-            if not values:
-                raise ConfigError(f"{where}: {section}.{key}: an empty list; allowed: {allowed}")
-            bad = [v for v in values if not ok(v)]
-            if bad:
-                raise ConfigError(f"{where}: {section}.{key}: {bad[0]!r} is not allowed; allowed: {allowed}")
+        """Validate every listed value and range end with the config class's own rules.
 
-    def sample(self, trial) -> dict:
-        """Define-by-run: suggest every searched value on an Optuna trial; return the constants."""
-        from rknas.plugins import strategies
+        A space that could propose an invalid network or optimiser fails at load, not in
+        every trial.
 
+        Raises:
+            ConfigError: The first value the config rejects, with section, key and reason.
+        """
+        net_cls, train_cls = self.config_classes
+        per = set(per_period_fields(net_cls))
+        for section, cls in (("architecture", net_cls), ("training", train_cls)):
+            for key in self._section_fields(section):
+                if key == "strategy":
+                    continue  # names are checked against the registry by check_strategies
+                param = getattr(getattr(self, section), key)
+                base = _base_type(cls.model_fields[key].annotation)
+                if isinstance(param, list) and not param:
+                    raise ConfigError(f"{where}: {section}.{key}: an empty list; give a value, a list or a range")
+                if isinstance(param, Range) and base not in (int, float):
+                    raise ConfigError(f"{where}: {section}.{key}: a range needs a numeric setting; give a value or a list")
+                for value in _values(param):
+                    v = int(value) if base is int and isinstance(value, float) and value.is_integer() else value
+                    try:
+                        cls.model_validate({key: [v] if key in per else v}, strict=True)
+                    except ValidationError as exc:
+                        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                        raise ConfigError(f"{where}: {section}.{key}: {value!r} is not allowed: {why}") from None
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: suggest every searched value on an Optuna trial.
+
+        Args:
+            trial: An ``optuna.Trial``.
+
+        Returns:
+            The constants (fixed values), which Optuna does not record as parameters.
+        """
         known = strategies()
-        arch = self.architecture
+        arch, training = self.arch, self.training
+        net_cls, train_cls = self.config_classes
+        net_ints, train_ints = _int_fields(net_cls), _int_fields(train_cls)
+        per = per_period_fields(net_cls)
         fixed: dict[str, Any] = {}
         max_s = max(int(v) for v in _values(arch.stages))
         allowed = [n for n in self.strategies() if known[n].min_stages <= max_s]
-        for p in range(1, arch.periods + 1):
+        for p in range(1, self.periods + 1):
             strat = _suggest(trial, f"p{p}_strategy", allowed, fixed)
             low_s = known[strat].min_stages
             stages_param = arch.stages
@@ -206,60 +290,86 @@ class SearchSpace(BaseModel):
                 stages_param = None
             if stages_param is not None:
                 _suggest(trial, f"p{p}_stages", stages_param, fixed, integer=True)
-            _suggest(trial, f"p{p}_k", arch.k, fixed, integer=True)
-            _suggest(trial, f"p{p}_steps", arch.steps, fixed, integer=True)
-        for key in ("attention", "multiscale", "width", "dropout"):
-            _suggest(trial, key, getattr(arch, key), fixed)
-        tr = self.training
-        for key in ("optimizer", "lr", "momentum", "weight_decay", "label_smoothing"):
-            _suggest(trial, key, getattr(tr, key), fixed)
-        _suggest(trial, "batch_size", tr.batch_size, fixed, integer=True)
+            for key in per:
+                if key not in ("strategy", "stages"):
+                    _suggest(trial, f"p{p}_{key}", getattr(arch, key), fixed, integer=key in net_ints)
+        for key in self._section_fields("architecture"):
+            if key not in per:
+                _suggest(trial, key, getattr(arch, key), fixed, integer=key in net_ints)
+        for key in self._section_fields("training"):
+            _suggest(trial, key, getattr(training, key), fixed, integer=key in train_ints)
         return fixed
 
-    def configs(self, params: dict, seed: int = 0, epochs: Optional[int] = None) -> tuple[NetworkConfig, TrainConfig]:
-        """The network and training configs of one trial's parameters."""
-        arch, tr = self.architecture, self.training
-        per = lambda name: [params[f"p{p}_{name}"] for p in range(1, arch.periods + 1)]  # noqa: E731
-        network = NetworkConfig(
-            framework=self.framework,
-            strategy=per("strategy"),
-            stages=[int(v) for v in per("stages")],
-            k=[int(v) for v in per("k")],
-            steps=[int(v) for v in per("steps")],
-            classes=self.classes or 10,
-            in_channels=self.in_channels,
-            image_size=self.image_size,
-            attention=bool(params["attention"]),
-            multiscale=bool(params["multiscale"]),
-            width=float(params["width"]),
-            dropout=float(params["dropout"]),
-        )
-        training = TrainConfig(
-            epochs=epochs or self.fidelity.epochs,
-            batch_size=int(params["batch_size"]),
-            optimizer=params["optimizer"],
-            lr=float(params["lr"]),
-            momentum=float(params["momentum"]),
-            nesterov=tr.nesterov,
-            weight_decay=float(params["weight_decay"]),
-            schedule=tr.schedule,
-            warmup_epochs=tr.warmup_epochs,
-            label_smoothing=float(params["label_smoothing"]),
-            bn_recalibrate=tr.bn_recalibrate,
-            crop_pad=self.data.crop_pad,
-            flip=self.data.flip,
-            seed=seed,
-        )
-        return network, training
+    def configs(self, params: dict[str, Any], seed: int = 0, epochs: Optional[int] = None) -> tuple[NetworkConfig, TrainConfig]:
+        """The network and training configs of one trial's parameters.
+
+        Args:
+            params: The trial's parameters and constants (``p1_k``, ``lr``, ...). A key that is
+                missing takes the space's value when that value is fixed.
+            seed: The trial's seed.
+            epochs: Training epochs (default: the fidelity's).
+
+        Returns:
+            ``(NetworkConfig, TrainConfig)``.
+
+        Raises:
+            ConfigError: The parameters do not make a valid configuration.
+        """
+        net_cls, train_cls = self.config_classes
+        per = per_period_fields(net_cls)
+
+        def value(section: str, key: str, name: str) -> Any:
+            if name in params:
+                return params[name]
+            fixed = getattr(getattr(self, section), key)
+            if isinstance(fixed, (Range, list)):
+                raise ConfigError(f"trial parameters lack {name!r}, which space {self.name!r} searches")
+            return fixed
+
+        net: dict[str, Any] = {
+            key: [value("architecture", key, f"p{p}_{key}") for p in range(1, self.periods + 1)] for key in per
+        }
+        net.update({k: value("architecture", k, k) for k in self._section_fields("architecture") if k not in per})
+        net.update(framework=self.framework, classes=self.classes or 10, in_channels=self.in_channels,
+                   image_size=self.image_size)
+        tr = {k: value("training", k, k) for k in self._section_fields("training")}
+        tr.update(epochs=epochs or self.fidelity.epochs, seed=seed, crop_pad=self.data.crop_pad, flip=self.data.flip)
+        try:
+            return net_cls.model_validate(net), train_cls.model_validate(tr)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"space {self.name!r}")) from None
 
 
-def _suggest(trial, name: str, param, fixed: dict, integer: bool = False):
+def space_schema(network_cls: type[NetworkConfig] = NetworkConfig, train_cls: type[TrainConfig] = TrainConfig) -> type[SearchSpace]:
+    """A ``SearchSpace`` class whose sections are derived from other config classes.
+
+    Args:
+        network_cls: A ``NetworkConfig`` (sub)class.
+        train_cls: A ``TrainConfig`` (sub)class.
+
+    Returns:
+        A ``SearchSpace`` subclass; its ``configs()`` builds instances of the two classes.
+    """
+    if (network_cls, train_cls) == SearchSpace.config_classes:
+        return SearchSpace
+    arch, train = architecture_section(network_cls), training_section(train_cls)
+    schema: type[SearchSpace] = create_model(
+        "SearchSpace", __base__=SearchSpace,
+        architecture=(arch, Field(default_factory=arch)), training=(train, Field(default_factory=train)),
+    )
+    schema.config_classes = (network_cls, train_cls)
+    return schema
+
+
+def _int_fields(cls: type[BaseModel]) -> set[str]:
+    return {n for n, f in cls.model_fields.items() if _base_type(f.annotation) is int}
+
+
+def _suggest(trial: Any, name: str, param: Any, fixed: dict[str, Any], integer: bool = False) -> Any:
     if isinstance(param, Range):
         if integer:
-            value = trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log)
-        else:
-            value = trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
-        return value
+            return trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log)
+        return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
     if isinstance(param, list):
         if len(param) == 1:
             fixed[name] = param[0]
@@ -271,9 +381,12 @@ def _suggest(trial, name: str, param, fixed: dict, integer: bool = False):
 
 # ---- files -----------------------------------------------------------------------------------
 def space_files() -> dict[str, tuple[Path, str]]:
-    """Every known space: name -> (file, providing package)."""
-    from rknas.plugins import search_space_sources
+    """Every known space.
 
+    Returns:
+        name -> (file, providing package), from plugins (the shipped spaces included) and
+        from ``./search_spaces``.
+    """
     found: dict[str, tuple[Path, str]] = {}
     for path, package in search_space_sources():
         files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
@@ -287,6 +400,11 @@ def space_files() -> dict[str, tuple[Path, str]]:
 
 
 def resolve_space_path(name_or_path: str) -> Path:
+    """The file of a space name or path.
+
+    Raises:
+        ConfigError: No such file, or an unknown name (the message lists the known ones).
+    """
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.is_file():
@@ -299,17 +417,25 @@ def resolve_space_path(name_or_path: str) -> Path:
 
 
 def load_space(name_or_path: str) -> SearchSpace:
-    """Load and fully validate a space: schema, strategy names, and a buildable network."""
-    from rknas.config import read_yaml
+    """Load and fully validate a space: schema, strategy names, and every listed value.
 
+    Args:
+        name_or_path: A known space name (``rknas spaces``) or a path to a YAML file.
+
+    Returns:
+        The validated space.
+
+    Raises:
+        ConfigError: The file is missing or invalid; the message names the file and key.
+    """
     path = resolve_space_path(name_or_path)
-    raw = read_yaml(path)
-    return parse_space(raw, str(path), default_name=path.stem)
+    return parse_space(read_yaml(path), str(path), default_name=path.stem)
 
 
-def parse_space(raw: dict, where: str, default_name: str = "") -> SearchSpace:
+def parse_space(raw: dict[str, Any], where: str, default_name: str = "", schema: type[SearchSpace] = SearchSpace) -> SearchSpace:
+    """Validate a space given as a mapping (see ``load_space``); ``where`` prefixes errors."""
     try:
-        space = SearchSpace.model_validate(raw)
+        space = schema.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
     if not space.name:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from rknas import hookimpl
+from rknas.hookspecs import hookimpl
 from rknas.models.blocks import RKBlock
 from rknas.strategies.base import StageStrategy
 

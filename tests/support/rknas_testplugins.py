@@ -45,3 +45,21 @@ class Crash(nn.Module):
 @rknas.hookimpl(specname="register_stage_strategies")
 def register_crash(register):
     register(StageStrategy(name="search_crash", description="test: worker dies while training", builder=lambda k, s, w, d: Crash()))
+
+
+class Gate(nn.Module):
+    """Blocks training until the file named by RKNAS_TEST_GATE exists: a trial the test holds open."""
+
+    def forward(self, y):
+        if self.training:
+            import os
+            import time
+
+            while not os.path.exists(os.environ["RKNAS_TEST_GATE"]):
+                time.sleep(0.05)
+        return y
+
+
+@rknas.hookimpl(specname="register_stage_strategies")
+def register_gate(register):
+    register(StageStrategy(name="search_gate", description="test: waits for a file while training", builder=lambda k, s, w, d: Gate()))

@@ -1,0 +1,37 @@
+"""Study storage: where studies live, what each trial records, and the queries on them."""
+
+from rknas.storage.backend import DEFAULT_STORAGE, STORAGE_ENV, load_study, open_storage, storage_url, study_names
+from rknas.storage.queries import (
+    FINISHED,
+    accuracy_of,
+    best_trial,
+    candidates,
+    choose,
+    export_config,
+    fail_running,
+    finished_trials,
+    is_interrupted,
+    summarize,
+)
+from rknas.storage.record import StudyRecord, TrialRecord
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "STORAGE_ENV",
+    "FINISHED",
+    "StudyRecord",
+    "TrialRecord",
+    "accuracy_of",
+    "best_trial",
+    "candidates",
+    "choose",
+    "export_config",
+    "fail_running",
+    "finished_trials",
+    "is_interrupted",
+    "load_study",
+    "open_storage",
+    "storage_url",
+    "study_names",
+    "summarize",
+]

@@ -1,0 +1,69 @@
+"""Where studies live: any SQLAlchemy URL through Optuna's RDBStorage, SQLite by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import optuna
+
+from rknas.errors import RknasError
+
+DEFAULT_STORAGE = "sqlite:///studies/rknas.db"
+STORAGE_ENV = "RKNAS_STORAGE"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(url: Optional[str] = None) -> str:
+    """The storage URL to use: ``url``, else ``$RKNAS_STORAGE``, else the SQLite default."""
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def open_storage(url: Optional[str] = None, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open (and for SQLite create) a storage; readers and the search share it safely.
+
+    Args:
+        url: A SQLAlchemy URL (default: ``storage_url()``).
+        create: Create a missing SQLite file (False for commands that only read).
+
+    Returns:
+        Optuna's ``RDBStorage`` on that URL.
+
+    Raises:
+        RknasError: The storage cannot be opened or created; one line saying why.
+    """
+    url = storage_url(url)
+    kwargs: dict = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not create and not path.is_file():
+            raise RknasError(f"storage {url} does not exist (no file {path}); run `rknas search` first or pass --storage")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RknasError(f"cannot create the folder for storage {url}: {exc.strerror}") from None
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RknasError(f"cannot open storage {url}: {first}") from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Names of the studies in a storage."""
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Load a study by name.
+
+    Raises:
+        RknasError: No such study; the message lists the studies there are.
+    """
+    names = study_names(storage)
+    if name not in names:
+        raise RknasError(f"no study {name!r} in this storage; studies: {', '.join(names) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=storage)

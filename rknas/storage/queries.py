@@ -1,0 +1,168 @@
+"""Questions asked of a study: which trials count, the best one, the summary, the export."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from rknas._version import __version__
+from rknas.errors import RknasError
+from rknas.models.network import NetworkConfig
+from rknas.storage.record import StudyRecord, TrialRecord
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def is_interrupted(t: FrozenTrial) -> bool:
+    """Whether the search stopped before the trial finished (such trials do not count)."""
+    return TrialRecord.of(t).interrupted
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count towards ``--trials``: COMPLETE, PRUNED, and FAIL except interrupted ones."""
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not is_interrupted(t)]
+
+
+def fail_running(study: optuna.Study, reason: str) -> int:
+    """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count.
+
+    Returns:
+        How many trials were marked.
+    """
+    n = 0
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for key, value in TrialRecord(interrupted=True, fail_reason=reason).user_attrs().items():
+            storage.set_trial_user_attr(t._trial_id, key, value)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
+
+
+def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
+    """The validation accuracy among a trial's objective values."""
+    metrics = StudyRecord.of(study).metrics or []
+    return t.values[metrics.index("val_accuracy") if "val_accuracy" in metrics else 0]
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Counts per state (interrupted apart), objectives and the best accuracy of a study."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        key = "INTERRUPTED" if t.state == TrialState.FAIL and is_interrupted(t) else t.state.name
+        counts[key] = counts.get(key, 0) + 1
+    record = StudyRecord.of(study)
+    top = best_trial(study)
+    return {
+        "study": study.study_name,
+        "space": record.space_name,
+        "objectives": record.metrics or ["value"] * len(study.directions),
+        "directions": [d.name.lower() for d in study.directions],
+        "trials": len(trials),
+        "counts": {k: v for k, v in counts.items() if v},
+        "best_val_accuracy": accuracy_of(study, top) if top is not None else None,
+    }
+
+
+def candidates(study: optuna.Study) -> list[FrozenTrial]:
+    """Single objective: completed trials best first. Several: the Pareto set, most accurate first.
+
+    Raises:
+        RknasError: The study has no completed trial.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise RknasError(f"study {study.study_name!r} has no completed trial yet")
+    if len(study.directions) == 1:
+        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        return sorted(complete, key=lambda t: sign * t.values[0])
+    return sorted(study.best_trials, key=lambda t: -accuracy_of(study, t))
+
+
+def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
+    """The most accurate completed trial (of the Pareto set, with several objectives), or None."""
+    try:
+        return candidates(study)[0]
+    except RknasError:
+        return None
+
+
+def choose(
+    study: optuna.Study,
+    max_params: Optional[float] = None,
+    max_flops: Optional[float] = None,
+    trial: Optional[int] = None,
+) -> FrozenTrial:
+    """The trial to export.
+
+    Args:
+        study: The study.
+        max_params: Only candidates with at most this many parameters.
+        max_flops: Only candidates with at most this many FLOPs.
+        trial: Export this trial number instead of choosing.
+
+    Returns:
+        ``trial`` if given, else the first candidate (most accurate) within the limits.
+
+    Raises:
+        RknasError: The trial does not exist or did not complete, or no candidate fits.
+    """
+    if trial is not None:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not found or found[0].state != TrialState.COMPLETE:
+            raise RknasError(f"trial {trial} of study {study.study_name!r} does not exist or did not complete")
+        return found[0]
+    pool = candidates(study)
+
+    def size(t: FrozenTrial) -> tuple[int, int]:
+        r = TrialRecord.of(t)
+        return r.params or 0, r.flops or 0
+
+    ok = [
+        t for t in pool
+        if (max_params is None or size(t)[0] <= max_params) and (max_flops is None or size(t)[1] <= max_flops)
+    ]
+    if not ok:
+        params, flops = size(min(pool, key=lambda t: size(t)[0]))
+        raise RknasError(
+            f"no candidate of study {study.study_name!r} fits the limits; the smallest has {params:,} params and {flops:,} FLOPs"
+        )
+    return ok[0]
+
+
+def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, Any]:
+    """A self-contained config of one trial: network, training, data, and where it came from.
+
+    Raises:
+        RknasError: The trial has no recorded network config.
+    """
+    record, info = TrialRecord.of(t), StudyRecord.of(study)
+    if record.network is None or record.training is None:
+        raise RknasError(f"trial {t.number} of study {study.study_name!r} has no recorded network config")
+    metrics = info.metrics or ["val_accuracy"]
+    return {
+        "rknas_config": 1,
+        "name": NetworkConfig.model_validate(record.network).name,
+        "network": record.network,
+        "training": record.training,
+        "data": (info.space or {}).get("data", {}),
+        "provenance": {
+            "study": study.study_name,
+            "storage": url,
+            "trial": t.number,
+            "space": info.space_name,
+            "values": dict(zip(metrics, t.values)),
+            "val_accuracy_per_epoch": record.val_accuracy_per_epoch,
+            "params": record.params,
+            "flops": record.flops,
+            "seed": record.seed,
+            "strategy_versions": record.strategy_versions,
+            "rknas_version_search": info.rknas_version,
+            "rknas_version_export": __version__,
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }

@@ -1,0 +1,105 @@
+"""What a study and each of its trials store, as one typed definition.
+
+Optuna keeps free-form user attributes per study and per trial; these dataclasses are the
+only place their keys are spelled. The search writes them, and ``storage``, ``report`` and
+the CLI read them back through ``TrialRecord.of(trial)`` / ``StudyRecord.of(study)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def _to_attrs(obj: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None and v is not False}
+
+
+def _from_attrs(cls: Any, attrs: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in attrs.items() if k in names})
+
+
+@dataclass
+class TrialRecord:
+    """Everything rknas stores with one trial, besides Optuna's params, values and state.
+
+    Attributes:
+        val_accuracy_per_epoch: Validation accuracy after each trained epoch.
+        seed: The seed the trial trained with; with ``network``/``training`` it reproduces it.
+        params: Parameter count of the network.
+        flops: FLOPs of one forward pass (the paper's convention).
+        wall_time: Seconds from the trial's start to its last epoch.
+        val_loss: Validation loss after the last epoch.
+        train_loss: Training loss of the last epoch.
+        network: The full ``NetworkConfig`` as JSON.
+        training: The full ``TrainConfig`` as JSON.
+        strategy_versions: Strategy name -> "package version" that provided it.
+        fail_reason: Why a FAIL trial failed.
+        constraint_violation: Why a trial over a size limit was PRUNED untrained.
+        pruned_at_epoch: The epoch at which early stopping stopped the trial.
+        interrupted: The search stopped before the trial finished (it does not count).
+    """
+
+    val_accuracy_per_epoch: list[float] = field(default_factory=list)
+    seed: Optional[int] = None
+    params: Optional[int] = None
+    flops: Optional[int] = None
+    wall_time: Optional[float] = None
+    val_loss: Optional[float] = None
+    train_loss: Optional[float] = None
+    network: Optional[dict[str, Any]] = None
+    training: Optional[dict[str, Any]] = None
+    strategy_versions: Optional[dict[str, str]] = None
+    fail_reason: Optional[str] = None
+    constraint_violation: Optional[str] = None
+    pruned_at_epoch: Optional[int] = None
+    interrupted: bool = False
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The non-empty fields, as Optuna user attributes."""
+        return _to_attrs(self)
+
+    @classmethod
+    def from_user_attrs(cls, attrs: dict[str, Any]) -> TrialRecord:
+        """Read a record back; unknown keys (written by other tools) are ignored."""
+        return _from_attrs(cls, attrs)
+
+    @classmethod
+    def of(cls, trial: Any) -> TrialRecord:
+        """The record of an Optuna ``FrozenTrial``."""
+        return cls.from_user_attrs(trial.user_attrs)
+
+    @property
+    def last_val_accuracy(self) -> Optional[float]:
+        """Validation accuracy after the last trained epoch, if any epoch was trained."""
+        return self.val_accuracy_per_epoch[-1] if self.val_accuracy_per_epoch else None
+
+
+@dataclass
+class StudyRecord:
+    """What rknas stores with a study when it creates it.
+
+    Attributes:
+        space_name: The search space's name.
+        space: The whole validated space as JSON (what a trial means).
+        metrics: The objectives' metric names, in the study's direction order.
+        seed: The search's base seed (trial seeds are ``seed + trial number``).
+        rknas_version: The version that created the study.
+    """
+
+    space_name: Optional[str] = None
+    space: Optional[dict[str, Any]] = None
+    metrics: Optional[list[str]] = None
+    seed: Optional[int] = None
+    rknas_version: Optional[str] = None
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The non-empty fields, as Optuna user attributes."""
+        return _to_attrs(self)
+
+    @classmethod
+    def of(cls, study: Any) -> StudyRecord:
+        """The record of an Optuna ``Study``."""
+        return _from_attrs(cls, study.user_attrs)

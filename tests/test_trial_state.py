@@ -1,0 +1,42 @@
+"""The one function that decides a trial's final state, as a table; no Ray needed."""
+
+import math
+
+import pytest
+from optuna.trial import TrialState
+
+from rknas.search.searcher import WORKER_CRASHED, trial_state
+from rknas.search.space import parse_space
+
+SINGLE = parse_space({"data": {"name": "digits"}, "fidelity": {"epochs": 3}}, "single")
+MULTI = parse_space(
+    {"data": {"name": "digits"}, "fidelity": {"epochs": 3},
+     "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}]},
+    "multi",
+)
+FULL = {"epoch": 3, "val_accuracy": 0.9, "params": 1000, "flops": 5000}
+
+CASES = [
+    # (name, space, last result, Tune error, state, values, attrs)
+    ("trained fully", SINGLE, FULL, False, TrialState.COMPLETE, 0.9, {}),
+    ("several objectives", MULTI, FULL, False, TrialState.COMPLETE, [0.9, 1000.0], {}),
+    ("stopped by ASHA at epoch 1", SINGLE, {**FULL, "epoch": 1}, False, TrialState.PRUNED, None, {"pruned_at_epoch": 1}),
+    ("over a size limit", SINGLE, {"epoch": 0, "val_accuracy": 0.0, "constraint_violation": "params 9 > max_params 8"},
+     False, TrialState.PRUNED, None, {"constraint_violation": "params 9 > max_params 8"}),
+    ("error inside the trial", SINGLE, {"epoch": 2, "val_accuracy": 0.0, "failed": 1, "error": "PluginError: x"},
+     False, TrialState.FAIL, None, {"fail_reason": "PluginError: x"}),
+    ("worker died", SINGLE, {"epoch": 1, "val_accuracy": 0.5}, True, TrialState.FAIL, None, {"fail_reason": WORKER_CRASHED}),
+    ("worker died before reporting", SINGLE, {}, True, TrialState.FAIL, None, {"fail_reason": WORKER_CRASHED}),
+    ("error wins over a full run", SINGLE, {**FULL, "failed": 1, "error": "boom"}, False, TrialState.FAIL, None,
+     {"fail_reason": "boom"}),
+    ("non-finite objective", SINGLE, {**FULL, "val_accuracy": math.nan}, False, TrialState.FAIL, None,
+     {"fail_reason": "non-finite val_accuracy after 3 epochs"}),
+]
+
+
+@pytest.mark.parametrize("name,space,result,error,state,values,attrs", CASES, ids=[c[0] for c in CASES])
+def test_trial_state_table(name, space, result, error, state, values, attrs):
+    got_state, got_values, got_attrs = trial_state(result, error, space)
+    assert got_state == state
+    assert got_values == values
+    assert got_attrs == attrs
