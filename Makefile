@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rknas-installed
 
-.PHONY: search test venv plugins clean
+.PHONY: search test lint venv plugins clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ venv: $(STAMP)
 search: $(STAMP)
 	$(BIN)/rknas search --space digits_quick --trials 20
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) studies/*.db

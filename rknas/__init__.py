@@ -5,6 +5,7 @@ The names below are the library API that the CLI, notebooks and plugins use.
 
 from rknas._version import __version__
 from rknas.errors import ConfigError, PluginError, RknasError
+from rknas.export import export_model, load_model
 from rknas.hookspecs import hookimpl, hookspec
 from rknas.models.blocks import PreActUnit, RKBlock, concat
 from rknas.models.counting import count_flops, count_params, describe
@@ -29,6 +30,8 @@ __all__ = [
     "describe",
     "create_model",
     "list_models",
+    "load_model",
+    "export_model",
     "list_strategies",
     "get_strategy",
     "RknasError",

@@ -15,22 +15,24 @@ from typing import Optional
 import optuna
 import typer
 import yaml
-from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import Progress
 from typer.exceptions import TyperException
 
 from rknas import display
 from rknas.config import load_network_section
+from rknas.data.download import download, list_datasets
 from rknas.errors import RknasError
+from rknas.export import export_model
 from rknas.models.counting import describe as describe_network
 from rknas.models.network import parse_network_config
-from rknas.models.registry import list_models, model_config
+from rknas.models.registry import model_config, model_sizes
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
 from rknas.report import plot_study
 from rknas.search.runner import SearchOptions, run_search
 from rknas.search.space import space_files
-from rknas.storage import candidates, choose, export_config, load_study, open_storage, storage_url, study_names, summarize
+from rknas.storage import choose, export_config, load_study, open_storage, storage_url, study_names, summarize
 from rknas.train import train_from_config
 
 app = typer.Typer(
@@ -39,8 +41,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = display.make_console()
+err_console = display.make_console(stderr=True)
 
 
 def _csv(value: Optional[str], cast: type = str) -> Optional[list]:
@@ -80,10 +82,21 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 
 
 @app.command()
-def models(pattern: str = typer.Argument("*", help="Glob over model names.")):
-    """List the named paper models (usable with `rknas describe --model NAME`)."""
-    for name in list_models(pattern):
-        print(name)
+def models(
+    pattern: str = typer.Argument("*", help="Glob over model names."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """List the named paper models with params and FLOPs (use them as `--model NAME`, `--include NAME`)."""
+    rows = model_sizes(pattern)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        r["input"] = f"{r['in_channels']}x{r['image_size']}x{r['image_size']}"
+        r["size"] = f"{r['params']:,}"
+        r["gflops"] = f"{r['flops'] / 1e9:.4f}"
+    console.print(display.rows_table(rows, {"model": "model", "name": "paper name", "input": "input", "classes": "classes",
+                                            "size": "params", "gflops": "GFLOPs"}))
 
 
 @app.command()
@@ -149,13 +162,14 @@ def search(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the space)."),
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Train every trial for all its epochs (no ASHA)."),
+    download: bool = typer.Option(False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."),
 ):
     """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL."""
     view = display.SearchProgress(console)
     opts = SearchOptions(
         space=space, trials=trials, study=study, storage=storage, address=address, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, concurrency=concurrency, seed=seed, epochs=epochs, timeout=timeout,
-        data_root=data_root, early_stopping=False if no_early_stopping else None, on_event=view,
+        data_root=data_root, early_stopping=False if no_early_stopping else None, download=download, on_event=view,
     )
     try:
         result = run_search(opts)
@@ -184,6 +198,7 @@ def best(
     max_params: Optional[float] = typer.Option(None, "--max-params", help="Most accurate candidate with at most this many params."),
     max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and at most this many FLOPs."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial number instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print the config as one JSON object (ignored with -o)."),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
     url = storage_url(storage)
@@ -194,7 +209,7 @@ def best(
     cfg = export_config(st, chosen, url)
     text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(cfg, sort_keys=False)
     if output is None:
-        print(text)
+        print(json.dumps(cfg, indent=2) if as_json else text)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
@@ -212,6 +227,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     data_root: Optional[str] = typer.Option(None, "--data-root"),
+    download: bool = typer.Option(False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."),
 ):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
     with Progress(console=console) as prog:
@@ -221,7 +237,7 @@ def train(
             prog.update(task, completed=epoch, description=f"epoch {epoch}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}")
 
         try:
-            metrics = train_from_config(config, epochs=epochs, out=out, resume=resume, device=device, data_root=data_root, on_epoch=on_epoch)
+            metrics = train_from_config(config, epochs=epochs, out=out, resume=resume, device=device, data_root=data_root, on_epoch=on_epoch, download=download)
         except KeyboardInterrupt:
             prog.stop()
             print("interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
@@ -276,10 +292,6 @@ def data_download(
     ),
 ):
     """Download a data set in torchvision's format, checked against torchvision's MD5 sums."""
-    from rich.filesize import decimal
-
-    from rknas.data.download import download
-
     s = download(name, root, mirror=mirror)
     if s["status"] == "present":
         print(f"{name} is already in {s['root']} ({len(s['files'])} files, {decimal(s['bytes'])}); nothing downloaded")
@@ -296,20 +308,13 @@ def data_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Every known data set: where rknas looks for it, whether it is there, how to get it."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from rknas.data.download import list_datasets
-
     rows = list_datasets(root)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("data set", "present", "where", "how to get it")
     for r in rows:
-        present = {True: "yes", False: "no", None: "?"}[r["present"]]
-        table.add_row(r["name"], present, Text("\n".join(r["where"]), overflow="fold"), Text(r["how"]))
-    console.print(table)
+        r["is_there"] = {True: "yes", False: "no", None: "?"}[r["present"]]
+    console.print(display.rows_table(rows, {"name": "data set", "is_there": "present", "where": "where", "how": "how to get it"}))
 
 
 @app.command("export")
@@ -319,10 +324,6 @@ def export_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
 ):
     """Export a trained model to ONNX or TorchScript (input: images scaled to [0, 1]; normalisation included)."""
-    from rich.filesize import decimal
-
-    from rknas.export import export_model
-
     info = export_model(model_pt, fmt, output)
     shape = "x".join(map(str, info["input_shape"]))
     print(

@@ -6,15 +6,29 @@ that a notebook can use the same views and the CLI stays thin.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Optional
 
 import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from rknas.storage import StudyRecord, TrialRecord, candidates
+
+PIPE_WIDTH = 200  # a pipe or file has no width: rich would assume 80 and cut names short
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that never truncates: wide when writing to a pipe or a file."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
+
+
+def table(*headers: str, title: Optional[str] = None, show_header: bool = True) -> Table:
+    """A table whose cells wrap rather than end in an ellipsis when the terminal is narrow."""
+    return Table(*(Column(h, overflow="fold") for h in headers), title=title, show_header=show_header)
 
 
 def architecture(network: Optional[dict[str, Any]]) -> str:
@@ -98,38 +112,38 @@ class SearchProgress:
 def pareto_table(study: optuna.Study) -> Table:
     """The Pareto set of a multi-objective study, most accurate first."""
     metrics = StudyRecord.of(study).metrics or []
-    table = Table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study.study_name}")
+    out = table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study.study_name}")
     for t in candidates(study):
         r = TrialRecord.of(t)
-        table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{r.params or 0:,}", f"{r.flops or 0:,}",
-                      architecture(r.network))
-    return table
+        out.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{r.params or 0:,}", f"{r.flops or 0:,}",
+                    architecture(r.network))
+    return out
 
 
 def studies_table(rows: list[dict[str, Any]], url: str) -> Table:
     """One row per study summary (``storage.summarize``)."""
-    table = Table("study", "space", "objectives", "trials", "states", "best val acc", title=url)
+    out = table("study", "space", "objectives", "trials", "states", "best val acc", title=url)
     for r in rows:
-        table.add_row(r["study"], str(r["space"]), ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
+        out.add_row(r["study"], str(r["space"]), ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
                       str(r["trials"]), ", ".join(f"{k.lower()} {v}" for k, v in r["counts"].items()),
-                      f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-")
-    return table
+                    f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-")
+    return out
 
 
 def rows_table(rows: list[dict[str, Any]], columns: dict[str, str], title: Optional[str] = None) -> Table:
     """A table of dict rows: ``columns`` maps a row key to its header."""
-    table = Table(*columns.values(), title=title)
+    out = table(*columns.values(), title=title)
     for r in rows:
-        table.add_row(*(", ".join(map(str, r[k])) if isinstance(r[k], list) else str(r[k]) for k in columns))
-    return table
+        out.add_row(*(", ".join(map(str, r[k])) if isinstance(r[k], list) else str(r[k]) for k in columns))
+    return out
 
 
 def network_table(info: dict[str, Any]) -> Table:
     """A network's settings, params and FLOPs (``rknas.describe``)."""
-    table = Table(title=info["name"], show_header=False)
+    out = table("key", "value", title=info["name"], show_header=False)
     for key in ("framework", "strategy", "stages", "k", "steps", "classes", "in_channels", "image_size", "attention",
                 "multiscale", "width", "dropout"):
-        table.add_row(key, str(info[key]))
-    table.add_row("params", f"{info['params']:,} ({info['params'] / 1e6:.3f} M)")
-    table.add_row("FLOPs", f"{info['flops']:,} ({info['flops'] / 1e9:.4f} G)")
-    return table
+        out.add_row(key, str(info[key]))
+    out.add_row("params", f"{info['params']:,} ({info['params'] / 1e6:.3f} M)")
+    out.add_row("FLOPs", f"{info['flops']:,} ({info['flops'] / 1e9:.4f} G)")
+    return out

@@ -1,4 +1,5 @@
-"""A one-page picture of a study: progress, accuracy against size, learning curves."""
+"""A one-page picture of a study: progress, accuracy against size, learning curves, and which
+parameters mattered (Optuna's importance evaluator)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,28 @@ import optuna
 from optuna.trial import TrialState
 
 from rknas.errors import RknasError
+from rknas.storage import StudyRecord, TrialRecord
+
+
+def parameter_importances(study: optuna.Study) -> dict[str, float]:
+    """How much each searched parameter explains validation accuracy (Optuna's fANOVA).
+
+    Returns:
+        Parameter -> importance (summing to 1), largest first; empty with fewer than two
+        completed trials or nothing searched.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2 or not any(t.params for t in complete):
+        return {}
+    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
+    index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    try:
+        found = optuna.importance.get_param_importances(
+            study, target=lambda t: t.values[index], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (RuntimeError, ValueError):  # e.g. every completed trial has the same parameters
+        return {}
+    return dict(found)
 
 
 def plot_study(study: optuna.Study, path: Path) -> Path:
@@ -20,16 +43,17 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("val_accuracy_per_epoch")]
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and records[t.number].val_accuracy_per_epoch]
     if not done:
         raise RknasError(f"study {study.study_name!r} has no trained trial to plot yet")
     colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
 
     ax = axes[0]
     best, xs, ys = None, [], []
     for t in sorted(done, key=lambda t: t.number):
-        acc = t.user_attrs["val_accuracy_per_epoch"][-1]
+        acc = records[t.number].val_accuracy_per_epoch[-1]
         ax.scatter(t.number, acc, c=colors[t.state], s=18)
         if t.state == TrialState.COMPLETE:
             best = acc if best is None else max(best, acc)
@@ -44,13 +68,13 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
 
     ax = axes[1]
     for t in done:
-        ax.scatter(t.user_attrs.get("params", 0), t.user_attrs["val_accuracy_per_epoch"][-1], c=colors[t.state], s=18)
-    complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.user_attrs.get("params", 0))
+        ax.scatter(records[t.number].params or 0, records[t.number].val_accuracy_per_epoch[-1], c=colors[t.state], s=18)
+    complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: records[t.number].params or 0)
     front, top = [], -1.0
     for t in complete:  # accuracy/params Pareto front of the completed trials
-        acc = t.user_attrs["val_accuracy_per_epoch"][-1]
+        acc = records[t.number].val_accuracy_per_epoch[-1]
         if acc > top:
-            front.append((t.user_attrs.get("params", 0), acc))
+            front.append((records[t.number].params or 0, acc))
             top = acc
     if front:
         ax.step(*zip(*front), where="post", c="k", lw=1.2, label="Pareto front")
@@ -59,13 +83,60 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
 
     ax = axes[2]
     for t in done:
-        curve = t.user_attrs["val_accuracy_per_epoch"]
+        curve = records[t.number].val_accuracy_per_epoch
         ax.plot(range(1, len(curve) + 1), curve, c=colors[t.state], alpha=0.5, lw=1, marker="o", ms=3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
+    ax = axes[3]
+    importances = parameter_importances(study)
+    if importances:
+        names = list(importances)[:12][::-1]
+        ax.barh(names, [importances[n] for n in names], color="tab:green")
+        ax.set(xlabel="importance (fANOVA, validation accuracy)", title="what mattered")
+    else:
+        ax.text(0.5, 0.5, "needs two completed trials\nwith searched parameters", ha="center", va="center")
+        ax.set(xticks=[], yticks=[], title="what mattered")
+
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     fig.suptitle(f"{study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
+    """Test accuracy (mean, error bar: std over seeds) against params of evaluated models.
+
+    Args:
+        models: ``rknas evaluate`` summaries: ``name``, ``source``, ``params``, ``mean``, ``std``.
+        path: The PNG to write.
+        title: The figure's title.
+
+    Returns:
+        ``path``. Finalists (trials) are blue circles, named models and config files orange squares.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for kind, style, label in ((("trial",), dict(fmt="o", c="tab:blue"), "finalist (trial)"),
+                               (("model", "config"), dict(fmt="s", c="tab:orange"), "named model")):
+        group = [m for m in models if m["source"] in kind]
+        if group:
+            ax.errorbar([m["params"] for m in group], [m["mean"] for m in group], yerr=[m["std"] for m in group],
+                        capsize=4, ms=7, ls="none", label=label, **style)
+        for m in group:
+            ax.annotate(m["name"], (m["params"], m["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)", title=title)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -336,6 +336,7 @@ def train_from_config(
     device: Optional[str] = None,
     data_root: Optional[str] = None,
     on_epoch: Optional[Callable[[int, dict], None]] = None,
+    download: bool = False,
 ) -> dict:
     """Full training of an exported config on train+validation; test accuracy at the end.
 
@@ -371,6 +372,9 @@ def train_from_config(
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not resume:
         raise ConfigError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    from rknas.data.download import ensure_dataset
+
+    ensure_dataset(data_spec, download=download)
     train, test = load_dataset(data_spec)
     if network.in_channels != train.in_channels or network.image_size != train.image_size:
         raise ConfigError(

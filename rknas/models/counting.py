@@ -10,13 +10,28 @@ from rknas.models.network import NetworkConfig, RKCNN, build_network
 
 
 def count_params(model: nn.Module) -> int:
+    """Trainable and frozen parameters, as the paper's tables count them.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        The number of parameter elements.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
 def count_flops(model: RKCNN, config: NetworkConfig | None = None) -> int:
-    """2 x multiply-accumulates of every conv and linear layer, one image, inference.
+    """FLOPs in the paper's convention: 2 x multiply-accumulates of every conv and linear layer.
 
     FlopCounterMode counts exactly these ops (not norms, activations, pooling or adds).
+
+    Args:
+        model: The network.
+        config: Its config (default: ``model.config``), for the input shape.
+
+    Returns:
+        FLOPs of one image at inference.
     """
     config = config or model.config
     x = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
@@ -31,7 +46,18 @@ def count_flops(model: RKCNN, config: NetworkConfig | None = None) -> int:
 
 
 def describe(config: NetworkConfig | dict) -> dict:
-    """Build a network and summarise it: name, per-period layout, params, FLOPs."""
+    """Build a network and summarise it.
+
+    Args:
+        config: A ``NetworkConfig`` or a plain dict of its fields.
+
+    Returns:
+        The paper-style ``name``, every config field, ``params`` and ``flops``.
+
+    Raises:
+        ConfigError: The config is invalid or names an unknown strategy.
+        PluginError: A strategy's module breaks the contract.
+    """
     model = build_network(config)
     cfg = model.config
     return {

@@ -34,10 +34,41 @@ def register_model(config: dict, name: str | None = None) -> str:
 
 
 def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob, sorted.
+
+    Args:
+        pattern: An ``fnmatch`` glob, e.g. ``"rkcnn_i_*"``.
+
+    Returns:
+        The matching names.
+    """
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def model_sizes(pattern: str = "*") -> list[dict]:
+    """Each named model with its params and FLOPs at its framework's input size.
+
+    Args:
+        pattern: An ``fnmatch`` glob over the names.
+
+    Returns:
+        One ``describe()`` dict per model, with its ``model`` name added.
+    """
+    from rknas.models.counting import describe
+
+    return [{"model": name, **describe(model_config(name))} for name in list_models(pattern)]
+
+
 def model_config(name: str, **overrides) -> NetworkConfig:
+    """The config of a registered model.
+
+    Args:
+        name: A name from ``list_models()``.
+        **overrides: Any ``NetworkConfig`` field to change (e.g. ``classes=100``).
+
+    Raises:
+        ConfigError: No model has that name.
+    """
     if name not in _REGISTRY:
         from rknas.errors import ConfigError
 
@@ -46,7 +77,18 @@ def model_config(name: str, **overrides) -> NetworkConfig:
 
 
 def create_model(name: str, **overrides) -> RKCNN:
-    """Build a registered model; ``overrides`` change any NetworkConfig field (e.g. classes=100)."""
+    """Build a registered model, timm-style.
+
+    Args:
+        name: A name from ``list_models()``, e.g. ``"rkcnn_i_5_5_6_k150_120_120"``.
+        **overrides: Any ``NetworkConfig`` field to change (e.g. ``classes=100``).
+
+    Returns:
+        The network, initialised as the paper describes.
+
+    Raises:
+        ConfigError: Unknown name or invalid override.
+    """
     return build_network(model_config(name, **overrides))
 
 

@@ -20,6 +20,7 @@ import torch
 
 from rknas._version import __version__
 from rknas.data.core import TensorData, load_dataset, split
+from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.plugins import apply_plugin_env, plugin_env
 from rknas.registry import list_strategies
@@ -61,6 +62,7 @@ class SearchOptions:
         timeout: Seconds after which no new trial starts.
         data_root: Where the data set's files are (overrides the space).
         early_stopping: Override the space's ASHA switch.
+        download: Download the data set first when it is missing (torchvision's sets).
         on_event: Called with ``(kind, data)`` as the search goes (progress displays).
     """
 
@@ -77,6 +79,7 @@ class SearchOptions:
     timeout: Optional[float] = None
     data_root: Optional[str] = None
     early_stopping: Optional[bool] = None
+    download: bool = False
     on_event: Optional[EventSink] = field(default=None, repr=False)
 
 
@@ -239,6 +242,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         if done >= opts.trials:
             events("already_done", {"finished": done, "target": opts.trials})
             return _result(existing, url, opts.trials, 0, False)
+    ensure_dataset(space.data, download=opts.download)
     train, val = load_data(space)
     ray_env.start_ray(opts.address)
     concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)

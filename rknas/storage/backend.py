@@ -17,7 +17,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def storage_url(url: Optional[str] = None) -> str:
-    """The storage URL to use: ``url``, else ``$RKNAS_STORAGE``, else the SQLite default."""
+    """The storage URL to use.
+
+    Args:
+        url: An explicit URL (``--storage``), or None.
+
+    Returns:
+        ``url``, else ``$RKNAS_STORAGE``, else ``sqlite:///studies/rknas.db``.
+    """
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
@@ -53,12 +60,26 @@ def open_storage(url: Optional[str] = None, create: bool = True) -> optuna.stora
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    """Names of the studies in a storage."""
+    """Names of the studies in a storage.
+
+    Args:
+        storage: An open storage.
+
+    Returns:
+        The study names.
+    """
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     """Load a study by name.
+
+    Args:
+        storage: An open storage.
+        name: The study's name.
+
+    Returns:
+        The study.
 
     Raises:
         RknasError: No such study; the message lists the studies there are.

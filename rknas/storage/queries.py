@@ -17,17 +17,35 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def is_interrupted(t: FrozenTrial) -> bool:
-    """Whether the search stopped before the trial finished (such trials do not count)."""
+    """Whether the search stopped before the trial finished (such trials do not count).
+
+    Args:
+        t: A trial of the study.
+
+    Returns:
+        True for a FAIL trial that a stopped search left unfinished.
+    """
     return TrialRecord.of(t).interrupted
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count towards ``--trials``: COMPLETE, PRUNED, and FAIL except interrupted ones."""
+    """Trials that count towards ``--trials``.
+
+    Args:
+        study: The study.
+
+    Returns:
+        COMPLETE, PRUNED, and FAIL trials except interrupted ones.
+    """
     return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not is_interrupted(t)]
 
 
 def fail_running(study: optuna.Study, reason: str) -> int:
     """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count.
+
+    Args:
+        study: The study.
+        reason: Recorded as the trials' ``fail_reason``.
 
     Returns:
         How many trials were marked.
@@ -43,13 +61,29 @@ def fail_running(study: optuna.Study, reason: str) -> int:
 
 
 def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
-    """The validation accuracy among a trial's objective values."""
+    """The validation accuracy among a trial's objective values.
+
+    Args:
+        study: The study (its record says which objective is the accuracy).
+        t: A completed trial.
+
+    Returns:
+        The trial's validation accuracy.
+    """
     metrics = StudyRecord.of(study).metrics or []
     return t.values[metrics.index("val_accuracy") if "val_accuracy" in metrics else 0]
 
 
 def summarize(study: optuna.Study) -> dict[str, Any]:
-    """Counts per state (interrupted apart), objectives and the best accuracy of a study."""
+    """What ``rknas studies`` shows for one study.
+
+    Args:
+        study: The study.
+
+    Returns:
+        ``study``, ``space``, ``objectives``, ``directions``, ``trials``, ``counts`` per state
+        (interrupted apart) and ``best_val_accuracy``.
+    """
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
@@ -69,7 +103,14 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
 
 
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
-    """Single objective: completed trials best first. Several: the Pareto set, most accurate first.
+    """The trials worth exporting, best first.
+
+    Args:
+        study: The study.
+
+    Returns:
+        Single objective: completed trials best first. Several: the Pareto set, most
+        accurate first.
 
     Raises:
         RknasError: The study has no completed trial.
@@ -84,7 +125,15 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
-    """The most accurate completed trial (of the Pareto set, with several objectives), or None."""
+    """The trial ``rknas best`` exports by default.
+
+    Args:
+        study: The study.
+
+    Returns:
+        The most accurate completed trial (of the Pareto set, with several objectives), or
+        None when no trial completed.
+    """
     try:
         return candidates(study)[0]
     except RknasError:
@@ -135,7 +184,16 @@ def choose(
 
 
 def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, Any]:
-    """A self-contained config of one trial: network, training, data, and where it came from.
+    """A self-contained config of one trial: what ``rknas train`` reads.
+
+    Args:
+        study: The study.
+        t: A trial with a recorded network.
+        url: The storage URL, recorded as provenance.
+
+    Returns:
+        ``network``, ``training``, ``data`` and ``provenance`` (study, trial, values, seed,
+        strategy versions, rknas versions).
 
     Raises:
         RknasError: The trial has no recorded network config.

@@ -87,6 +87,9 @@ class StudyRecord:
         metrics: The objectives' metric names, in the study's direction order.
         seed: The search's base seed (trial seeds are ``seed + trial number``).
         rknas_version: The version that created the study.
+        evaluation: The latest ``rknas evaluate`` summary: epochs, seeds, recipe trial, data,
+            and per model its name, source (trial number), params, FLOPs, test accuracy per
+            seed, mean and std (``rknas.evaluate.Evaluation.summary``).
     """
 
     space_name: Optional[str] = None
@@ -94,6 +97,7 @@ class StudyRecord:
     metrics: Optional[list[str]] = None
     seed: Optional[int] = None
     rknas_version: Optional[str] = None
+    evaluation: Optional[dict[str, Any]] = None
 
     def user_attrs(self) -> dict[str, Any]:
         """The non-empty fields, as Optuna user attributes."""
