@@ -1,13 +1,28 @@
 """Training throughput (images/s) and peak memory of paper models.
 
     python benchmarks/train_speed.py [--device cuda] [--batch 64] [--steps 20]
+
+Plain against memory-efficient units (``NetworkConfig.memory_efficient``), each measurement
+in a fresh process so that one's peak memory cannot hide another's:
+
+    python benchmarks/train_speed.py --compare-memory-efficient --threads 2 [--repeats 2]
+
+It reports the median step time (wall clock and process CPU time, which contention from other
+processes inflates less) and the training-step memory: on CPU the peak RSS during the steps
+minus the RSS before the first step (glibc may keep freed blocks, so run it also with
+``MALLOC_MMAP_THRESHOLD_=65536`` to make RSS follow the live tensors); on CUDA the peak
+allocated memory above what was allocated before the first step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -21,6 +36,12 @@ MODELS = {
     "RKCNN-I-2_2_2 k78,78,80": {"strategy": "I", "stages": [2, 2, 2], "k": [78, 78, 80]},
     "RKCNN-I-5_5_5 k80": {"strategy": "I", "stages": [5, 5, 5], "k": 80},
 }
+
+# Plain vs memory-efficient: (label, network, batch size).
+MEMORY_CASES = [
+    ("RKCNN-I-5_5_5 k80", {"strategy": "I", "stages": [5, 5, 5], "k": 80}, 32),
+    ("RKCNN-I-2_2_2 k32", {"strategy": "I", "stages": [2, 2, 2], "k": 32}, 64),
+]
 
 
 def measure(cfg: dict, device: str, batch: int, steps: int, channels_last: bool) -> dict:
@@ -46,8 +67,130 @@ def measure(cfg: dict, device: str, batch: int, steps: int, channels_last: bool)
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"params": count_params(model), "images_per_s": round(batch * steps / dt, 1), "peak_mem_MiB": round(mem, 1)}
+    if device == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"params": count_params(model), "images_per_s": round(batch * steps / dt, 1), "peak_mem_MiB": round(mem, 1),
+            "memory_efficient": [c.memory_efficient_in(p) for p in range(c.periods)]}
+
+
+def measure_step(cfg: dict, device: str, batch: int, steps: int, memory_efficient: bool, warmup: int = 2) -> dict:
+    """Median step time and the memory the training steps add, measured in this process.
+
+    Meant for a fresh process (see ``compare_memory_efficient``): the CPU figure is a
+    process-wide high-water mark.
+    """
+    model = build_network({**cfg, "memory_efficient": memory_efficient}).to(device)
+    c = model.config
+    x = torch.randn(batch, c.in_channels, c.image_size, c.image_size, device=device)
+    y = torch.randint(0, c.classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    wall, cpu = [], []
+    for _ in range(warmup + steps):  # the first steps allocate gradients and momentum: counted in memory, not time
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "step_s": round(statistics.median(wall[warmup:]), 3),
+        "cpu_s": round(statistics.median(cpu[warmup:]), 3),
+        "step_mem_MiB": round((peak - base) / 2**20, 1),
+        "peak_MiB": round(peak / 2**20, 1),
+    }
+
+
+def interleaved_times(cfg: dict, device: str, batch: int, steps: int, warmup: int = 1) -> dict:
+    """Step times of plain and memory-efficient twins (same weights), alternating step by step.
+
+    Other processes on a shared machine slow both paths alike this way, so the ratio of the
+    medians (or minima) is the overhead of recomputation, not of the neighbours.
+    """
+    models = {me: build_network({**cfg, "memory_efficient": me}).to(device) for me in (False, True)}
+    models[True].load_state_dict(models[False].state_dict())
+    opts = {me: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for me, m in models.items()}
+    c = models[False].config
+    x = torch.randn(batch, c.in_channels, c.image_size, c.image_size, device=device)
+    y = torch.randint(0, c.classes, (batch,), device=device)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(warmup + steps):
+        for me in (False, True) if i % 2 else (True, False):
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = F.cross_entropy(models[me](x), y)
+            opts[me].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[me].step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[me].append(time.perf_counter() - t0)
+                cpu[me].append(time.process_time() - c0)
+    out = {}
+    for me, name in ((False, "plain"), (True, "efficient")):
+        out[f"{name}_median_s"] = round(statistics.median(times[me]), 3)
+        out[f"{name}_min_s"] = round(min(times[me]), 3)
+        # with --threads 1 this is the one thread's time: neither waiting nor OpenMP spinning counts
+        out[f"{name}_cpu_median_s"] = round(statistics.median(cpu[me]), 3)
+    return out
+
+
+def _child(job: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(job)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+
+def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int, cases: list | None = None) -> list[dict]:
+    """Plain vs memory-efficient for MEMORY_CASES, one fresh process per measurement.
+
+    Per case: ``repeats`` alternating pairs of single-path runs (step time and memory), then one
+    run that alternates the two paths step by step (time ratio robust to other load).
+    """
+    rows, inter = [], {}
+    cases = cases or MEMORY_CASES
+    for label, cfg, batch in cases:
+        job = {"cfg": cfg, "device": device, "batch": batch, "steps": steps, "threads": threads}
+        for rep in range(repeats):
+            for me in (False, True):
+                row = {"model": label, "batch": batch, "memory_efficient": me, "repeat": rep,
+                       **_child({**job, "memory_efficient": me})}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        inter[label] = _child({**job, "interleaved": True})
+        print(json.dumps({"model": label, "batch": batch, "interleaved": inter[label]}), flush=True)
+    print(f"\nmedians over {repeats} fresh-process run(s) per path, {steps} timed steps each; interleaved: {steps} "
+          f"steps per path; device {device}; torch {torch.__version__}; "
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+    print("| model | batch | path | step s (wall) | step s (CPU) | training-step memory MiB | memory ratio "
+          "| interleaved step s (median / min / CPU median) | interleaved time ratio (median / min / CPU median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, _, batch in cases:
+        med = {}
+        for me in (False, True):
+            sel = [r for r in rows if r["model"] == label and r["memory_efficient"] == me]
+            med[me] = {k: statistics.median(r[k] for r in sel) for k in ("step_s", "cpu_s", "step_mem_MiB")}
+        it = inter[label]
+        for me, name in ((False, "plain"), (True, "efficient")):
+            m = med[me]
+            mem_ratio = f"{m['step_mem_MiB'] / med[False]['step_mem_MiB']:.2f}" if me else "1"
+            t_ratio = " / ".join(f"{it[f'efficient_{s}'] / it[f'plain_{s}']:.2f}" for s in ("median_s", "min_s", "cpu_median_s"))
+            print(f"| {label} | {batch} | {'memory-efficient' if me else 'plain'} | {m['step_s']:.3f} | {m['cpu_s']:.3f} "
+                  f"| {m['step_mem_MiB']:.0f} | {mem_ratio} | {it[name + '_median_s']:.3f} / {it[name + '_min_s']:.3f} "
+                  f"/ {it[name + '_cpu_median_s']:.3f} | {t_ratio if me else '1'} |")
+    return rows
 
 
 def main():
@@ -58,7 +201,26 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--compare-memory-efficient", action="store_true",
+                    help="plain vs memory-efficient units on MEMORY_CASES, a fresh process per measurement")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per case and path with --compare-memory-efficient")
+    ap.add_argument("--case", action="append",
+                    help='instead of MEMORY_CASES: {"label": .., "cfg": {..}, "batch": ..} (repeatable)')
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        job = json.loads(args.child)
+        if job["threads"]:
+            torch.set_num_threads(job["threads"])
+        if job.get("interleaved"):
+            print(json.dumps(interleaved_times(job["cfg"], job["device"], job["batch"], job["steps"])))
+        else:
+            print(json.dumps(measure_step(job["cfg"], job["device"], job["batch"], job["steps"], job["memory_efficient"])))
+        return
+    if args.compare_memory_efficient:
+        cases = [(c["label"], c["cfg"], c["batch"]) for c in map(json.loads, args.case)] if args.case else None
+        compare_memory_efficient(args.device, args.steps, args.threads, args.repeats, cases)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = {}

@@ -32,7 +32,7 @@ from rknas.registry import list_strategies
 from rknas.report import plot_study
 from rknas.search.runner import SearchOptions, run_search
 from rknas.search.space import space_files
-from rknas.storage import choose, export_config, load_study, open_storage, storage_url, study_names, summarize
+from rknas.storage import StudyRecord, choose, export_config, load_study, open_storage, storage_url, study_names, summarize
 from rknas.train import train_from_config
 
 app = typer.Typer(
@@ -159,17 +159,41 @@ def search(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Trials at once (default: what the resources allow)."),
     seed: int = typer.Option(0, "--seed"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the space's epochs per trial."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", help="Stop starting trials this many seconds after the command started; running trials finish "
+        "and are recorded, the command exits 0, and the same command again continues the study."
+    ),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the space)."),
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Train every trial for all its epochs (no ASHA)."),
     download: bool = typer.Option(False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."),
+    start_from: Optional[list[str]] = typer.Option(
+        None, "--start-from", help="A model (`rknas models`) a new study runs first, after the space's start_from; repeatable."
+    ),
+    allow_changes: bool = typer.Option(
+        False, "--allow-changes", help="Continue a study although the space, --epochs, --seed or --no-early-stopping differ "
+        "from the ones it was started with (refused otherwise); the change is recorded as a new space revision."
+    ),
+    heartbeat_interval: int = typer.Option(
+        10, "--heartbeat-interval", help="Seconds between the heartbeats this process records for its running trials."
+    ),
+    stale_after: int = typer.Option(
+        60, "--stale-after", help="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` "
+        "is taken for dead and recovered (FAIL, interrupted; it does not count)."
+    ),
 ):
-    """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL."""
+    """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL.
+
+    Several `rknas search` processes (same --study and --storage, any machines) can share a study.
+
+    Together they stop at --trials finished trials; a killed one's trials are recovered.
+    """
     view = display.SearchProgress(console)
     opts = SearchOptions(
         space=space, trials=trials, study=study, storage=storage, address=address, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, concurrency=concurrency, seed=seed, epochs=epochs, timeout=timeout,
-        data_root=data_root, early_stopping=False if no_early_stopping else None, download=download, on_event=view,
+        data_root=data_root, early_stopping=False if no_early_stopping else None, download=download,
+        start_from=list(start_from or []), allow_changes=allow_changes, heartbeat_interval=heartbeat_interval,
+        stale_after=stale_after, on_event=view,
     )
     try:
         result = run_search(opts)
@@ -179,11 +203,13 @@ def search(
     console.print(f"Study [bold]{result.study}[/]: {result.finished}/{result.target} finished ({counts}).")
     if result.best:
         b = result.best
-        console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}, {b['params']:,} params, {b['flops']:,} FLOPs.")
+        size = ", ".join(f"{b[k]:,} {name}" for k, name in (("params", "params"), ("flops", "FLOPs")) if b.get(k) is not None)
+        console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}" + (f", {size}." if size else "."))
         storage_arg = f" --storage {result.storage}" if storage else ""
         console.print(f"Export it: rknas best --study {result.study}{storage_arg} -o best.yaml")
-    if timeout and result.finished < result.target and not result.interrupted:
-        console.print(f"Stopped by --timeout {timeout:g}s; run the same command again to continue the study.")
+    if result.timed_out:
+        console.print(f"Stopped starting trials after --timeout {timeout:g}s; the running ones finished and were recorded. "
+                      f"{result.finished} of {result.target} finished: run the same command again to continue the study.")
     if result.interrupted:
         print(f"interrupted: {result.finished} of {result.target} trials finished; run the same command to continue", file=sys.stderr)
         return 130
@@ -199,14 +225,29 @@ def best(
     max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and at most this many FLOPs."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial number instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the config as one JSON object (ignored with -o)."),
+    by: str = typer.Option(
+        "trial", "--by", help="trial: the best search result; evaluation: the finalist with the best mean test accuracy "
+        "in the study's latest `rknas evaluate` (within --max-params/--max-flops)."
+    ),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
+    from rknas.evaluate import best_evaluated
+
+    if by not in ("trial", "evaluation"):
+        raise RknasError(f"--by must be trial or evaluation, got {by!r}")
+    if by == "evaluation" and trial is not None:
+        raise RknasError("--trial and --by evaluation exclude each other")
     url = storage_url(storage)
     st = load_study(open_storage(url, create=False), study)
-    if len(st.directions) > 1:
+    if len(st.directions) > 1 and by == "trial":
         err_console.print(display.pareto_table(st))
+    evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops) if by == "evaluation" else None
+    if evaluated is not None:
+        trial = evaluated["trial"]
     chosen = choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
     cfg = export_config(st, chosen, url)
+    if evaluated is not None:
+        cfg["provenance"]["evaluation"] = {k: evaluated[k] for k in ("test_accuracy", "mean", "std")}
     text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(cfg, sort_keys=False)
     if output is None:
         print(json.dumps(cfg, indent=2) if as_json else text)
@@ -216,6 +257,7 @@ def best(
         err_console.print(
             f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {cfg['provenance']['values'].get('val_accuracy', 0):.4f}, "
             f"{cfg['provenance']['params']:,} params"
+            + (f", evaluated test accuracy {evaluated['mean']:.4f} ± {evaluated['std']:.4f}" if evaluated is not None else "")
         )
 
 
@@ -249,6 +291,84 @@ def train(
     )
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    study: str = typer.Option(..., "--study"),
+    epochs: int = typer.Option(..., "--epochs", help="Epochs of every run (the schedule is scaled to them)."),
+    seeds: int = typer.Option(3, "--seeds", help="Runs per model, with seeds SEED .. SEED+N-1."),
+    seed: int = typer.Option(0, "--seed", help="The first seed."),
+    top: Optional[int] = typer.Option(None, "--top", help="The K completed trials with the best validation accuracy "
+                                      "(default: 3; the Pareto set for a multi-objective study)."),
+    pareto: bool = typer.Option(False, "--pareto", help="The Pareto set instead of --top."),
+    include: Optional[list[str]] = typer.Option(
+        None, "--include",
+        help="Also evaluate a named model (`rknas models`) or a config file from `rknas best`; repeat it, or separate by commas.",
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/evaluate/<study>)."),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the study)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+):
+    """Train finalists (and named models) from scratch with several seeds; compare them on the test split.
+
+    Data: every model trains on the data set's whole training split (the search's train + validation) for --epochs.
+
+    Recipe, one for all: the best trial's training settings (optimizer, lr, weight decay, batch, schedule, augmentation).
+
+    Why one recipe: named models have no searched settings; with the same settings, differences are the architectures'.
+
+    A named model gets the data set's number of classes; its input size and channels must match the data.
+
+    Writes OUT/evaluation.json, OUT/evaluation.png, OUT/runs/<model>/seed<k>/metrics.json; a rerun skips finished runs.
+
+    The summary is stored in the study: `rknas best --by evaluation` exports the best finalist, `rknas report` shows it.
+    """
+    from rknas.evaluate import evaluate
+
+    refs = [r.strip() for item in include or [] for r in item.split(",") if r.strip()]
+    view = display.EvaluationProgress(console)
+    try:
+        result = evaluate(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto, include=refs, out=out,
+                          storage=storage, data_root=data_root, device=device, on_event=view)
+    except KeyboardInterrupt:
+        view.stop()
+        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    finally:
+        view.stop()
+    console.print(display.evaluation_table(result.summary()))
+    console.print(f"Trained {result.trained} run(s), skipped {result.skipped} finished earlier. "
+                  f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {study!r} "
+                  f"(export the best finalist: rknas best --study {study} --by evaluation -o best.yaml)")
+    return 0
+
+
+@app.command()
+def rerun(
+    study: str = typer.Option(..., "--study"),
+    trial: int = typer.Option(..., "--trial", help="The trial number (COMPLETE, or PRUNED with trained epochs)."),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: where the trial trained, if available)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the study)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (recorded, reproduced, agree, ...)."),
+):
+    """Retrain a trial from its stored configs and seed; compare validation accuracy per epoch (exit 1 if it differs)."""
+    from rknas.search.rerun import rerun_trial
+
+    st = load_study(open_storage(storage_url(storage), create=False), study)
+    result = rerun_trial(st, trial, device=device, data_root=data_root)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        console.print(display.rerun_table(result))
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        diverged = f"; diverged: {result.reproduced_diverged}" if result.reproduced_diverged else ""
+        verdict = "reproduced exactly" if result.agree else "NOT reproduced"
+        console.print(f"Trial {trial}: {verdict} over {len(result.recorded)} recorded epoch(s){diverged}.")
+    return 0 if result.agree else 1
+
+
 @app.command()
 def studies(storage: Optional[str] = typer.Option(None, "--storage"), as_json: bool = typer.Option(False, "--json")):
     """The studies in a storage with trial counts and best values."""
@@ -270,6 +390,14 @@ def report(
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
     st = load_study(open_storage(storage_url(storage), create=False), study)
     console.print(f"Wrote {plot_study(st, output)}")
+    evaluation = StudyRecord.of(st).evaluation
+    if evaluation:
+        from rknas.report import plot_evaluation
+
+        console.print(display.evaluation_table(evaluation, title=f"latest evaluation ({evaluation.get('evaluated_at', '')})"))
+        path = plot_evaluation(evaluation["models"], output.with_name(f"{output.stem}_evaluation.png"),
+                               title=f"{study}: evaluation, {evaluation['epochs']} epochs")
+        console.print(f"Wrote {path}")
 
 
 @app.command()

@@ -127,12 +127,12 @@ def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for kind, style, label in ((("trial",), dict(fmt="o", c="tab:blue"), "finalist (trial)"),
-                               (("model", "config"), dict(fmt="s", c="tab:orange"), "named model")):
+    for kind, marker, color, label in ((("trial",), "o", "tab:blue", "finalist (trial)"),
+                                       (("model", "config"), "s", "tab:orange", "named model")):
         group = [m for m in models if m["source"] in kind]
         if group:
             ax.errorbar([m["params"] for m in group], [m["mean"] for m in group], yerr=[m["std"] for m in group],
-                        capsize=4, ms=7, ls="none", label=label, **style)
+                        fmt=marker, color=color, capsize=4, ms=7, ls="none", label=label)
         for m in group:
             ax.annotate(m["name"], (m["params"], m["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)", title=title)

@@ -250,8 +250,9 @@ def fit(
     device = torch.device(device)
     precision = resolve_precision(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
+        # fixed input shapes: pick the fastest kernels once (not when the caller asked for reproducibility)
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)  # before the model is built: its initial weights follow the seed
     model = (model or build_network(network)).to(device)
     if channels_last:

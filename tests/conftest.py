@@ -1,6 +1,7 @@
 import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ SUPPORT = str(Path(__file__).parent / "support")
 sys.path.insert(0, SUPPORT)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SUPPORT, os.environ.get("PYTHONPATH")]))
 os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
+# The file the `search_gate` test strategy waits for, set before the shared Ray starts so that
+# its workers see it too (see the `gate` fixture).
+os.environ.setdefault("RKNAS_TEST_GATE", os.path.join(tempfile.gettempdir(), f"rknas-test-gate-{os.getpid()}"))
 
 
 @pytest.fixture
@@ -73,3 +77,33 @@ def ray_local(tmp_path_factory):
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def gate():
+    """The (closed) gate of the `search_gate` strategy in the shared Ray: ``gate.touch()`` opens it."""
+    path = Path(os.environ["RKNAS_TEST_GATE"])
+    path.unlink(missing_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server on 127.0.0.1 for the whole session (tests/support/rknas_pgserver.py).
+
+    Never skipped: without Debian's server binaries the tests that use it fail and say what to install.
+    """
+    from rknas_pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_storage(request, tmp_path):
+    """A fresh, empty storage URL: a SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    return request.getfixturevalue("postgres_server").create_database()

@@ -67,12 +67,17 @@ def searched(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed(searched):
-    """The same study after an interrupted run left a RUNNING trial, continued to 5 trials."""
+    """The same study after a killed process left a RUNNING trial (no heartbeat), continued to 5 trials.
+
+    The orphan is given a heartbeat by the new run and recovered once it is stale (2 s of the
+    database's clock): the run waits for it, as for any trial another search might still run.
+    """
     url = searched["url"]
     study = optuna.load_study(study_name="tiny", storage=url)
     study.ask()
     enqueue(url, GOOD)
-    res = run_search(SearchOptions(space=str(searched["space"]), trials=5, storage=url, concurrency=1, seed=3))
+    res = run_search(SearchOptions(space=str(searched["space"]), trials=5, storage=url, concurrency=1, seed=3,
+                                   heartbeat_interval=1, stale_after=2))
     return {**searched, "result": res, "trials": states(url)}
 
 

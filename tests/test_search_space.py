@@ -10,7 +10,17 @@ from rknas.errors import ConfigError
 from rknas.search.space import load_space, space_files
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["digits_quick", "fashion_mnist_default", "mnist_default", "cifar10_default", "cifar100_default", "svhn_default"]
+SHIPPED = ["digits_quick", "fashion_mnist_default", "fashion_mnist_pareto", "mnist_default", "cifar10_default", "cifar100_default",
+           "svhn_default"]
+
+
+def test_the_pareto_space_trades_accuracy_for_size_around_the_paper_models():
+    space = load_space("fashion_mnist_pareto")
+    assert space.metrics == ["val_accuracy", "params"] and space.directions == ["maximize", "minimize"]
+    assert space.framework == "mnist" and space.data.name == "fashion_mnist"
+    assert not space.fidelity.early_stopping  # ASHA ranks by accuracy only and would cut small networks
+    k = space.architecture.k
+    assert k.low < 20 and k.high > 32 and (20 - k.low) % k.step == 0  # around the paper's k = 20..32
 
 
 def write(tmp_path, data, name="s.yaml"):

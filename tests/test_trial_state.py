@@ -15,6 +15,7 @@ MULTI = parse_space(
     "multi",
 )
 FULL = {"epoch": 3, "val_accuracy": 0.9, "params": 1000, "flops": 5000}
+DIVERGED = "training diverged at epoch 1 (mean loss nan after step 20); lower the learning rate"
 
 CASES = [
     # (name, space, last result, Tune error, state, values, attrs)
@@ -31,6 +32,14 @@ CASES = [
      {"fail_reason": "boom"}),
     ("non-finite objective", SINGLE, {**FULL, "val_accuracy": math.nan}, False, TrialState.FAIL, None,
      {"fail_reason": "non-finite val_accuracy after 3 epochs"}),
+    ("diverged in epoch 1", SINGLE, {"epoch": 1, "val_accuracy": 0.0, "diverged": DIVERGED}, False, TrialState.PRUNED,
+     None, {"diverged": DIVERGED}),
+    ("diverged in the last epoch is not complete", SINGLE, {**FULL, "val_accuracy": 0.0, "diverged": DIVERGED}, False,
+     TrialState.PRUNED, None, {"diverged": DIVERGED}),
+    ("diverged, several objectives", MULTI, {**FULL, "epoch": 2, "val_accuracy": 0.0, "diverged": DIVERGED}, False,
+     TrialState.PRUNED, None, {"diverged": DIVERGED}),
+    ("worker died after diverging", SINGLE, {"epoch": 1, "val_accuracy": 0.0, "diverged": DIVERGED}, True,
+     TrialState.FAIL, None, {"fail_reason": WORKER_CRASHED}),
 ]
 
 

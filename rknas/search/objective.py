@@ -7,25 +7,30 @@ it. What it reports after each epoch (``EpochResult``) is the contract between a
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
-from typing import Callable, Optional, TypedDict
+from collections.abc import Callable
+from typing import Optional, TypedDict
 
 import torch
 
 from rknas.data.core import TensorData
 from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
-from rknas.models.network import build_network
+from rknas.models.network import NetworkConfig, build_network
 from rknas.search.space import SearchSpace
-from rknas.train import fit, seed_everything
+from rknas.train import TrainConfig, fit, seed_everything
 
 
 class EpochResult(TypedDict, total=False):
     """What a trial reports: after each epoch, and once more when it ends early.
 
     ``epoch`` 0 means nothing was trained. ``failed``/``error`` mark an error inside the
-    trial; ``constraint_violation`` a network over a size limit.
+    trial; ``constraint_violation`` a network over a size limit; ``diverged`` a loss that
+    became non-finite during epoch ``epoch`` (reported with ``val_accuracy`` 0.0, below any
+    trained network). ``device`` and ``threads`` say where it trained, which is what, with
+    its configs and seed, reproduces it.
     """
 
     epoch: int
@@ -38,6 +43,13 @@ class EpochResult(TypedDict, total=False):
     failed: int
     error: str
     constraint_violation: str
+    diverged: str
+    device: str
+    threads: int
+
+
+class StopTrial(Exception):
+    """Raised by a ``report`` callback to end a trial early (``run_trial`` lets it through)."""
 
 
 def constraint_violation(space: SearchSpace, params: int, flops: int) -> Optional[str]:
@@ -73,16 +85,64 @@ def run_trial(
 
     Returns:
         The last result reported. A model that violates a constraint is reported once
-        (epoch 0) and never trained. Any error (a broken plugin, divergence) is reported as a
-        result with ``failed`` and ``error``, so the study records the reason and the search
-        goes on.
+        (epoch 0) and never trained. A loss that becomes non-finite is reported once more
+        with ``diverged`` (see ``train_trial``). Any other error (a broken plugin) is
+        reported as a result with ``failed`` and ``error``, so the study records the reason
+        and the search goes on.
     """
-    t0 = time.perf_counter()
     seed = int(params.get("seed", 0))
-    base: EpochResult = {"epoch": 0, "val_accuracy": 0.0}
     try:
         network, training = space.configs(params, seed=seed)
-        seed_everything(seed)
+    except Exception as exc:
+        result: EpochResult = {"epoch": 0, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
+        report(result)
+        return result
+    return train_trial(network, training, space, train, val, report, device=device)
+
+
+def train_trial(
+    network: NetworkConfig,
+    training: TrainConfig,
+    space: SearchSpace,
+    train: TensorData,
+    val: TensorData,
+    report: Callable[[EpochResult], None],
+    device: str = "cpu",
+) -> EpochResult:
+    """Train one trial's configs, calling ``report`` after each epoch; what ``run_trial`` runs.
+
+    Everything a trial's results depend on is set here, so that the stored configs (with
+    ``training.seed``), device and thread count reproduce them whatever ran before in the
+    same process: the seeds are set before the network is built (``fit`` seeds again
+    before training), and on CUDA cuDNN is made deterministic (no benchmark autotuning).
+    The thread count is the caller's (``torch.set_num_threads``) and is reported.
+
+    Args:
+        network: The trial's network config.
+        training: The trial's training config; its ``seed`` seeds the trial.
+        space: The search space (for its size constraints).
+        train: Training images.
+        val: Validation images.
+        report: Called with an ``EpochResult`` after each epoch; may raise ``StopTrial``
+            (or Ray Tune's stop) to end the trial, which propagates.
+        device: Where to train.
+
+    Returns:
+        The last result reported (see ``run_trial``). A non-finite loss (``fit`` raises
+        FloatingPointError) ends the trial with a report at the epoch it happened in,
+        ``val_accuracy`` 0.0 and ``diverged`` set to the message: the study records it as
+        PRUNED, so the sampler learns to avoid the region instead of ignoring it.
+    """
+    t0 = time.perf_counter()
+    base: EpochResult = {"epoch": 0, "val_accuracy": 0.0}
+    where: EpochResult = {"device": torch.device(device).type, "threads": torch.get_num_threads()}
+    if where["device"] == "cuda":
+        # cuBLAS reads this when its handle is created: effective for the process's first CUDA trial.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        seed_everything(training.seed)
         model = build_network(network)
         n_params, n_flops = count_params(model), count_flops(model)
     except Exception as exc:
@@ -95,11 +155,11 @@ def run_trial(
         result = {**base, **sizes, "constraint_violation": violation}
         report(result)
         return result
-    last: EpochResult = {**base, **sizes}
+    last: EpochResult = {**base, **sizes, **where}
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         nonlocal last
-        last = {**metrics, **sizes, "wall_time": time.perf_counter() - t0}
+        last = {**metrics, **sizes, **where, "wall_time": time.perf_counter() - t0}
         report(last)
 
     try:
@@ -107,7 +167,12 @@ def run_trial(
     except Exception as exc:
         if _is_stop(exc):
             raise
-        result = {**last, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
+        if isinstance(exc, FloatingPointError):
+            # The epoch it diverged in did not finish: no losses, an accuracy below any trained network.
+            result = {**sizes, **where, "epoch": int(last.get("epoch", 0)) + 1, "val_accuracy": 0.0,
+                      "diverged": str(exc), "wall_time": time.perf_counter() - t0}
+        else:
+            result = {**last, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
         report(result)
         return result
     return last
@@ -115,7 +180,7 @@ def run_trial(
 
 def _is_stop(exc: BaseException) -> bool:
     # Ray Tune ends a stopped trial by raising inside report(); let that through untouched.
-    return type(exc).__module__.startswith("ray.")
+    return isinstance(exc, StopTrial) or type(exc).__module__.startswith("ray.")
 
 
 def _reason(exc: BaseException) -> str:

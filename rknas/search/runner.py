@@ -3,22 +3,31 @@
 The Optuna study in storage is the single source of truth: ``--trials N`` means "until the
 study holds N finished trials", so re-running an interrupted command continues where it
 stopped. Ray start-up lives in ``ray_env``, the Tune <-> Optuna adapter in ``searcher``,
-one trial in ``objective``; this module only orchestrates them.
+one trial in ``objective``, safe resumption in ``resume``; this module only orchestrates them.
+
+Any number of drivers (``rknas search`` processes, on one machine or several) may work on
+one study at once: each starts trials only while the study's finished and running trials
+(of all drivers) are short of the target, records heartbeats for its own running trials,
+recovers the trials of drivers that died, and ends when the study holds the target. Each
+driver runs Tune in rounds: when the other drivers' running trials fill the target it
+waits outside Tune, and starts another round if they end short of it (a dead driver's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import optuna
 import torch
 
-from rknas._version import __version__
 from rknas.data.core import TensorData, load_dataset, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
@@ -26,16 +35,22 @@ from rknas.plugins import apply_plugin_env, plugin_env
 from rknas.registry import list_strategies
 from rknas.search import ray_env
 from rknas.search.objective import pick_device, run_trial
-from rknas.search.searcher import searcher_class, tune_callback
+from rknas.search.resume import plan_resume, seed_rungs, write_plan
+from rknas.search.searcher import Driver, searcher_class, tune_callback
 from rknas.search.space import SearchSpace, load_space
+from rknas.search.warmstart import enqueue_starts, start_params
 from rknas.storage import (
+    Heartbeats,
     StudyRecord,
     TrialRecord,
     accuracy_of,
     best_trial,
-    fail_running,
+    driver_id,
     finished_trials,
+    interrupt_trials,
     open_storage,
+    recover_stale,
+    safe_url,
     storage_url,
     study_names,
     summarize,
@@ -59,10 +74,19 @@ class SearchOptions:
         concurrency: Trials at once (default: what the resources allow).
         seed: Base seed: trial N trains with ``seed + N``; the sampler is seeded from it.
         epochs: Override the space's epochs per trial.
-        timeout: Seconds after which no new trial starts.
+        timeout: Seconds (from the start of the run) after which no new trial starts; the
+            running ones finish and are recorded, and the run ends normally
+            (``SearchResult.timed_out``). The same command again continues the study.
         data_root: Where the data set's files are (overrides the space).
         early_stopping: Override the space's ASHA switch.
         download: Download the data set first when it is missing (torchvision's sets).
+        start_from: Model names a new study runs first, after the space's ``start_from``.
+        allow_changes: Continue a study although the space or seed differ from the ones it
+            was started with (else refused); the change becomes a new space revision.
+        heartbeat_interval: Seconds between the heartbeats this driver records for its
+            running trials.
+        stale_after: Seconds without a heartbeat after which another driver's RUNNING trial
+            is taken for dead and recovered (FAIL, interrupted).
         on_event: Called with ``(kind, data)`` as the search goes (progress displays).
     """
 
@@ -80,6 +104,10 @@ class SearchOptions:
     data_root: Optional[str] = None
     early_stopping: Optional[bool] = None
     download: bool = False
+    start_from: list[str] = field(default_factory=list)
+    allow_changes: bool = False
+    heartbeat_interval: int = 10
+    stale_after: int = 60
     on_event: Optional[EventSink] = field(default=None, repr=False)
 
 
@@ -92,10 +120,12 @@ class SearchResult:
         storage: Its storage URL.
         target: The requested number of finished trials.
         finished: Finished trials in the study now.
-        started_now: Trials this run set out to add.
+        started_now: Trials this run started.
         interrupted: The run stopped before the target (Ctrl-C, SIGTERM).
         counts: Trials per state (interrupted apart).
         best: Number, values, accuracy, params and FLOPs of the best trial, if any.
+        timed_out: ``--timeout`` stopped the run before the target (not an interruption:
+            every trial it started finished and was recorded).
     """
 
     study: str
@@ -106,6 +136,7 @@ class SearchResult:
     interrupted: bool
     counts: dict[str, int]
     best: Optional[dict[str, Any]]
+    timed_out: bool = False
 
 
 class _Sink:
@@ -139,6 +170,13 @@ def check_options(opts: SearchOptions) -> None:
         raise ConfigError(f"--concurrency must be at least 1, got {opts.concurrency}")
     if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {opts.epochs}")
+    if opts.timeout is not None and not opts.timeout > 0:
+        raise ConfigError(f"--timeout must be positive, got {opts.timeout:g}")
+    if opts.heartbeat_interval < 1:
+        raise ConfigError(f"--heartbeat-interval must be at least 1 (seconds), got {opts.heartbeat_interval}")
+    if opts.stale_after <= opts.heartbeat_interval:
+        raise ConfigError(f"--stale-after ({opts.stale_after}) must be longer than --heartbeat-interval "
+                          f"({opts.heartbeat_interval}), or live trials would be taken for dead")
 
 
 def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages.BaseStorage, Optional[optuna.Study]]:
@@ -161,7 +199,7 @@ def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages
         space.fidelity.early_stopping = opts.early_stopping
     study_name = opts.study or space.name
     url = storage_url(opts.storage)
-    storage = open_storage(url)
+    storage = open_storage(url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.stale_after)
     existing = None
     if study_name in study_names(storage):
         existing = optuna.load_study(study_name=study_name, storage=storage)
@@ -170,8 +208,9 @@ def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages
         have_metrics = StudyRecord.of(existing).metrics
         if want != have or (have_metrics and have_metrics != space.metrics):
             raise ConfigError(
-                f"study {study_name!r} in {url} has objectives {have_metrics or have} ({', '.join(h.lower() for h in have)}), "
-                f"but space {space.name!r} wants {space.metrics} ({', '.join(space.directions)}); use another --study name"
+                f"study {study_name!r} in {safe_url(url)} has objectives {have_metrics or have} "
+                f"({', '.join(h.lower() for h in have)}), but space {space.name!r} wants {space.metrics} "
+                f"({', '.join(space.directions)}); use another --study name"
             )
     return space, study_name, url, storage, existing
 
@@ -235,6 +274,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         RknasError: Bad options, space, data or storage, or an unusable Ray cluster; raised
             before anything is written to the storage.
     """
+    started_at = Driver.now()  # --timeout counts from here
     events = _Sink(opts.on_event)
     space, study_name, url, storage, existing = prepare(opts)
     if existing is not None:
@@ -242,26 +282,92 @@ def run_search(opts: SearchOptions) -> SearchResult:
         if done >= opts.trials:
             events("already_done", {"finished": done, "target": opts.trials})
             return _result(existing, url, opts.trials, 0, False)
+    # A study continues only with what its trials meant so far, unless --allow-changes.
+    plan = plan_resume(study_name, existing, space, opts.seed, opts.allow_changes)
     ensure_dataset(space.data, download=opts.download)
     train, val = load_data(space)
+    # Warm-start entries are checked against the data too, before anything is written.
+    starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
     ray_env.start_ray(opts.address)
     concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)
     # Only now, with every check passed, is the storage written to.
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 directions=[optuna.study.StudyDirection[d.upper()] for d in space.directions])
-    stale = fail_running(study, "interrupted: left RUNNING by an earlier search that was stopped")
+    # Trials of drivers that died (no heartbeat for --stale-after s); live drivers' trials stay.
+    stale = recover_stale(study)
+    warm = enqueue_starts(study, starts) if existing is None else 0  # a new study's first trials
     done = len(finished_trials(study))
     remaining = opts.trials - done
-    if StudyRecord.of(study).space is None:
-        record = StudyRecord(space_name=space.name, space=space.model_dump(mode="json"), metrics=space.metrics,
-                             seed=opts.seed, rknas_version=__version__)
-        for key, value in record.user_attrs().items():
-            study.set_user_attr(key, value)
+    write_plan(study, plan, space, opts.seed)
 
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, train=train, val=val, space_dict=space.model_dump(mode="json"),
+                             gpus=opts.gpus_per_trial, cpus=opts.cpus_per_trial, plugins=plugin_env()),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    )
+    driver = Driver(driver_id(), opts.trials, Heartbeats(storage, opts.heartbeat_interval), revision=plan.revision,
+                    deadline=None if opts.timeout is None else started_at + opts.timeout, events=events)
+    events("start", {"study": study_name, "storage": safe_url(url), "finished": done, "target": opts.trials,
+                     "remaining": remaining, "concurrency": concurrency, "stale": len(stale), "space": space.name,
+                     "warm_start": warm, "driver": driver.name, "revision": plan.revision,
+                     "changes": {k: list(v) for k, v in plan.changes.items()}, "deadline": driver.deadline})
+    interrupted = False
+    try:
+        with _GracefulSignals() as signals:
+            while True:
+                if driver.timed_out():
+                    driver.stop_reason = "timeout"
+                    break
+                finished, running = driver.counts(study)
+                events("progress", {"finished": finished, "running": running, "target": opts.trials})
+                if finished >= opts.trials:
+                    break
+                if finished + running >= opts.trials:
+                    # Other drivers' trials are in flight (or a dead driver's, until they go
+                    # stale): wait for them outside Tune, then run what is still missing.
+                    events("waiting", {"running": running, "finished": finished, "target": opts.trials})
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                with signals.tune():
+                    stopped_by_signal = _tune_round(opts, space, study, storage, trainable, driver, concurrency, events)
+                if stopped_by_signal:
+                    interrupted = True
+                    break
+                if driver.stop_reason == "timeout":
+                    break
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting between Tune rounds
+        interrupted = True
+    finally:
+        driver.heartbeats.stop()
+    finished = len(finished_trials(study))
+    timed_out = driver.stop_reason == "timeout" and finished < opts.trials
+    if timed_out:
+        events("timeout", {"finished": finished, "target": opts.trials, "timeout": opts.timeout})
+    return _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)
+
+
+WAIT_POLL_S = 1.0  # how often a driver waiting for other drivers' trials looks at the study
+OWN_LEFT = "interrupted: the search that ran it stopped before the trial finished"
+
+
+def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, storage: optuna.storages.BaseStorage,
+                trainable: Any, driver: Driver, concurrency: int, events: _Sink) -> bool:
+    """Let Tune run trials until the driver admits no more and this driver's trials ended.
+
+    The searcher asks the study before each trial (``Driver.admit``), so Tune's sample count
+    is unbounded; ASHA starts from the study's earlier learning curves (``seed_rungs``). The
+    trials this driver started and did not finish (Ctrl-C, SIGTERM) are marked interrupted,
+    and only those.
+
+    Returns:
+        Whether Tune stopped because of a signal.
+    """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    # A new sampler seed on every resume, or the first proposals would repeat.
+    # A new sampler seed on every round and resume, or the first proposals would repeat.
     sampler_seed = opts.seed + 7919 * len(study.trials)
     base_seed = opts.seed
 
@@ -277,52 +383,96 @@ def run_search(opts: SearchOptions) -> SearchResult:
         metric=space.metrics if multi else space.metrics[0],
         mode=modes if multi else modes[0],
         sampler=_sampler(space, sampler_seed),
-        study_name=study_name,
+        study_name=study.study_name,
         storage=storage,
         rk_space=space,
         rk_versions=strategy_versions(),
         rk_events=events,
+        rk_driver=driver,
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, train=train, val=val, space_dict=space.model_dump(mode="json"),
-                             gpus=opts.gpus_per_trial, cpus=opts.cpus_per_trial, plugins=plugin_env()),
-        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
-    )
-    events("start", {"study": study_name, "storage": url, "finished": done, "target": opts.trials,
-                     "remaining": remaining, "concurrency": concurrency, "stale": stale, "space": space.name})
+    scheduler = _scheduler(space)
+    seed_rungs(scheduler, study, space)
+    driver.stop_reason = None
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            scheduler=_scheduler(space),
-            num_samples=remaining,
+            scheduler=scheduler,
+            num_samples=-1,  # the searcher ends the round (see Driver.admit)
             reuse_actors=True,
-            time_budget_s=opts.timeout,
         ),
         run_config=tune.RunConfig(
-            name=f"rknas-{study_name}-{int(time.time())}",
+            name=f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}",
             storage_path=os.path.join(tempfile.gettempdir(), f"rknas-tune-{os.getuid()}"),
             verbose=0,
             callbacks=[tune_callback(events, searcher)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    previous_term = signal.getsignal(signal.SIGTERM)
-    if hasattr(signal, "SIGUSR1"):
-        # Tune stops gracefully on SIGINT/SIGUSR1 but aborts on SIGTERM: route TERM to USR1.
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
     try:
         tuner.fit()
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
         searcher.flush_errors()
-        left = fail_running(study, "interrupted: the search stopped before this trial finished")
-    finished = len(finished_trials(study))
-    interrupted = finished < opts.trials and not opts.timeout
-    return _result(study, url, opts.trials, remaining, interrupted or bool(left and finished < opts.trials))
+        left = interrupt_trials(study, searcher.unfinished(), OWN_LEFT)
+        for trial_id in searcher.unfinished():
+            driver.heartbeats.remove(trial_id)
+        if left:
+            events("interrupted_trials", {"numbers": left})
+    # With an unbounded sample count Tune ends a round only when the searcher says so, or on a signal.
+    return driver.stop_reason is None
 
 
-def _result(study: optuna.Study, url: str, target: int, started: int, interrupted: bool) -> SearchResult:
+class _GracefulSignals:
+    """SIGINT and SIGTERM stop a search gracefully, inside Tune and between its rounds.
+
+    Tune stops gracefully on SIGINT/SIGUSR1 but aborts on SIGTERM, and leaves its SIGINT
+    handler installed after ``fit``. Inside ``tune()`` TERM is routed to USR1 (Tune's graceful
+    path); between rounds SIGINT and SIGTERM raise ``KeyboardInterrupt``. The previous
+    handlers come back on exit. Signals can only be handled in the main thread: elsewhere
+    this does nothing.
+    """
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        self.in_tune = False
+        self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
+        self.previous: dict[str, Any] = {}
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        if self.in_tune:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    def _install(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, self._on_term)
+
+    def __enter__(self) -> _GracefulSignals:
+        if self.active:
+            self.previous = {n: signal.getsignal(getattr(signal, n)) for n in self.NAMES}
+        self._install()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for n, handler in self.previous.items():
+            signal.signal(getattr(signal, n), handler)
+
+    @contextlib.contextmanager
+    def tune(self) -> Iterator[None]:
+        """The block in which Tune runs."""
+        self.in_tune = True
+        try:
+            yield
+        finally:
+            self.in_tune = False
+            self._install()
+
+
+def _result(study: optuna.Study, url: str, target: int, started: int, interrupted: bool,
+            timed_out: bool = False) -> SearchResult:
     t = best_trial(study)
     best = None
     if t is not None:
@@ -332,4 +482,5 @@ def _result(study: optuna.Study, url: str, target: int, started: int, interrupte
     return SearchResult(
         study=study.study_name, storage=url, target=target, finished=len(finished_trials(study)),
         started_now=started, interrupted=interrupted, counts=summarize(study)["counts"], best=best,
+        timed_out=timed_out,
     )

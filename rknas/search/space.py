@@ -165,6 +165,10 @@ class SearchSpace(BaseModel):
     fidelity: Fidelity = Fidelity()
     objectives: list[Objective] = [Objective(metric="val_accuracy", direction="maximize")]
     constraints: Constraints = Constraints()
+    start_from: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=list,
+        description="Known designs a new study runs first: model names, or mappings of settings (rknas.search.warmstart).",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -442,4 +446,8 @@ def parse_space(raw: dict[str, Any], where: str, default_name: str = "", schema:
         space.name = default_name
     space.check_strategies(where)
     space.check_values(where)
+    if space.start_from:
+        from rknas.search.warmstart import start_params  # imports this module
+
+        start_params(space, where=f"{where}: start_from")  # what the space alone can check; the search checks the data
     return space

@@ -1,6 +1,7 @@
 """Study storage: where studies live, what each trial records, and the queries on them."""
 
-from rknas.storage.backend import DEFAULT_STORAGE, STORAGE_ENV, load_study, open_storage, storage_url, study_names
+from rknas.storage.backend import DEFAULT_STORAGE, STORAGE_ENV, load_study, open_storage, safe_url, storage_url, study_names
+from rknas.storage.liveness import Heartbeats, driver_id, interrupt_trials, recover_stale
 from rknas.storage.queries import (
     FINISHED,
     accuracy_of,
@@ -19,18 +20,23 @@ __all__ = [
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
     "FINISHED",
+    "Heartbeats",
     "StudyRecord",
     "TrialRecord",
     "accuracy_of",
     "best_trial",
     "candidates",
     "choose",
+    "driver_id",
     "export_config",
     "fail_running",
     "finished_trials",
+    "interrupt_trials",
     "is_interrupted",
     "load_study",
     "open_storage",
+    "recover_stale",
+    "safe_url",
     "storage_url",
     "study_names",
     "summarize",

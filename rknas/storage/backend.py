@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -28,18 +29,49 @@ def storage_url(url: Optional[str] = None) -> str:
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
-def open_storage(url: Optional[str] = None, create: bool = True) -> optuna.storages.RDBStorage:
+# Python module of a database driver -> how to install it.
+DRIVER_HINTS = {
+    "psycopg": "pip install 'rknas[postgres]'",
+    "psycopg2": "pip install psycopg2-binary, or use a postgresql:// URL with pip install 'rknas[postgres]'",
+    "MySQLdb": "pip install mysqlclient, or use a mysql+pymysql:// URL with pip install pymysql",
+    "pymysql": "pip install pymysql",
+}
+
+
+def safe_url(url: str) -> str:
+    """A storage URL fit for messages and files.
+
+    Args:
+        url: A SQLAlchemy URL.
+
+    Returns:
+        The URL with its password shown as ``***`` (unchanged if it has none or is not a URL).
+    """
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide
+        return url
+
+
+def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_interval: Optional[int] = None,
+                 grace_period: Optional[int] = None) -> optuna.storages.RDBStorage:
     """Open (and for SQLite create) a storage; readers and the search share it safely.
 
     Args:
         url: A SQLAlchemy URL (default: ``storage_url()``).
         create: Create a missing SQLite file (False for commands that only read).
+        heartbeat_interval: Seconds between the heartbeats a search records for its running
+            trials (searches only; see ``rknas.storage.liveness``).
+        grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
 
     Returns:
         Optuna's ``RDBStorage`` on that URL.
 
     Raises:
-        RknasError: The storage cannot be opened or created; one line saying why.
+        RknasError: The storage cannot be opened or created, or its database driver is not
+            installed (the message says what to install); one line saying why.
     """
     url = storage_url(url)
     kwargs: dict = {}
@@ -52,11 +84,22 @@ def open_storage(url: Optional[str] = None, create: bool = True) -> optuna.stora
         except OSError as exc:
             raise RknasError(f"cannot create the folder for storage {url}: {exc.strerror}") from None
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat_interval is not None:
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's heartbeats are "experimental"
+            return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
+        missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc if isinstance(exc, ImportError) else None
+        if missing is not None:
+            module = (getattr(missing, "name", None) or "").split(".")[0]
+            hint = DRIVER_HINTS.get(module, f"install the Python module {module or '?'}")
+            raise RknasError(
+                f"cannot open storage {safe_url(url)}: its database driver ({module}) is not installed; {hint}"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RknasError(f"cannot open storage {url}: {first}") from None
+        raise RknasError(f"cannot open storage {safe_url(url)}: {first.replace(url, safe_url(url))}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

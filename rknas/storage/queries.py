@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rknas._version import __version__
 from rknas.errors import RknasError
 from rknas.models.network import NetworkConfig
+from rknas.storage.backend import safe_url
 from rknas.storage.record import StudyRecord, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -42,6 +43,10 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def fail_running(study: optuna.Study, reason: str) -> int:
     """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count.
+
+    Every RUNNING trial, whoever runs it: only for a study no search works on. A search
+    recovers dead searches' trials by their heartbeats instead (``liveness.recover_stale``)
+    and marks only its own (``liveness.interrupt_trials``).
 
     Args:
         study: The study.
@@ -207,12 +212,13 @@ def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, An
         "name": NetworkConfig.model_validate(record.network).name,
         "network": record.network,
         "training": record.training,
-        "data": (info.space or {}).get("data", {}),
+        "data": (info.space_at(record.space_revision or 0) or {}).get("data", {}),
         "provenance": {
             "study": study.study_name,
-            "storage": url,
+            "storage": safe_url(url),
             "trial": t.number,
             "space": info.space_name,
+            "space_revision": record.space_revision or 0,
             "values": dict(zip(metrics, t.values)),
             "val_accuracy_per_epoch": record.val_accuracy_per_epoch,
             "params": record.params,

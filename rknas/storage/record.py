@@ -39,6 +39,13 @@ class TrialRecord:
         fail_reason: Why a FAIL trial failed.
         constraint_violation: Why a trial over a size limit was PRUNED untrained.
         pruned_at_epoch: The epoch at which early stopping stopped the trial.
+        diverged: Why a PRUNED trial stopped with a non-finite loss (train.fit's message).
+        device: Where the trial trained ("cpu", "cuda"); with ``threads``, what reproduces it.
+        threads: torch's intra-op threads during the trial (CPU sums depend on it).
+        driver: The ``rknas search`` process that ran the trial (``host:pid:random``);
+            written when the trial starts, so a RUNNING trial names its owner.
+        space_revision: The study's space revision the trial was sampled from (0: the space
+            the study was started with; see ``StudyRecord.revisions``).
         interrupted: The search stopped before the trial finished (it does not count).
     """
 
@@ -55,6 +62,11 @@ class TrialRecord:
     fail_reason: Optional[str] = None
     constraint_violation: Optional[str] = None
     pruned_at_epoch: Optional[int] = None
+    diverged: Optional[str] = None
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    driver: Optional[str] = None
+    space_revision: Optional[int] = None
     interrupted: bool = False
 
     def user_attrs(self) -> dict[str, Any]:
@@ -83,9 +95,15 @@ class StudyRecord:
 
     Attributes:
         space_name: The search space's name.
-        space: The whole validated space as JSON (what a trial means).
+        space: The whole validated space as JSON (what a trial means), with the command's
+            overrides (``--epochs``, ``--no-early-stopping``, ``--data-root``) applied: the
+            space the study was started with.
         metrics: The objectives' metric names, in the study's direction order.
         seed: The search's base seed (trial seeds are ``seed + trial number``).
+        revisions: Changes a later ``rknas search --allow-changes`` made, in order; each is
+            ``{"revision": n, "space": ..., "seed": ..., "changes": {key: [before, after]},
+            "first_trial": the first trial number sampled under it, "at": ISO time, "rknas_version"}``.
+            Trials record the revision they were sampled from (``TrialRecord.space_revision``).
         rknas_version: The version that created the study.
         evaluation: The latest ``rknas evaluate`` summary: epochs, seeds, recipe trial, data,
             and per model its name, source (trial number), params, FLOPs, test accuracy per
@@ -98,10 +116,44 @@ class StudyRecord:
     seed: Optional[int] = None
     rknas_version: Optional[str] = None
     evaluation: Optional[dict[str, Any]] = None
+    revisions: Optional[list[dict[str, Any]]] = None
 
     def user_attrs(self) -> dict[str, Any]:
         """The non-empty fields, as Optuna user attributes."""
         return _to_attrs(self)
+
+    @property
+    def revision(self) -> int:
+        """The current space revision (0: no change since the study was started)."""
+        return len(self.revisions or [])
+
+    def space_at(self, revision: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The space a trial of a revision was sampled from.
+
+        Args:
+            revision: A space revision (``TrialRecord.space_revision``; default: the current one).
+
+        Returns:
+            The space as JSON; None if the study recorded none.
+        """
+        revision = self.revision if revision is None else revision
+        if revision <= 0 or not self.revisions:
+            return self.space
+        return self.revisions[min(revision, len(self.revisions)) - 1].get("space", self.space)
+
+    def seed_at(self, revision: Optional[int] = None) -> Optional[int]:
+        """The base seed of a revision.
+
+        Args:
+            revision: A space revision (default: the current one).
+
+        Returns:
+            The seed; None if the study recorded none.
+        """
+        revision = self.revision if revision is None else revision
+        if revision <= 0 or not self.revisions:
+            return self.seed
+        return self.revisions[min(revision, len(self.revisions)) - 1].get("seed", self.seed)
 
     @classmethod
     def of(cls, study: Any) -> StudyRecord:

@@ -1,0 +1,488 @@
+"""Evaluate finalists: train them from scratch at one budget, with several seeds, on the test split.
+
+A search ranks trials by validation accuracy at a short fidelity. ``evaluate`` answers the
+question that matters afterwards: which of them (and how do the paper's named models compare)
+is best when trained properly? Every model trains on the data set's whole training split (the
+search's train + validation), for the same epochs, with the same recipe, once per seed, and is
+scored on the test split, which the search never saw.
+
+The recipe is one for all: the training settings of the study's best trial (optimiser, learning
+rate, weight decay, batch size, schedule, warm-up, augmentation), with the epochs and the seed
+of the evaluation; the schedule is scaled to those epochs. Those settings are the best the search
+found for this data set, and named models have no searched settings of their own, so every
+model, finalist or not, gets the same; a difference in test accuracy is then the architecture's.
+
+Each finished run is written to ``OUT/runs/<name>/seed<k>/metrics.json`` (atomically); an
+unfinished run keeps a per-epoch checkpoint next to it. The same call again skips finished runs
+and resumes unfinished ones, so an interrupted evaluation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from rknas._version import __version__
+from rknas.config import load_network_section
+from rknas.data.core import DataSpec, TensorData, load_dataset
+from rknas.errors import ConfigError, RknasError
+from rknas.models.counting import count_flops, count_params
+from rknas.models.network import NetworkConfig, build_network, format_validation_error, parse_network_config
+from rknas.models.registry import list_models, model_config
+from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, load_study, open_storage, storage_url
+from rknas.train import TrainConfig, fit, resolve_channels_last
+from rknas.train import evaluate as evaluate_model
+
+EventSink = Callable[[str, dict], None]
+RECIPE_NOTE = (
+    "every model trains with the training settings of the study's best trial (recipe_trial), "
+    "with the evaluation's epochs and seed, on the data set's whole training split"
+)
+
+
+@dataclass
+class ModelResult:
+    """One evaluated model: what it is, its size, and its test accuracy per seed.
+
+    Attributes:
+        name: Unique name; also the folder of its runs (``trial_12``, a registered name, a file stem).
+        source: ``trial`` (a finalist of the study), ``model`` (a registered name) or ``config`` (a file).
+        architecture: The paper-style name, e.g. ``RKCNN-I-3``.
+        network: The full ``NetworkConfig`` as JSON.
+        params: Parameter count.
+        flops: FLOPs of one forward pass.
+        seeds: The seeds, one run each.
+        test_accuracy: Test accuracy of each run, in the order of ``seeds``.
+        trial: The trial number when ``source`` is ``trial``.
+        ref: The registered name or the config file, for ``model`` and ``config``.
+        search_val_accuracy: The validation accuracy the trial reported during the search.
+    """
+
+    name: str
+    source: str
+    architecture: str
+    network: dict[str, Any]
+    params: int
+    flops: int
+    seeds: list[int]
+    test_accuracy: list[float] = field(default_factory=list)
+    trial: Optional[int] = None
+    ref: Optional[str] = None
+    search_val_accuracy: Optional[float] = None
+
+    @property
+    def mean(self) -> float:
+        """Mean test accuracy over the seeds."""
+        return statistics.fmean(self.test_accuracy)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1) of the test accuracy; 0 with one seed."""
+        return statistics.stdev(self.test_accuracy) if len(self.test_accuracy) > 1 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The small form stored in the study: no network config, no paths."""
+        out: dict[str, Any] = {"name": self.name, "source": self.source, "architecture": self.architecture,
+                               "params": self.params, "flops": self.flops, "test_accuracy": self.test_accuracy,
+                               "mean": self.mean, "std": self.std}
+        if self.trial is not None:
+            out["trial"] = self.trial
+        if self.ref is not None:
+            out["ref"] = self.ref
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, for ``evaluation.json``."""
+        out = self.summary()
+        out.update(seeds=self.seeds, search_val_accuracy=self.search_val_accuracy, network=self.network)
+        return out
+
+
+@dataclass
+class Evaluation:
+    """The result of ``evaluate``.
+
+    Attributes:
+        study: The study's name.
+        storage: Its storage URL.
+        data: The data set's name and the number of training and test images.
+        epochs: Epochs of every run.
+        seeds: Seeds of every model.
+        recipe_trial: The trial whose training settings every run used.
+        recipe: Those settings (``TrainConfig`` as JSON, without epochs and seed).
+        models: One result per model: finalists first (best first), then the included ones.
+        out: The output folder.
+        trained: Runs trained by this call.
+        skipped: Runs found finished and skipped.
+        json_path: ``OUT/evaluation.json``.
+        plot_path: ``OUT/evaluation.png``.
+    """
+
+    study: str
+    storage: str
+    data: dict[str, Any]
+    epochs: int
+    seeds: list[int]
+    recipe_trial: int
+    recipe: dict[str, Any]
+    models: list[ModelResult]
+    out: Path
+    trained: int = 0
+    skipped: int = 0
+    json_path: Optional[Path] = None
+    plot_path: Optional[Path] = None
+    evaluated_at: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The small summary stored with the study (``StudyRecord.evaluation``)."""
+        return {"epochs": self.epochs, "seeds": self.seeds, "recipe_trial": self.recipe_trial,
+                "data": self.data, "out": str(self.out), "evaluated_at": self.evaluated_at,
+                "models": [m.summary() for m in self.models]}
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``evaluation.json``."""
+        return {"study": self.study, "storage": self.storage, "data": self.data, "epochs": self.epochs,
+                "seeds": self.seeds, "recipe": {"from_trial": self.recipe_trial, "training": self.recipe, "note": RECIPE_NOTE},
+                "evaluated_at": self.evaluated_at, "rknas_version": __version__,
+                "models": [m.to_json() for m in self.models]}
+
+
+@dataclass
+class _Entry:
+    """A model to evaluate, resolved and checked against the data, before anything is trained."""
+
+    name: str
+    source: str
+    network: NetworkConfig
+    trial: Optional[int] = None
+    ref: Optional[str] = None
+    search_val_accuracy: Optional[float] = None
+
+
+def select_finalists(study: optuna.Study, top: Optional[int] = None, pareto: bool = False) -> list[FrozenTrial]:
+    """The trials to evaluate.
+
+    Args:
+        study: The study.
+        top: The ``top`` completed trials with the highest validation accuracy.
+        pareto: The Pareto set instead (single objective: the best trial, ties included).
+            Neither: the Pareto set of a multi-objective study, else the top 3.
+
+    Returns:
+        Completed trials, most accurate first.
+
+    Raises:
+        RknasError: Both ``top`` and ``pareto``, ``top`` < 1, or no completed trial.
+    """
+    if top is not None and pareto:
+        raise RknasError("--top and --pareto exclude each other")
+    if top is not None and top < 1:
+        raise RknasError(f"--top must be at least 1, got {top}")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise RknasError(f"study {study.study_name!r} has no completed trial to evaluate")
+    by_accuracy = sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number))
+    if pareto or (top is None and len(study.directions) > 1):
+        front = {t.number for t in study.best_trials}
+        return [t for t in by_accuracy if t.number in front]
+    return by_accuracy[: top or 3]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+
+
+def _shape(c: Optional[int], s: Optional[int]) -> str:
+    return f"{c}x{s}x{s}"
+
+
+def resolve_include(ref: str, train: TensorData, data_name: str) -> tuple[NetworkConfig, str]:
+    """The network of an ``--include`` entry, checked against the data set.
+
+    Args:
+        ref: A registered model name (``rknas models``) or a config file (``rknas best -o FILE``,
+            or any YAML with a ``network:`` section).
+        train: The training split (for channels, image size and classes).
+        data_name: The data set's name, for messages.
+
+    Returns:
+        ``(network, source)``: a registered model gets the data set's number of classes (its
+        head); a config file is taken as it is. ``source`` is ``model`` or ``config``.
+
+    Raises:
+        ConfigError: An unknown name (close matches listed), an unreadable file, or a network
+            whose input or classes do not fit the data set.
+    """
+    path = Path(ref)
+    is_file = path.suffix in (".yaml", ".yml", ".json") or path.is_file() or os.sep in ref
+    if is_file:
+        network = parse_network_config(load_network_section(path))
+        source = "config"
+    else:
+        known = list_models()
+        if ref not in known:
+            close = difflib.get_close_matches(ref, known, n=5, cutoff=0.6)
+            hint = f"close matches: {', '.join(close)}" if close else "see `rknas models`"
+            raise ConfigError(f"unknown model {ref!r} in --include; {hint} (or give a config file written by `rknas best`)")
+        network = model_config(ref, classes=train.classes)
+        source = "model"
+    want, have = _shape(network.in_channels, network.image_size), _shape(train.in_channels, train.image_size)
+    if want != have:
+        raise ConfigError(f"{ref}: the network expects {want} inputs, data set {data_name!r} has {have} images; "
+                          "it does not fit this study's data")
+    if network.classes != train.classes:
+        raise ConfigError(f"{ref}: the network has {network.classes} classes, data set {data_name!r} has {train.classes}")
+    return network, source
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    base, n = _safe(name), 2
+    out = base
+    while out in taken:
+        out, n = f"{base}-{n}", n + 1
+    taken.add(out)
+    return out
+
+
+def _spec(network: NetworkConfig, training: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run the same run: a finished one with this spec is skipped."""
+    return {"network": network.model_dump(mode="json"), "training": training.model_dump(mode="json"), "data": data}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return diffs
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(
+    study: str,
+    *,
+    epochs: int,
+    seeds: int = 3,
+    seed: int = 0,
+    top: Optional[int] = None,
+    pareto: bool = False,
+    include: Sequence[str] = (),
+    out: Optional[Path] = None,
+    storage: Optional[str] = None,
+    data_root: Optional[str] = None,
+    device: Optional[str] = None,
+    store: bool = True,
+    on_event: Optional[EventSink] = None,
+) -> Evaluation:
+    """Train finalists and named models from scratch with several seeds and score them on the test split.
+
+    Every check (study, trials, names, fit to the data, options, earlier runs in ``out``) passes
+    before anything is written. Finished runs found in ``out`` with the same settings are
+    skipped; an unfinished one resumes from its last epoch.
+
+    Args:
+        study: The study's name.
+        epochs: Epochs of every run (the schedule is scaled to them).
+        seeds: Runs per model, with seeds ``seed .. seed + seeds - 1``.
+        seed: The first seed.
+        top: Evaluate the ``top`` most accurate completed trials (see ``select_finalists``).
+        pareto: Evaluate the Pareto set instead.
+        include: Registered model names or config files to evaluate as well.
+        out: Output folder (default ``runs/evaluate/<study>``).
+        storage: The storage URL (default: ``storage_url()``).
+        data_root: Where the data set's files are (overrides the study's space).
+        device: ``cpu`` or ``cuda`` (default: cuda if available).
+        store: Store the summary in the study (``StudyRecord.evaluation``).
+        on_event: Called with ``(kind, data)``: ``start``, ``run_start``, ``epoch``, ``run_end``.
+
+    Returns:
+        The evaluation; ``OUT/evaluation.json`` and ``OUT/evaluation.png`` are written.
+
+    Raises:
+        RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
+            model, or runs in ``out`` that were made with other settings.
+    """
+    emit: EventSink = on_event or (lambda kind, data: None)
+    if seeds < 1:
+        raise RknasError(f"--seeds must be at least 1, got {seeds}")
+    if epochs < 1:
+        raise RknasError(f"--epochs must be at least 1, got {epochs}")
+    url = storage_url(storage)
+    st = load_study(open_storage(url, create=False), study)
+    finalists = select_finalists(st, top=top, pareto=pareto)
+    recipe_from = best_trial(st)
+    assert recipe_from is not None  # select_finalists raised otherwise
+    recipe_record = TrialRecord.of(recipe_from)
+    if recipe_record.training is None:
+        raise RknasError(f"trial {recipe_from.number} of study {study!r} has no recorded training config")
+    try:
+        recipe = TrainConfig.model_validate(recipe_record.training)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"trial {recipe_from.number}'s training")) from None
+    space = StudyRecord.of(st).space or {}
+    if "data" not in space:
+        raise RknasError(f"study {study!r} has no recorded search space (was it made by `rknas search`?)")
+    try:
+        data_spec = DataSpec.model_validate(space["data"])
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"study {study!r}'s data")) from None
+    if data_root:
+        data_spec.root = data_root
+    train, test = load_dataset(data_spec)
+    data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
+
+    taken: set[str] = set()
+    entries: list[_Entry] = []
+    for t in finalists:
+        r = TrialRecord.of(t)
+        if r.network is None:
+            raise RknasError(f"trial {t.number} of study {study!r} has no recorded network config")
+        entries.append(_Entry(_unique(f"trial_{t.number}", taken), "trial", NetworkConfig.model_validate(r.network),
+                              trial=t.number, search_val_accuracy=accuracy_of(st, t)))
+    for ref in dict.fromkeys(include):
+        network, source = resolve_include(ref, train, data_spec.name)
+        stem = Path(ref).stem if source == "config" else ref
+        entries.append(_Entry(_unique(stem, taken), source, network, ref=ref))
+
+    out = Path(out or Path("runs") / "evaluate" / _safe(study))
+    seed_list = [seed + i for i in range(seeds)]
+    plan = []
+    for e in entries:
+        for s in seed_list:
+            cfg = recipe.model_copy(update={"epochs": epochs, "seed": s})
+            run_dir = out / "runs" / e.name / f"seed{s}"
+            spec = _spec(e.network, cfg, data)
+            for name in ("metrics.json", "spec.json"):
+                old = _read_json(run_dir / name)
+                old_spec = (old or {}).get("spec") if name == "metrics.json" else old
+                if old_spec is not None and old_spec != spec:
+                    diffs = "; ".join(_differences(old_spec, spec)[:3])
+                    raise RknasError(f"{run_dir} holds a run with other settings ({diffs}); "
+                                     "pass another --out, or delete that folder to redo it")
+            plan.append((e, s, cfg, run_dir, spec))
+
+    results: dict[str, ModelResult] = {}
+    for e in entries:
+        model = build_network(e.network)
+        results[e.name] = ModelResult(
+            name=e.name, source=e.source, architecture=e.network.name, network=e.network.model_dump(mode="json"),
+            params=count_params(model), flops=count_flops(model, e.network), seeds=seed_list, trial=e.trial,
+            ref=e.ref, search_val_accuracy=e.search_val_accuracy,
+        )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    finished = [_read_json(run_dir / "metrics.json") for _, _, _, run_dir, _ in plan]
+    emit("start", {"study": study, "runs": len(plan), "done": sum(m is not None for m in finished), "models": len(entries),
+                   "seeds": seed_list, "epochs": epochs, "out": str(out), "recipe_trial": recipe_from.number, "device": dev})
+    trained = 0
+    for (e, s, cfg, run_dir, spec), metrics in zip(plan, finished):
+        skipped = metrics is not None
+        if metrics is None:
+            emit("run_start", {"name": e.name, "seed": s, "epochs": epochs})
+            metrics = _train_run(e, cfg, spec, run_dir, train, test, dev, emit)
+            trained += 1
+        results[e.name].test_accuracy.append(float(metrics["test_accuracy"]))
+        emit("run_end", {"name": e.name, "seed": s, "test_accuracy": metrics["test_accuracy"], "skipped": skipped})
+
+    result = Evaluation(
+        study=study, storage=url, data=data, epochs=epochs, seeds=seed_list, recipe_trial=recipe_from.number,
+        recipe=recipe.model_dump(mode="json", exclude={"epochs", "seed"}), models=list(results.values()), out=out,
+        trained=trained, skipped=len(plan) - trained,
+        evaluated_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    result.json_path = out / "evaluation.json"
+    write_json_atomic(result.json_path, result.to_json())
+    from rknas.report import plot_evaluation
+
+    result.plot_path = plot_evaluation([m.summary() for m in result.models], out / "evaluation.png",
+                                       title=f"{study}: {epochs} epochs on {len(train):,} images, {len(seed_list)} seed(s)")
+    if store:
+        for key, value in StudyRecord(evaluation=result.summary()).user_attrs().items():
+            st.set_user_attr(key, value)
+    return result
+
+
+def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: TensorData, test: TensorData,
+               device: str, emit: EventSink) -> dict[str, Any]:
+    """Train one model with one seed; checkpoint each epoch; write metrics.json at the end."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoint.pt"
+    if _read_json(run_dir / "spec.json") != spec:
+        ckpt.unlink(missing_ok=True)  # a checkpoint without its spec cannot be trusted
+        write_json_atomic(run_dir / "spec.json", spec)
+    t0 = time.perf_counter()
+
+    def on_epoch(epoch: int, m: dict) -> None:
+        emit("epoch", {"name": e.name, "seed": cfg.seed, "epoch": epoch, "epochs": cfg.epochs, "metrics": m})
+
+    model, history, (mean, std) = fit(e.network, cfg, train, None, device=device, on_epoch=on_epoch,
+                                      checkpoint=ckpt, resume=True)
+    test_metrics = evaluate_model(model, test.to(device), mean, std, precision=cfg.precision,
+                                  channels_last=resolve_channels_last(cfg.channels_last, device))
+    metrics = {"name": e.name, "seed": cfg.seed, "epochs": cfg.epochs, "test_accuracy": test_metrics["accuracy"],
+               "test_loss": test_metrics["loss"], "train_images": len(train), "test_images": len(test),
+               "wall_time_s": time.perf_counter() - t0, "history": history, "spec": spec}
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    ckpt.unlink(missing_ok=True)
+    return metrics
+
+
+def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_flops: Optional[float] = None) -> dict[str, Any]:
+    """The evaluated finalist (a trial) with the best mean test accuracy.
+
+    Args:
+        study: A study that ``evaluate`` stored a summary in.
+        max_params: Only finalists with at most this many parameters.
+        max_flops: ... and at most this many FLOPs.
+
+    Returns:
+        Its summary entry (``trial``, ``mean``, ``std``, ...). Named models are not trials of
+        the study, so they are never chosen, even with a higher mean.
+
+    Raises:
+        RknasError: The study has no evaluation, or no evaluated trial within the limits.
+    """
+    ev = StudyRecord.of(study).evaluation
+    if not ev:
+        name = study.study_name
+        raise RknasError(f"study {name!r} has no evaluation yet; run `rknas evaluate --study {name} ...` first")
+    pool = [m for m in ev.get("models", []) if m.get("trial") is not None
+            and (max_params is None or m["params"] <= max_params) and (max_flops is None or m["flops"] <= max_flops)]
+    if not pool:
+        raise RknasError(f"no evaluated trial of study {study.study_name!r} fits the limits")
+    return max(pool, key=lambda m: (m["mean"], -m["std"], -m["trial"]))
+
+
+__all__ = ["Evaluation", "ModelResult", "best_evaluated", "evaluate", "resolve_include", "select_finalists",
+           "write_json_atomic"]

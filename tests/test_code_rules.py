@@ -1,0 +1,42 @@
+"""Rules of the code base that a reviewer would otherwise have to remember."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rknas"
+BROAD = {"Exception", "BaseException"}
+
+
+def silenced_broad_handlers(source: str) -> list[int]:
+    """Lines of ``except:`` / ``except Exception:`` (or BaseException) whose body only passes or continues."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ExceptHandler):
+            continue
+        caught = node.type
+        names = {e.id for e in caught.elts if isinstance(e, ast.Name)} if isinstance(caught, ast.Tuple) else (
+            {caught.id} if isinstance(caught, ast.Name) else set())
+        silent = all(isinstance(s, (ast.Pass, ast.Continue)) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+                     for s in node.body)
+        if silent and (caught is None or names & BROAD):
+            lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("source,found", [
+    ("try:\n    x()\nexcept Exception:\n    pass\n", [3]),
+    ("try:\n    x()\nexcept:\n    ...\n", [3]),
+    ("for a in b:\n    try:\n        x()\n    except (OSError, BaseException):\n        continue\n", [4]),
+    ("try:\n    x()\nexcept OSError:\n    pass  # the file may be gone: nothing to clean\n", []),
+    ("try:\n    x()\nexcept Exception as exc:\n    log(exc)\n", []),
+])
+def test_the_check_finds_silenced_broad_handlers(source, found):
+    assert silenced_broad_handlers(source) == found
+
+
+def test_no_broad_exception_is_silenced_in_rknas():
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             for line in silenced_broad_handlers(path.read_text())]
+    assert not found, f"catch the specific exception and say why it is safe to ignore: {found}"

@@ -1,0 +1,235 @@
+"""`rknas evaluate`: finalists and named models trained from scratch with several seeds, scored on test."""
+
+import json
+import statistics
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import rknas.evaluate as ev
+from rknas.models.counting import count_flops, count_params
+from rknas.models.network import NetworkConfig, build_network
+from rknas.search.runner import load_data
+from rknas.search.space import load_space
+from rknas.storage import StudyRecord, TrialRecord
+from rknas.train import TrainConfig
+
+# Three tiny digits networks (8x8 inputs, one period); the test trains each for one epoch.
+NETS = [
+    {"strategy": ["E"], "stages": [1], "k": [8]},
+    {"strategy": ["R"], "stages": [2], "k": [8]},
+    {"strategy": ["I"], "stages": [2], "k": [16]},
+]
+VALS = [0.93, 0.95, 0.90]  # trial 1 is the best of the search, then 0, then 2
+
+
+def network(i: int, **kw) -> dict:
+    return NetworkConfig.model_validate({"framework": "cifar", "in_channels": 1, "image_size": 8, "classes": 10,
+                                         "attention": False, **NETS[i], **kw}).model_dump(mode="json")
+
+
+def make_study(url: str, name: str = "tiny", complete: bool = True, directions=("maximize",)) -> optuna.Study:
+    """A study as `rknas search` leaves it, without running one: space record, trials with records."""
+    space = load_space("digits_quick")
+    load_data(space)  # fills classes, channels and image size, as the search does
+    study = optuna.create_study(study_name=name, storage=url, directions=list(directions))
+    metrics = ["val_accuracy", "params"][: len(directions)]
+    for key, value in StudyRecord(space_name=space.name, space=space.model_dump(mode="json"), metrics=metrics,
+                                  seed=0).user_attrs().items():
+        study.set_user_attr(key, value)
+    for i, acc in enumerate(VALS):
+        net = network(i)
+        params = count_params(build_network(net))
+        training = TrainConfig(epochs=6, lr=0.1 + 0.01 * i, weight_decay=1e-4, batch_size=64, warmup_epochs=0.5,
+                               seed=i).model_dump(mode="json")
+        record = TrialRecord(val_accuracy_per_epoch=[acc - 0.1, acc], seed=i, params=params, flops=1000 * (i + 1),
+                             network=net, training=training)
+        values = [acc, params][: len(directions)]
+        state = TrialState.COMPLETE if complete else TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.1}, distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1.0)},
+            values=values if complete else None, user_attrs=record.user_attrs(), state=state,
+        ))
+    return study
+
+
+@pytest.fixture
+def study_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(url)
+    return url
+
+
+@pytest.fixture
+def mini_config(tmp_path):
+    """A config file as `rknas best` writes one (only its network section is used)."""
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump({"network": network(0, k=[12]), "training": {"lr": 9.9}, "data": {"name": "digits"}}))
+    return path
+
+
+@pytest.fixture
+def count_fits(monkeypatch):
+    """Counts the trainings `evaluate` starts (the real training still runs)."""
+    calls = []
+    real = ev.fit
+
+    def counting_fit(network, cfg, *args, **kwargs):
+        calls.append((network.name, cfg.seed, cfg.epochs))
+        return real(network, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "fit", counting_fit)
+    return calls
+
+
+def test_evaluate_writes_json_plot_runs_and_the_study_summary_and_a_rerun_skips(cli, study_url, mini_config, tmp_path,
+                                                                                 count_fits):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--study", "tiny", "--storage", study_url, "--top", 2, "--include", mini_config,
+            "--seeds", 2, "--epochs", 1, "--out", out]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert len(count_fits) == 6 and {c[2] for c in count_fits} == {1} and {c[1] for c in count_fits} == {0, 1}
+
+    data = json.loads((out / "evaluation.json").read_text())
+    assert [m["name"] for m in data["models"]] == ["trial_1", "trial_0", "mini"]  # finalists best first, then includes
+    assert [m["source"] for m in data["models"]] == ["trial", "trial", "config"]
+    assert [m.get("trial") for m in data["models"]] == [1, 0, None]
+    assert data["epochs"] == 1 and data["seeds"] == [0, 1]
+    assert data["data"] == {"name": "digits", "train_images": 1438, "test_images": 359}  # the whole train split
+    # One recipe for all: the best trial's (trial 1) training settings; its lr, not the config file's.
+    assert data["recipe"]["from_trial"] == 1 and data["recipe"]["training"]["lr"] == pytest.approx(0.11)
+    for m, net in zip(data["models"], (network(1), network(0), network(0, k=[12]))):
+        model = build_network(net)
+        assert m["network"] == net
+        assert m["params"] == count_params(model) and m["flops"] == count_flops(model)
+        assert len(m["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in m["test_accuracy"])
+        assert m["mean"] == pytest.approx(statistics.fmean(m["test_accuracy"]))
+        assert m["std"] == pytest.approx(statistics.stdev(m["test_accuracy"]))
+        for seed, acc in zip((0, 1), m["test_accuracy"]):
+            run = json.loads((out / "runs" / m["name"] / f"seed{seed}" / "metrics.json").read_text())
+            assert run["test_accuracy"] == acc and run["epochs"] == 1 and run["seed"] == seed
+            assert run["spec"]["training"]["lr"] == pytest.approx(0.11)
+            assert not (out / "runs" / m["name"] / f"seed{seed}" / "checkpoint.pt").exists()
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trial_1" in stdout and "mini" in stdout and "mean" in stdout
+
+    stored = StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).evaluation
+    assert stored["epochs"] == 1 and stored["seeds"] == [0, 1] and stored["recipe_trial"] == 1
+    assert [(m["name"], m["test_accuracy"], m["mean"], m["std"], m["params"], m["flops"]) for m in stored["models"]] == [
+        (m["name"], m["test_accuracy"], m["mean"], m["std"], m["params"], m["flops"]) for m in data["models"]]
+
+    # The same command again: nothing trained, nothing rewritten, the same results.
+    runs = sorted((out / "runs").rglob("metrics.json"))
+    mtimes = [p.stat().st_mtime_ns for p in runs]
+    count_fits.clear()
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert count_fits == []
+    assert [p.stat().st_mtime_ns for p in runs] == mtimes
+    assert json.loads((out / "evaluation.json").read_text())["models"] == data["models"]
+    assert "skipped 6" in stdout
+
+    # A lost run is redone, alone.
+    (out / "runs" / "trial_0" / "seed1" / "metrics.json").unlink()
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert count_fits == [("RKCNN-E-1", 1, 1)]
+
+    # Another budget in the same folder would mix runs: refused, nothing trained.
+    count_fits.clear()
+    code, _, err = cli(*[a if a != 1 else 2 for a in args[:-2]], "--out", out)
+    assert code == 2 and "other settings" in err and "epochs 1 -> 2" in err
+    assert count_fits == []
+
+
+def test_best_by_evaluation_exports_the_finalist_with_the_best_mean(cli, study_url, tmp_path):
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    summary = {"epochs": 5, "seeds": [0, 1], "recipe_trial": 1, "models": [
+        {"name": "trial_1", "source": "trial", "trial": 1, "params": 9000, "flops": 1, "test_accuracy": [0.90, 0.92],
+         "mean": 0.91, "std": 0.014, "architecture": "RKCNN-R-2"},
+        {"name": "trial_2", "source": "trial", "trial": 2, "params": 20000, "flops": 1, "test_accuracy": [0.95, 0.97],
+         "mean": 0.96, "std": 0.014, "architecture": "RKCNN-I-2"},
+        {"name": "big_paper", "source": "model", "params": 10**6, "flops": 1, "test_accuracy": [0.99, 0.99],
+         "mean": 0.99, "std": 0.0, "architecture": "RKCNN-E-2"},
+    ]}
+    for key, value in StudyRecord(evaluation=summary).user_attrs().items():
+        study.set_user_attr(key, value)
+
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation", "-o", tmp_path / "b.yaml")
+    assert code == 0, err
+    cfg = yaml.safe_load((tmp_path / "b.yaml").read_text())
+    assert cfg["provenance"]["trial"] == 2  # not the search's best (1), not the named model
+    assert cfg["provenance"]["evaluation"] == {"test_accuracy": [0.95, 0.97], "mean": 0.96, "std": 0.014}
+    assert cfg["network"] == network(2)
+
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation", "--max-params", 10000,
+                       "-o", tmp_path / "small.yaml")
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "small.yaml").read_text())["provenance"]["trial"] == 1
+
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "t.yaml")  # default: --by trial
+    assert code == 0 and yaml.safe_load((tmp_path / "t.yaml").read_text())["provenance"]["trial"] == 1
+
+    code, stdout, err = cli("report", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "r.png")
+    assert code == 0, err
+    assert "trial_2" in stdout and "big_paper" in stdout and "0.9600" in stdout
+    assert (tmp_path / "r_evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
+    for bad, why in ((["--by", "best"], "--by must be"), (["--by", "evaluation", "--trial", 0], "exclude each other"),
+                     (["--by", "evaluation", "--max-params", 10], "fits the limits")):
+        code, _, err = cli("best", "--study", "tiny", "--storage", study_url, *bad)
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1
+
+
+def test_best_by_evaluation_without_an_evaluation_says_how_to_make_one(cli, study_url):
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation")
+    assert code == 2 and "rknas evaluate --study tiny" in err
+
+
+def test_finalists_top_k_pareto_and_defaults(tmp_path):
+    single = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    assert [t.number for t in ev.select_finalists(single, top=2)] == [1, 0]
+    assert [t.number for t in ev.select_finalists(single)] == [1, 0, 2]  # default: top 3
+    assert [t.number for t in ev.select_finalists(single, pareto=True)] == [1]
+    multi = make_study(f"sqlite:///{tmp_path / 'm.db'}", directions=("maximize", "minimize"))
+    # params: trial 0 (E-1 k8) is the smallest, trial 1 the most accurate, trial 2 is dominated.
+    sizes = [TrialRecord.of(t).params for t in multi.trials]
+    assert sizes[0] < sizes[1] and sizes[0] < sizes[2]
+    assert [t.number for t in ev.select_finalists(multi)] == [1, 0]  # default: the Pareto set
+    assert [t.number for t in ev.select_finalists(multi, top=3)] == [1, 0, 2]
+
+
+@pytest.mark.parametrize("extra,why", [
+    (["--include", "rkcnn_e_2_mnist_k33"], "close matches: rkcnn_e_2_mnist_k32"),
+    (["--include", "rkcnn_e_2_mnist_k32"], "expects 1x28x28 inputs, data set 'digits' has 1x8x8"),
+    (["--include", "CLASSES3"], "has 3 classes, data set 'digits' has 10"),
+    (["--include", "MISSING"], "does not exist"),
+    (["--seeds", 0], "--seeds must be at least 1"),
+    (["--epochs", 0], "--epochs must be at least 1"),
+    (["--top", 0], "--top must be at least 1"),
+    (["--pareto"], "exclude each other"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(cli, study_url, tmp_path, count_fits, extra, why):
+    three = tmp_path / "three.yaml"
+    three.write_text(yaml.safe_dump({"network": network(0, classes=3)}))
+    extra = [{"CLASSES3": three, "MISSING": tmp_path / "nope.yaml"}.get(a, a) if isinstance(a, str) else a for a in extra]
+    out = tmp_path / "eval"
+    code, _, err = cli("evaluate", "--study", "tiny", "--storage", study_url, "--top", 2, "--seeds", 1, "--epochs", 1,
+                       "--out", out, *extra)
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and why in err, err
+    assert not out.exists() and count_fits == []
+    assert StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).evaluation is None
+
+
+def test_unknown_study_and_a_study_without_complete_trials(cli, tmp_path, count_fits):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(url, name="all_pruned", complete=False)
+    out = tmp_path / "eval"
+    for study, why in (("nope", "no study 'nope'"), ("all_pruned", "no completed trial to evaluate")):
+        code, _, err = cli("evaluate", "--study", study, "--storage", url, "--epochs", 1, "--out", out)
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and count_fits == []

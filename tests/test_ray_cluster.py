@@ -1,0 +1,155 @@
+"""`rknas search --address` on a real cluster, started by `ray start --head` as Ray does by default.
+
+Ray 2.60's `ray start --head` turns on token authentication when a token exists (here the test's
+own ~/.ray/auth_token, HOME being a temp folder). The head runs on 127.0.0.1 with its own ports
+and temp dir, and is stopped by its process ids (never `ray stop`, which stops every Ray of the
+user). The searches run as separate processes with no Ray variables in their environment.
+"""
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+RAY = Path(sys.executable).with_name("ray")
+SPACE = {
+    "name": "tiny",
+    "data": {"name": "digits", "train_subset": 200},
+    "framework": "cifar",
+    "architecture": {"periods": 2, "strategy": ["E"], "stages": 1, "k": [8, 16], "attention": False},
+    "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
+    "fidelity": {"epochs": 1, "min_epochs": 1},
+}
+START_TIMEOUT = 180  # generous: only a head that never comes up waits this long
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no RAY_* variable (the test process has some)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "HOME": str(home), **extra}
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker``: the head's, and the workers it started."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:  # gone, or not ours
+                continue
+    return pids
+
+
+def signal_all(head: subprocess.Popen, marker: str, sig: int) -> None:
+    """``sig`` to the head's process group and to every process carrying ``marker``."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(head.pid, sig)
+    for pid in marked_pids(marker):
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, sig)
+
+
+def stop(head: subprocess.Popen, marker: str) -> None:
+    """SIGTERM to the head's processes, SIGKILL to those left after 5 s (a graceful stop takes longer)."""
+    signal_all(head, marker, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    signal_all(head, marker, signal.SIGKILL)
+    head.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while (left := marked_pids(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the test cluster survived SIGKILL: {left}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node on 127.0.0.1 with token authentication; yields its address, HOME and temp dir."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    home = tmp / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    temp_dir = Path(tempfile.mkdtemp(prefix="rkc"))  # short: Ray's socket paths live under it
+    marker = f"RKNAS_TEST_CLUSTER={secrets.token_hex(8)}"
+    port = free_port()
+    env = client_env(home, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env.update([marker.split("=", 1)])
+    log = (tmp / "head.log").open("w")
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+         "--temp-dir", str(temp_dir), "--num-cpus", "2", "--object-store-memory", str(200 * 1024**2),
+         "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "Ray runtime started" not in (tmp / "head.log").read_text():
+            assert head.poll() is None, (tmp / "head.log").read_text()
+            assert time.monotonic() < deadline, (tmp / "head.log").read_text()
+            time.sleep(0.5)
+        yield {"address": f"127.0.0.1:{port}", "home": home, "temp_dir": temp_dir, "tmp": tmp}
+    finally:
+        stop(head, marker)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def search(cluster, tmp: Path, env: dict[str, str], trials: int = 1) -> tuple[subprocess.CompletedProcess, int, str]:
+    space = tmp / "tiny.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    url = f"sqlite:///{tmp}/s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rknas.cli", "search", "--address", cluster["address"], "--space", str(space),
+         "--trials", str(trials), "--storage", url, "--study", "tiny", "--no-early-stopping"],
+        cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid, url
+
+
+def test_search_joins_a_token_cluster_with_no_extra_environment(cluster, tmp_path):
+    run, pid, url = search(cluster, tmp_path, client_env(cluster["home"]), trials=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs for t in trials]
+    logs = cluster["temp_dir"] / "session_latest" / "logs"
+    assert list(logs.glob(f"python-core-driver-*_{pid}.log")), "the search did not run as a driver of this cluster"
+
+
+@pytest.mark.parametrize("token", ["wrong", None], ids=["wrong-token", "no-token"])
+def test_search_without_the_clusters_token_is_one_line(cluster, tmp_path, token):
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    if token:
+        (home / ".ray" / "auth_token").write_text(token)
+    run, _, _ = search(cluster, tmp_path, client_env(home))
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    what = f"refused the authentication token from {home}/.ray/auth_token" if token else "none was found"
+    assert lines[0].startswith(f"error: the Ray cluster at {cluster['address']} ") and what in lines[0], lines[0]
+    assert "`ray get-auth-token` on its head node" in lines[0] and "RAY_AUTH_TOKEN_PATH" in lines[0]
