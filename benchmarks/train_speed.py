@@ -7,11 +7,14 @@ in a fresh process so that one's peak memory cannot hide another's:
 
     python benchmarks/train_speed.py --compare-memory-efficient --threads 2 [--repeats 2]
 
-It reports the median step time (wall clock and process CPU time, which contention from other
-processes inflates less) and the training-step memory: on CPU the peak RSS during the steps
-minus the RSS before the first step (glibc may keep freed blocks, so run it also with
-``MALLOC_MMAP_THRESHOLD_=65536`` to make RSS follow the live tensors); on CUDA the peak
-allocated memory above what was allocated before the first step.
+It reports the median step time (wall clock and process CPU time) and the training-step
+memory: on CPU the peak RSS during the steps minus the RSS before the first step (glibc may
+keep freed blocks, so run it also with ``MALLOC_MMAP_THRESHOLD_=65536`` to make RSS follow the
+live tensors; step times under that setting are dominated by page faults, do not use them); on
+CUDA the peak allocated memory above what was allocated before the first step. Then, per case,
+one process alternates plain and memory-efficient steps on twin models: on a machine shared
+with other jobs the ratio of those times is the trustworthy one (with ``--threads 1`` its CPU
+time counts neither waiting nor OpenMP spinning).
 """
 
 from __future__ import annotations

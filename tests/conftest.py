@@ -1,4 +1,3 @@
-import contextlib
 import os
 import sys
 import tempfile
@@ -35,30 +34,11 @@ def cli(capsys):
     return run
 
 
-@contextlib.contextmanager
-def registered_plugins():
-    """Register throwaway plugin objects inside the block; all are unregistered on exit."""
-    from rknas.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    added = []
-
-    def register(plugin, name=None):
-        pm.register(plugin, name=name)
-        added.append(plugin)
-        return plugin
-
-    try:
-        yield register
-    finally:
-        for plugin in added:
-            if pm.is_registered(plugin):
-                pm.unregister(plugin)
-
-
 @pytest.fixture
 def register_plugin():
     """Register throwaway plugin objects for one test and unregister them afterwards."""
+    from plugin_testing import registered_plugins  # tests/support is on sys.path (above)
+
     with registered_plugins() as register:
         yield register
 

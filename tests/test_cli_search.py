@@ -42,7 +42,7 @@ def db(tmp_path):
         (["--space", "digits_quick", "--heartbeat-interval", "0"], "--heartbeat-interval must be at least 1"),
         (["--space", "digits_quick", "--stale-after", "10"], "--stale-after (10) must be longer than --heartbeat-interval (10)"),
         (["--space", "cifar10_default"], "CIFAR-10 needs a root folder"),
-        (["--space", "cifar10_default", "--data-root", "/nonexistent"], "CIFAR-10 not found in /nonexistent"),
+        (["--space", "cifar10_default", "--data-root", "/nonexistent"], "CIFAR-10 not found under /nonexistent; download it with `rknas data download cifar10 --root /nonexistent`"),
         (["--space", "mnist_default", "--data-root", "/nonexistent"], "MNIST not found under /nonexistent"),
         (["--space", "digits_quick", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
         (["--space", "digits_quick", "--address", "nonsense"], "is not HOST:PORT"),

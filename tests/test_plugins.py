@@ -63,7 +63,7 @@ def test_throwaway_plugin_builds_a_network(register_plugin):
 
 
 def test_throwaway_plugins_are_gone_after_the_block():
-    from conftest import registered_plugins
+    from plugin_testing import registered_plugins
 
     with registered_plugins() as register:
         register(ThrowawayPlugin(), name="throwaway")

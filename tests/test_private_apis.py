@@ -143,7 +143,7 @@ def test_study_and_trial_ids_and_storage(tmp_path):
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60, grace_period=120)
     study = optuna.create_study(storage=storage)
-    msg = where("rknas.storage (queries.fail_running, liveness) and rknas.search.searcher "
+    msg = where("rknas.storage (liveness) and rknas.search.searcher "
                 "(Study._storage, Study._study_id, Trial._trial_id, FrozenTrial._trial_id, _CachedStorage._backend)")
     assert isinstance(getattr(study, "_study_id", None), int), msg
     assert isinstance(getattr(study, "_storage", None), optuna.storages.BaseStorage), msg

@@ -73,6 +73,7 @@ def test_what_does_not_change_a_trial_is_not_a_change(started):
     space = load_space(str(started.path))
     space.data.root = "/somewhere/else"  # another machine's data folder
     space.name = "renamed"
+    space.start_from = [GOOD]  # a warm start only seeds a new study
     plan = plan_resume("tiny", started.study, space, 0, False)
     assert plan.changes == {} and plan.revision == 0 and plan.new_revision is None
     # A space recorded by an older rknas lacks fields added since: their defaults are no change.

@@ -27,8 +27,9 @@ from rknas.storage.queries import finished_trials
 from rknas.storage.record import StudyRecord, TrialRecord
 
 # Keys that do not change what a trial means: names, where the data lives on this machine
-# (drivers on several machines have different roots), and what is read from the data.
-IGNORED = ("name", "description", "data.root", "classes", "in_channels", "image_size")
+# (drivers on several machines have different roots), what is read from the data, and the
+# warm start (the designs a new study runs first; a study being continued runs none).
+IGNORED = ("name", "description", "data.root", "classes", "in_channels", "image_size", "start_from")
 ALLOW_FLAG = "--allow-changes"
 _UNSET = "(unset)"
 

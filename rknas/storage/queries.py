@@ -41,30 +41,6 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not is_interrupted(t)]
 
 
-def fail_running(study: optuna.Study, reason: str) -> int:
-    """Mark trials left RUNNING (a killed or interrupted search) as FAIL; they do not count.
-
-    Every RUNNING trial, whoever runs it: only for a study no search works on. A search
-    recovers dead searches' trials by their heartbeats instead (``liveness.recover_stale``)
-    and marks only its own (``liveness.interrupt_trials``).
-
-    Args:
-        study: The study.
-        reason: Recorded as the trials' ``fail_reason``.
-
-    Returns:
-        How many trials were marked.
-    """
-    n = 0
-    storage = study._storage
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        for key, value in TrialRecord(interrupted=True, fail_reason=reason).user_attrs().items():
-            storage.set_trial_user_attr(t._trial_id, key, value)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        n += 1
-    return n
-
-
 def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
     """The validation accuracy among a trial's objective values.
 
