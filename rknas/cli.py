@@ -300,6 +300,8 @@ def evaluate_cmd(
     top: Optional[int] = typer.Option(None, "--top", help="The K completed trials with the best validation accuracy "
                                       "(default: 3; the Pareto set for a multi-objective study)."),
     pareto: bool = typer.Option(False, "--pareto", help="The Pareto set instead of --top."),
+    max_params: Optional[float] = typer.Option(None, "--max-params", help="Finalists only among trials this small (equal-size comparisons)."),
+    max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and with at most this many FLOPs."),
     include: Optional[list[str]] = typer.Option(
         None, "--include",
         help="Also evaluate a named model (`rknas models`) or a config file from `rknas best`; repeat it, or separate by commas.",
@@ -328,7 +330,7 @@ def evaluate_cmd(
     refs = [r.strip() for item in include or [] for r in item.split(",") if r.strip()]
     view = display.EvaluationProgress(console)
     try:
-        result = evaluate(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto, include=refs, out=out,
+        result = evaluate(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops, include=refs, out=out,
                           storage=storage, data_root=data_root, device=device, on_event=view)
     except KeyboardInterrupt:
         view.stop()

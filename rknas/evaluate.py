@@ -173,7 +173,13 @@ class _Entry:
     search_val_accuracy: Optional[float] = None
 
 
-def select_finalists(study: optuna.Study, top: Optional[int] = None, pareto: bool = False) -> list[FrozenTrial]:
+def select_finalists(
+    study: optuna.Study,
+    top: Optional[int] = None,
+    pareto: bool = False,
+    max_params: Optional[float] = None,
+    max_flops: Optional[float] = None,
+) -> list[FrozenTrial]:
     """The trials to evaluate.
 
     Args:
@@ -181,12 +187,15 @@ def select_finalists(study: optuna.Study, top: Optional[int] = None, pareto: boo
         top: The ``top`` completed trials with the highest validation accuracy.
         pareto: The Pareto set instead (single objective: the best trial, ties included).
             Neither: the Pareto set of a multi-objective study, else the top 3.
+        max_params: Only trials with at most this many parameters (compare at equal size).
+        max_flops: Only trials with at most this many FLOPs.
 
     Returns:
         Completed trials, most accurate first.
 
     Raises:
-        RknasError: Both ``top`` and ``pareto``, ``top`` < 1, or no completed trial.
+        RknasError: Both ``top`` and ``pareto``, ``top`` < 1, or no completed trial (within
+            the limits).
     """
     if top is not None and pareto:
         raise RknasError("--top and --pareto exclude each other")
@@ -195,9 +204,18 @@ def select_finalists(study: optuna.Study, top: Optional[int] = None, pareto: boo
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial to evaluate")
+
+    def fits(t: FrozenTrial) -> bool:
+        r = TrialRecord.of(t)
+        return (max_params is None or (r.params or 0) <= max_params) and (max_flops is None or (r.flops or 0) <= max_flops)
+
+    complete = [t for t in complete if fits(t)]
+    if not complete:
+        limits = [f"{v:,.0f} {what}" for v, what in ((max_params, "params"), (max_flops, "FLOPs")) if v is not None]
+        raise RknasError(f"no completed trial of study {study.study_name!r} has at most {' and '.join(limits)}")
     by_accuracy = sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number))
     if pareto or (top is None and len(study.directions) > 1):
-        front = {t.number for t in study.best_trials}
+        front = {t.number for t in study.best_trials} if max_params is None and max_flops is None else _front(study, complete)
         return [t for t in by_accuracy if t.number in front]
     return by_accuracy[: top or 3]
 
@@ -290,6 +308,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _front(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
+    """The Pareto set among ``trials`` (the study's front may lie outside a size limit)."""
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
+
+    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+        x = [s * v for s, v in zip(signs, a.values)]
+        y = [s * v for s, v in zip(signs, b.values)]
+        return all(p >= q for p, q in zip(x, y)) and any(p > q for p, q in zip(x, y))
+
+    return {t.number for t in trials if not any(dominates(o, t) for o in trials)}
+
+
 def evaluate(
     study: str,
     *,
@@ -298,6 +328,8 @@ def evaluate(
     seed: int = 0,
     top: Optional[int] = None,
     pareto: bool = False,
+    max_params: Optional[float] = None,
+    max_flops: Optional[float] = None,
     include: Sequence[str] = (),
     out: Optional[Path] = None,
     storage: Optional[str] = None,
@@ -319,6 +351,8 @@ def evaluate(
         seed: The first seed.
         top: Evaluate the ``top`` most accurate completed trials (see ``select_finalists``).
         pareto: Evaluate the Pareto set instead.
+        max_params: Finalists only among trials with at most this many parameters.
+        max_flops: Finalists only among trials with at most this many FLOPs.
         include: Registered model names or config files to evaluate as well.
         out: Output folder (default ``runs/evaluate/<study>``).
         storage: The storage URL (default: ``storage_url()``).
@@ -341,7 +375,7 @@ def evaluate(
         raise RknasError(f"--epochs must be at least 1, got {epochs}")
     url = storage_url(storage)
     st = load_study(open_storage(url, create=False), study)
-    finalists = select_finalists(st, top=top, pareto=pareto)
+    finalists = select_finalists(st, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops)
     recipe_from = best_trial(st)
     assert recipe_from is not None  # select_finalists raised otherwise
     recipe_record = TrialRecord.of(recipe_from)

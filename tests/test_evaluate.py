@@ -9,6 +9,7 @@ import yaml
 from optuna.trial import TrialState
 
 import rknas.evaluate as ev
+from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network
 from rknas.search.runner import load_data
@@ -200,6 +201,13 @@ def test_finalists_top_k_pareto_and_defaults(tmp_path):
     assert sizes[0] < sizes[1] and sizes[0] < sizes[2]
     assert [t.number for t in ev.select_finalists(multi)] == [1, 0]  # default: the Pareto set
     assert [t.number for t in ev.select_finalists(multi, top=3)] == [1, 0, 2]
+    # A size limit: finalists among the small trials only, and the front recomputed among them.
+    limit = sizes[0]
+    assert [t.number for t in ev.select_finalists(single, top=3, max_params=limit)] == [
+        t.number for t in sorted(single.trials, key=lambda t: -t.value) if TrialRecord.of(t).params <= limit]
+    assert [t.number for t in ev.select_finalists(multi, max_params=limit)] == [0]
+    with pytest.raises(RknasError, match="has at most 1 params"):
+        ev.select_finalists(single, max_params=1)
 
 
 @pytest.mark.parametrize("extra,why", [

@@ -138,6 +138,12 @@ def test_asha_rungs(mode, sign):
 
 
 # ---- Optuna ----------------------------------------------------------------------------------
+# Heartbeats are what rknas.storage.liveness uses; Optuna calls them experimental and meant for optimize().
+heartbeat_warnings = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                                                "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+@heartbeat_warnings
 def test_study_and_trial_ids_and_storage(tmp_path):
     from rknas.storage.liveness import rdb_backend
 
@@ -155,6 +161,7 @@ def test_study_and_trial_ids_and_storage(tmp_path):
     assert study._storage.get_trial(trial._trial_id).number == trial.number, msg
 
 
+@heartbeat_warnings
 def test_rdb_models_and_sessions(tmp_path):
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session

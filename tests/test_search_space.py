@@ -10,8 +10,8 @@ from rknas.errors import ConfigError
 from rknas.search.space import load_space, space_files
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["digits_quick", "fashion_mnist_default", "fashion_mnist_pareto", "mnist_default", "cifar10_default", "cifar100_default",
-           "svhn_default"]
+SHIPPED = ["digits_quick", "fashion_mnist_default", "fashion_mnist_pareto", "mnist_default", "cifar10_default",
+           "cifar100_default", "svhn_default"]
 
 
 def test_the_pareto_space_trades_accuracy_for_size_around_the_paper_models():
