@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from rknas.errors import RknasError
 
@@ -48,10 +50,8 @@ def safe_url(url: str) -> str:
         The URL with its password shown as ``***`` (unchanged if it has none or is not a URL).
     """
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy can parse: nothing to hide
         return url
 
 
