@@ -41,7 +41,11 @@ def main():
         trial = study.ask()
         params = {**space.sample(trial), **trial.params, "seed": args.seed + i}
         row = {"params": {k: v for k, v in params.items()}}
-        for label, epochs, recal in (("short", args.short, True), ("short_no_recal", args.short, False), ("long", args.long, True)):
+        for label, epochs, recal in (
+            ("short", args.short, True),
+            ("short_no_recal", args.short, False),
+            ("long", args.long, True),
+        ):
             net, tr = space.configs(params, seed=params["seed"], epochs=epochs)
             tr.bn_recalibrate = recal
             _, hist, _ = fit(net, tr, train, val)
@@ -50,7 +54,10 @@ def main():
         study.tell(trial, row["long"])
         print(json.dumps({k: row[k] for k in ("short", "short_no_recal", "long")}), flush=True)
     out = {
-        "space": args.space, "n": args.n, "short_epochs": args.short, "long_epochs": args.long,
+        "space": args.space,
+        "n": args.n,
+        "short_epochs": args.short,
+        "long_epochs": args.long,
         "spearman_short_vs_long": spearmanr([r["short"] for r in rows], [r["long"] for r in rows]).statistic,
         "spearman_short_no_recal_vs_long": spearmanr([r["short_no_recal"] for r in rows], [r["long"] for r in rows]).statistic,
         "wall_s": round(time.time() - t0, 1),

@@ -39,8 +39,9 @@ def main():
     train, val = load_data(space)
     _, test = load_dataset(space.data)
     found = NetworkConfig.model_validate(best.user_attrs["network"])
-    paper = NetworkConfig.model_validate({**json.loads(args.paper), "classes": found.classes,
-                                          "in_channels": found.in_channels, "image_size": found.image_size})
+    paper = NetworkConfig.model_validate(
+        {**json.loads(args.paper), "classes": found.classes, "in_channels": found.in_channels, "image_size": found.image_size}
+    )
     settings = TrainConfig.model_validate(best.user_attrs["training"])
     report = {"study": args.study, "trial": best.number, "epochs": settings.epochs, "train_images": len(train)}
     for label, net in (("searched", found), ("paper", paper)):
@@ -49,10 +50,21 @@ def main():
             t0 = time.time()
             cfg = settings.model_copy(update={"seed": seed})
             model, hist, (mean, std) = fit(net, cfg, train, val)
-            runs.append({"val": hist[-1]["val_accuracy"], "test": evaluate(model, test, mean, std)["accuracy"],
-                         "train_s": round(time.time() - t0, 1)})
+            runs.append(
+                {
+                    "val": hist[-1]["val_accuracy"],
+                    "test": evaluate(model, test, mean, std)["accuracy"],
+                    "train_s": round(time.time() - t0, 1),
+                }
+            )
         model = model.cpu()
-        report[label] = {"name": net.name, "k": net.k, "params": count_params(model), "flops": count_flops(model, net), "runs": runs}
+        report[label] = {
+            "name": net.name,
+            "k": net.k,
+            "params": count_params(model),
+            "flops": count_flops(model, net),
+            "runs": runs,
+        }
         print(json.dumps({label: report[label]}), flush=True)
     print(json.dumps(report, indent=2))
 

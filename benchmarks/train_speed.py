@@ -11,10 +11,9 @@ It reports the median step time (wall clock and process CPU time) and the traini
 memory: on CPU the peak RSS during the steps minus the RSS before the first step (glibc may
 keep freed blocks, so run it also with ``MALLOC_MMAP_THRESHOLD_=65536`` to make RSS follow the
 live tensors; step times under that setting are dominated by page faults, do not use them); on
-CUDA the peak allocated memory above what was allocated before the first step. Then, per case,
-one process alternates plain and memory-efficient steps on twin models: on a machine shared
-with other jobs the ratio of those times is the trustworthy one (with ``--threads 1`` its CPU
-time counts neither waiting nor OpenMP spinning).
+CUDA the peak allocated memory above what was allocated before the first step. On a machine
+shared with other jobs, compare CPU times with ``--threads 1``: one thread's CPU time counts
+neither waiting for a core nor OpenMP threads spinning for each other.
 """
 
 from __future__ import annotations
@@ -116,53 +115,15 @@ def measure_step(cfg: dict, device: str, batch: int, steps: int, memory_efficien
     }
 
 
-def interleaved_times(cfg: dict, device: str, batch: int, steps: int, warmup: int = 1) -> dict:
-    """Step times of plain and memory-efficient twins (same weights), alternating step by step.
-
-    Other processes on a shared machine slow both paths alike this way, so the ratio of the
-    medians (or minima) is the overhead of recomputation, not of the neighbours.
-    """
-    models = {me: build_network({**cfg, "memory_efficient": me}).to(device) for me in (False, True)}
-    models[True].load_state_dict(models[False].state_dict())
-    opts = {me: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for me, m in models.items()}
-    c = models[False].config
-    x = torch.randn(batch, c.in_channels, c.image_size, c.image_size, device=device)
-    y = torch.randint(0, c.classes, (batch,), device=device)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(warmup + steps):
-        for me in (False, True) if i % 2 else (True, False):
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss = F.cross_entropy(models[me](x), y)
-            opts[me].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[me].step()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[me].append(time.perf_counter() - t0)
-                cpu[me].append(time.process_time() - c0)
-    out = {}
-    for me, name in ((False, "plain"), (True, "efficient")):
-        out[f"{name}_median_s"] = round(statistics.median(times[me]), 3)
-        out[f"{name}_min_s"] = round(min(times[me]), 3)
-        # with --threads 1 this is the one thread's time: neither waiting nor OpenMP spinning counts
-        out[f"{name}_cpu_median_s"] = round(statistics.median(cpu[me]), 3)
-    return out
-
-
 def _child(job: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(job)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int, cases: list | None = None) -> list[dict]:
-    """Plain vs memory-efficient for MEMORY_CASES, one fresh process per measurement.
-
-    Per case: ``repeats`` alternating pairs of single-path runs (step time and memory), then one
-    run that alternates the two paths step by step (time ratio robust to other load).
-    """
-    rows, inter = [], {}
+    """Plain vs memory-efficient for MEMORY_CASES: ``repeats`` alternating pairs of runs, each
+    in a fresh process; prints JSON lines, then a table of the medians."""
+    rows = []
     cases = cases or MEMORY_CASES
     for label, cfg, batch in cases:
         job = {"cfg": cfg, "device": device, "batch": batch, "steps": steps, "threads": threads}
@@ -172,27 +133,23 @@ def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int
                        **_child({**job, "memory_efficient": me})}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-        inter[label] = _child({**job, "interleaved": True})
-        print(json.dumps({"model": label, "batch": batch, "interleaved": inter[label]}), flush=True)
-    print(f"\nmedians over {repeats} fresh-process run(s) per path, {steps} timed steps each; interleaved: {steps} "
-          f"steps per path; device {device}; torch {torch.__version__}; "
+    print(f"\nmedians over {repeats} fresh-process run(s) per path, {steps} timed steps each; device {device}; "
+          f"threads {threads or 'default'}; torch {torch.__version__}; "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
-    print("| model | batch | path | step s (wall) | step s (CPU) | training-step memory MiB | memory ratio "
-          "| interleaved step s (median / min / CPU median) | interleaved time ratio (median / min / CPU median) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | path | step s (wall) | step s (CPU) | training-step memory MiB "
+          "| time ratio (wall / CPU) | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, _, batch in cases:
         med = {}
         for me in (False, True):
             sel = [r for r in rows if r["model"] == label and r["memory_efficient"] == me]
             med[me] = {k: statistics.median(r[k] for r in sel) for k in ("step_s", "cpu_s", "step_mem_MiB")}
-        it = inter[label]
-        for me, name in ((False, "plain"), (True, "efficient")):
-            m = med[me]
-            mem_ratio = f"{m['step_mem_MiB'] / med[False]['step_mem_MiB']:.2f}" if me else "1"
-            t_ratio = " / ".join(f"{it[f'efficient_{s}'] / it[f'plain_{s}']:.2f}" for s in ("median_s", "min_s", "cpu_median_s"))
+        for me in (False, True):
+            m, p = med[me], med[False]
+            ratios = (f"{m['step_s'] / p['step_s']:.2f} / {m['cpu_s'] / p['cpu_s']:.2f}",
+                      f"{m['step_mem_MiB'] / p['step_mem_MiB']:.2f}") if me else ("1", "1")
             print(f"| {label} | {batch} | {'memory-efficient' if me else 'plain'} | {m['step_s']:.3f} | {m['cpu_s']:.3f} "
-                  f"| {m['step_mem_MiB']:.0f} | {mem_ratio} | {it[name + '_median_s']:.3f} / {it[name + '_min_s']:.3f} "
-                  f"/ {it[name + '_cpu_median_s']:.3f} | {t_ratio if me else '1'} |")
+                  f"| {m['step_mem_MiB']:.0f} | {ratios[0]} | {ratios[1]} |")
     return rows
 
 
@@ -215,10 +172,7 @@ def main():
         job = json.loads(args.child)
         if job["threads"]:
             torch.set_num_threads(job["threads"])
-        if job.get("interleaved"):
-            print(json.dumps(interleaved_times(job["cfg"], job["device"], job["batch"], job["steps"])))
-        else:
-            print(json.dumps(measure_step(job["cfg"], job["device"], job["batch"], job["steps"], job["memory_efficient"])))
+        print(json.dumps(measure_step(job["cfg"], job["device"], job["batch"], job["steps"], job["memory_efficient"])))
         return
     if args.compare_memory_efficient:
         cases = [(c["label"], c["cfg"], c["batch"]) for c in map(json.loads, args.case)] if args.case else None

@@ -66,7 +66,9 @@ def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON in
         return
     for r in rows:
         r["provider"] = f"{r['package']} {r['version']}".strip()
-    console.print(display.rows_table(rows, {"name": "name", "min_stages": "min s", "provider": "package", "description": "description"}))
+    console.print(
+        display.rows_table(rows, {"name": "name", "min_stages": "min s", "provider": "package", "description": "description"})
+    )
 
 
 @app.command()
@@ -95,13 +97,26 @@ def models(
         r["input"] = f"{r['in_channels']}x{r['image_size']}x{r['image_size']}"
         r["size"] = f"{r['params']:,}"
         r["gflops"] = f"{r['flops'] / 1e9:.4f}"
-    console.print(display.rows_table(rows, {"model": "model", "name": "paper name", "input": "input", "classes": "classes",
-                                            "size": "params", "gflops": "GFLOPs"}))
+    console.print(
+        display.rows_table(
+            rows,
+            {
+                "model": "model",
+                "name": "paper name",
+                "input": "input",
+                "classes": "classes",
+                "size": "params",
+                "gflops": "GFLOPs",
+            },
+        )
+    )
 
 
 @app.command()
 def describe(
-    config: Optional[Path] = typer.Argument(None, help="A config file written by `rknas best` (or any YAML with a `network:` section)."),
+    config: Optional[Path] = typer.Argument(
+        None, help="A config file written by `rknas best` (or any YAML with a `network:` section)."
+    ),
     model: Optional[str] = typer.Option(None, "--model", help="A named model from `rknas models`."),
     framework: Optional[str] = typer.Option(None, "--framework", help="cifar or mnist."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="One strategy, or one per period: I,I,R."),
@@ -160,25 +175,33 @@ def search(
     seed: int = typer.Option(0, "--seed"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the space's epochs per trial."),
     timeout: Optional[float] = typer.Option(
-        None, "--timeout", help="Stop starting trials this many seconds after the command started; running trials finish "
-        "and are recorded, the command exits 0, and the same command again continues the study."
+        None,
+        "--timeout",
+        help="Stop starting trials this many seconds after the command started; running trials finish "
+        "and are recorded, the command exits 0, and the same command again continues the study.",
     ),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the space)."),
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Train every trial for all its epochs (no ASHA)."),
-    download: bool = typer.Option(False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."),
+    download: bool = typer.Option(
+        False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."
+    ),
     start_from: Optional[list[str]] = typer.Option(
         None, "--start-from", help="A model (`rknas models`) a new study runs first, after the space's start_from; repeatable."
     ),
     allow_changes: bool = typer.Option(
-        False, "--allow-changes", help="Continue a study although the space, --epochs, --seed or --no-early-stopping differ "
-        "from the ones it was started with (refused otherwise); the change is recorded as a new space revision."
+        False,
+        "--allow-changes",
+        help="Continue a study although the space, --epochs, --seed or --no-early-stopping differ "
+        "from the ones it was started with (refused otherwise); the change is recorded as a new space revision.",
     ),
     heartbeat_interval: int = typer.Option(
         10, "--heartbeat-interval", help="Seconds between the heartbeats this process records for its running trials."
     ),
     stale_after: int = typer.Option(
-        60, "--stale-after", help="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` "
-        "is taken for dead and recovered (FAIL, interrupted; it does not count)."
+        60,
+        "--stale-after",
+        help="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` "
+        "is taken for dead and recovered (FAIL, interrupted; it does not count).",
     ),
 ):
     """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL.
@@ -189,11 +212,25 @@ def search(
     """
     view = display.SearchProgress(console)
     opts = SearchOptions(
-        space=space, trials=trials, study=study, storage=storage, address=address, cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial, concurrency=concurrency, seed=seed, epochs=epochs, timeout=timeout,
-        data_root=data_root, early_stopping=False if no_early_stopping else None, download=download,
-        start_from=list(start_from or []), allow_changes=allow_changes, heartbeat_interval=heartbeat_interval,
-        stale_after=stale_after, on_event=view,
+        space=space,
+        trials=trials,
+        study=study,
+        storage=storage,
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        concurrency=concurrency,
+        seed=seed,
+        epochs=epochs,
+        timeout=timeout,
+        data_root=data_root,
+        early_stopping=False if no_early_stopping else None,
+        download=download,
+        start_from=list(start_from or []),
+        allow_changes=allow_changes,
+        heartbeat_interval=heartbeat_interval,
+        stale_after=stale_after,
+        on_event=view,
     )
     try:
         result = run_search(opts)
@@ -208,10 +245,15 @@ def search(
         storage_arg = f" --storage {result.storage}" if storage else ""
         console.print(f"Export it: rknas best --study {result.study}{storage_arg} -o best.yaml")
     if result.timed_out:
-        console.print(f"Stopped starting trials after --timeout {timeout:g}s; the running ones finished and were recorded. "
-                      f"{result.finished} of {result.target} finished: run the same command again to continue the study.")
+        console.print(
+            f"Stopped starting trials after --timeout {timeout:g}s; the running ones finished and were recorded. "
+            f"{result.finished} of {result.target} finished: run the same command again to continue the study."
+        )
     if result.interrupted:
-        print(f"interrupted: {result.finished} of {result.target} trials finished; run the same command to continue", file=sys.stderr)
+        print(
+            f"interrupted: {result.finished} of {result.target} trials finished; run the same command to continue",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
@@ -221,13 +263,17 @@ def best(
     study: str = typer.Option(..., "--study"),
     storage: Optional[str] = typer.Option(None, "--storage"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the config here (default: print it)."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="Most accurate candidate with at most this many params."),
+    max_params: Optional[float] = typer.Option(
+        None, "--max-params", help="Most accurate candidate with at most this many params."
+    ),
     max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and at most this many FLOPs."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial number instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the config as one JSON object (ignored with -o)."),
     by: str = typer.Option(
-        "trial", "--by", help="trial: the best search result; evaluation: the finalist with the best mean test accuracy "
-        "in the study's latest `rknas evaluate` (within --max-params/--max-flops)."
+        "trial",
+        "--by",
+        help="trial: the best search result; evaluation: the finalist with the best mean test accuracy "
+        "in the study's latest `rknas evaluate` (within --max-params/--max-flops).",
     ),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
@@ -248,14 +294,17 @@ def best(
     cfg = export_config(st, chosen, url)
     if evaluated is not None:
         cfg["provenance"]["evaluation"] = {k: evaluated[k] for k in ("test_accuracy", "mean", "std")}
-    text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(cfg, sort_keys=False)
+    text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(
+        cfg, sort_keys=False
+    )
     if output is None:
         print(json.dumps(cfg, indent=2) if as_json else text)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
+        val = cfg["provenance"]["values"].get("val_accuracy", 0)
         err_console.print(
-            f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {cfg['provenance']['values'].get('val_accuracy', 0):.4f}, "
+            f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {val:.4f}, "
             f"{cfg['provenance']['params']:,} params"
             + (f", evaluated test accuracy {evaluated['mean']:.4f} ± {evaluated['std']:.4f}" if evaluated is not None else "")
         )
@@ -269,21 +318,36 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     data_root: Optional[str] = typer.Option(None, "--data-root"),
-    download: bool = typer.Option(False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."),
+    download: bool = typer.Option(
+        False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."
+    ),
 ):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
     with Progress(console=console) as prog:
         task = prog.add_task("training", total=None)
 
         def on_epoch(epoch, m):
-            prog.update(task, completed=epoch, description=f"epoch {epoch}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}")
+            prog.update(
+                task, completed=epoch, description=f"epoch {epoch}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}"
+            )
 
         try:
-            metrics = train_from_config(config, epochs=epochs, out=out, resume=resume, device=device, data_root=data_root, on_epoch=on_epoch, download=download)
+            metrics = train_from_config(
+                config,
+                epochs=epochs,
+                out=out,
+                resume=resume,
+                device=device,
+                data_root=data_root,
+                on_epoch=on_epoch,
+                download=download,
+            )
         except KeyboardInterrupt:
             prog.stop()
-            print("interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
-                  file=sys.stderr)
+            print(
+                "interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
+                file=sys.stderr,
+            )
             return 130
     console.print(
         f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
@@ -297,13 +361,19 @@ def evaluate_cmd(
     epochs: int = typer.Option(..., "--epochs", help="Epochs of every run (the schedule is scaled to them)."),
     seeds: int = typer.Option(3, "--seeds", help="Runs per model, with seeds SEED .. SEED+N-1."),
     seed: int = typer.Option(0, "--seed", help="The first seed."),
-    top: Optional[int] = typer.Option(None, "--top", help="The K completed trials with the best validation accuracy "
-                                      "(default: 3; the Pareto set for a multi-objective study)."),
+    top: Optional[int] = typer.Option(
+        None,
+        "--top",
+        help="The K completed trials with the best validation accuracy (default: 3; the Pareto set for a multi-objective study).",
+    ),
     pareto: bool = typer.Option(False, "--pareto", help="The Pareto set instead of --top."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="Finalists only among trials this small (equal-size comparisons)."),
+    max_params: Optional[float] = typer.Option(
+        None, "--max-params", help="Finalists only among trials this small (equal-size comparisons)."
+    ),
     max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and with at most this many FLOPs."),
     include: Optional[list[str]] = typer.Option(
-        None, "--include",
+        None,
+        "--include",
         help="Also evaluate a named model (`rknas models`) or a config file from `rknas best`; repeat it, or separate by commas.",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/evaluate/<study>)."),
@@ -330,8 +400,22 @@ def evaluate_cmd(
     refs = [r.strip() for item in include or [] for r in item.split(",") if r.strip()]
     view = display.EvaluationProgress(console)
     try:
-        result = evaluate(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops, include=refs, out=out,
-                          storage=storage, data_root=data_root, device=device, on_event=view)
+        result = evaluate(
+            study,
+            epochs=epochs,
+            seeds=seeds,
+            seed=seed,
+            top=top,
+            pareto=pareto,
+            max_params=max_params,
+            max_flops=max_flops,
+            include=refs,
+            out=out,
+            storage=storage,
+            data_root=data_root,
+            device=device,
+            on_event=view,
+        )
     except KeyboardInterrupt:
         view.stop()
         print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
@@ -339,9 +423,11 @@ def evaluate_cmd(
     finally:
         view.stop()
     console.print(display.evaluation_table(result.summary()))
-    console.print(f"Trained {result.trained} run(s), skipped {result.skipped} finished earlier. "
-                  f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {study!r} "
-                  f"(export the best finalist: rknas best --study {study} --by evaluation -o best.yaml)")
+    console.print(
+        f"Trained {result.trained} run(s), skipped {result.skipped} finished earlier. "
+        f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {study!r} "
+        f"(export the best finalist: rknas best --study {study} --by evaluation -o best.yaml)"
+    )
     return 0
 
 
@@ -397,8 +483,11 @@ def report(
         from rknas.report import plot_evaluation
 
         console.print(display.evaluation_table(evaluation, title=f"latest evaluation ({evaluation.get('evaluated_at', '')})"))
-        path = plot_evaluation(evaluation["models"], output.with_name(f"{output.stem}_evaluation.png"),
-                               title=f"{study}: evaluation, {evaluation['epochs']} epochs")
+        path = plot_evaluation(
+            evaluation["models"],
+            output.with_name(f"{output.stem}_evaluation.png"),
+            title=f"{study}: evaluation, {evaluation['epochs']} epochs",
+        )
         console.print(f"Wrote {path}")
 
 

@@ -46,8 +46,13 @@ class SearchProgress:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.task: Optional[Any] = None
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
@@ -60,11 +65,15 @@ class SearchProgress:
 
     def __call__(self, kind: str, data: dict) -> None:
         if kind == "already_done":
-            self.console.print(f"The study already has {data['finished']} finished trials (target {data['target']}); nothing to run.")
+            self.console.print(
+                f"The study already has {data['finished']} finished trials (target {data['target']}); nothing to run."
+            )
         elif kind == "start":
             if data["stale"]:
-                self.console.print(f"[yellow]{data['stale']} trial(s) of a search that stopped recording heartbeats (killed) "
-                                   "were recovered: FAIL, interrupted, not counted.")
+                self.console.print(
+                    f"[yellow]{data['stale']} trial(s) of a search that stopped recording heartbeats (killed) "
+                    "were recovered: FAIL, interrupted, not counted."
+                )
             if data.get("changes"):
                 changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in data["changes"].items())
                 self.console.print(f"[yellow]Continuing as space revision {data['revision']} (--allow-changes): {changed}")
@@ -76,17 +85,23 @@ class SearchProgress:
             )
             self.t0, self.remaining = time.time(), data["remaining"]
             self.progress.start()
-            self.task = self.progress.add_task(data["space"], total=data["target"], completed=data["finished"], stats="starting Ray")
+            self.task = self.progress.add_task(
+                data["space"], total=data["target"], completed=data["finished"], stats="starting Ray"
+            )
         elif kind == "trial_start":
             self.running.add(data["trial_id"])
         elif kind == "trial_end":
             self._trial_end(data)
         elif kind == "recovered":
-            self.progress.console.print(f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} of a search that stopped "
-                                        "recording heartbeats were recovered (FAIL, interrupted)")
+            self.progress.console.print(
+                f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} of a search that stopped "
+                "recording heartbeats were recovered (FAIL, interrupted)"
+            )
         elif kind == "interrupted_trials":
-            self.progress.console.print(f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} were stopped before "
-                                        "they finished (FAIL, interrupted, not counted)")
+            self.progress.console.print(
+                f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} were stopped before "
+                "they finished (FAIL, interrupted, not counted)"
+            )
         elif kind == "progress":  # the study's count, other searches' trials included
             if self.task is not None:
                 self.progress.update(self.task, completed=data["finished"])
@@ -127,8 +142,9 @@ class SearchProgress:
             left = (time.time() - self.t0) / self.done_now * max(0, self.remaining - self.done_now)
             eta = f" | ETA {int(left // 60)}m{int(left % 60):02d}s"
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        return (f"running {len(self.running)} | pruned {self.counts['PRUNED']} | failed {self.counts['FAIL']} | "
-                f"best val {best}{eta}")
+        return (
+            f"running {len(self.running)} | pruned {self.counts['PRUNED']} | failed {self.counts['FAIL']} | best val {best}{eta}"
+        )
 
     def stop(self) -> None:
         """End the live display (leaves the printed lines)."""
@@ -141,8 +157,9 @@ def pareto_table(study: optuna.Study) -> Table:
     out = table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study.study_name}")
     for t in candidates(study):
         r = TrialRecord.of(t)
-        out.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{r.params or 0:,}", f"{r.flops or 0:,}",
-                    architecture(r.network))
+        out.add_row(
+            str(t.number), *[f"{v:.4g}" for v in t.values], f"{r.params or 0:,}", f"{r.flops or 0:,}", architecture(r.network)
+        )
     return out
 
 
@@ -150,9 +167,14 @@ def studies_table(rows: list[dict[str, Any]], url: str) -> Table:
     """One row per study summary (``storage.summarize``)."""
     out = table("study", "space", "objectives", "trials", "states", "best val acc", title=url)
     for r in rows:
-        out.add_row(r["study"], str(r["space"]), ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
-                      str(r["trials"]), ", ".join(f"{k.lower()} {v}" for k, v in r["counts"].items()),
-                    f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-")
+        out.add_row(
+            r["study"],
+            str(r["space"]),
+            ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
+            str(r["trials"]),
+            ", ".join(f"{k.lower()} {v}" for k, v in r["counts"].items()),
+            f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-",
+        )
     return out
 
 
@@ -167,8 +189,20 @@ def rows_table(rows: list[dict[str, Any]], columns: dict[str, str], title: Optio
 def network_table(info: dict[str, Any]) -> Table:
     """A network's settings, params and FLOPs (``rknas.describe``)."""
     out = table("key", "value", title=info["name"], show_header=False)
-    for key in ("framework", "strategy", "stages", "k", "steps", "classes", "in_channels", "image_size", "attention",
-                "multiscale", "width", "dropout"):
+    for key in (
+        "framework",
+        "strategy",
+        "stages",
+        "k",
+        "steps",
+        "classes",
+        "in_channels",
+        "image_size",
+        "attention",
+        "multiscale",
+        "width",
+        "dropout",
+    ):
         out.add_row(key, str(info[key]))
     out.add_row("params", f"{info['params']:,} ({info['params'] / 1e6:.3f} M)")
     out.add_row("FLOPs", f"{info['flops']:,} ({info['flops'] / 1e9:.4f} G)")
@@ -177,18 +211,31 @@ def network_table(info: dict[str, Any]) -> Table:
 
 def rerun_table(result: Any) -> Table:
     """Recorded against reproduced validation accuracy per epoch (``rknas.search.rerun.RerunResult``)."""
-    out = table("epoch", "recorded", "reproduced", "", title=(
-        f"trial {result.trial} of {result.study} ({result.state}, seed {result.seed}), rerun on {result.device} "
-        f"with {result.threads} thread(s)"))
+    out = table(
+        "epoch",
+        "recorded",
+        "reproduced",
+        "",
+        title=(
+            f"trial {result.trial} of {result.study} ({result.state}, seed {result.seed}), rerun on {result.device} "
+            f"with {result.threads} thread(s)"
+        ),
+    )
     for i in range(max(len(result.recorded), len(result.reproduced))):
         rec = result.recorded[i] if i < len(result.recorded) else None
         rep = result.reproduced[i] if i < len(result.reproduced) else None
-        out.add_row(str(i + 1), "-" if rec is None else f"{rec:.6f}", "-" if rep is None else f"{rep:.6f}",
-                    "[green]=[/]" if rec == rep else "[red]differs[/]")
+        out.add_row(
+            str(i + 1),
+            "-" if rec is None else f"{rec:.6f}",
+            "-" if rep is None else f"{rep:.6f}",
+            "[green]=[/]" if rec == rep else "[red]differs[/]",
+        )
     if result.recorded_val_loss is not None and result.reproduced_val_loss is not None:
         same = "equal" if result.recorded_val_loss == result.reproduced_val_loss else "differ"
-        out.caption = (f"val loss after the last epoch: recorded {result.recorded_val_loss!r}, "
-                       f"reproduced {result.reproduced_val_loss!r} ({same})")
+        out.caption = (
+            f"val loss after the last epoch: recorded {result.recorded_val_loss!r}, "
+            f"reproduced {result.reproduced_val_loss!r} ({same})"
+        )
     return out
 
 
@@ -197,14 +244,23 @@ def evaluation_table(summary: dict[str, Any], title: Optional[str] = None) -> Ta
     if title is None:
         images = (summary.get("data") or {}).get("train_images")
         on = f" on {images:,} images" if isinstance(images, int) else ""
-        title = (f"test accuracy after {summary.get('epochs')} epochs{on} (recipe of trial {summary.get('recipe_trial')}), "
-                 f"seeds {', '.join(map(str, summary.get('seeds', [])))}")
+        title = (
+            f"test accuracy after {summary.get('epochs')} epochs{on} (recipe of trial {summary.get('recipe_trial')}), "
+            f"seeds {', '.join(map(str, summary.get('seeds', [])))}"
+        )
     out = table("#", "model", "source", "params", "FLOPs", "test accuracy per seed", "mean ± std", title=title)
     ranked = sorted(summary.get("models", []), key=lambda m: -m["mean"])
     for i, m in enumerate(ranked, 1):
         source = f"trial {m['trial']}" if m.get("trial") is not None else m["source"]
-        out.add_row(str(i), f"{m['name']} ({m['architecture']})", source, f"{m['params']:,}", f"{m['flops']:,}",
-                    ", ".join(f"{a:.4f}" for a in m["test_accuracy"]), f"{m['mean']:.4f} ± {m['std']:.4f}")
+        out.add_row(
+            str(i),
+            f"{m['name']} ({m['architecture']})",
+            source,
+            f"{m['params']:,}",
+            f"{m['flops']:,}",
+            ", ".join(f"{a:.4f}" for a in m["test_accuracy"]),
+            f"{m['mean']:.4f} ± {m['std']:.4f}",
+        )
     return out
 
 
@@ -217,8 +273,13 @@ class EvaluationProgress:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.runs: Optional[Any] = None
         self.epochs: Optional[Any] = None

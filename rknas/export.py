@@ -28,6 +28,9 @@ NOT_A_MODEL = "is not a model.pt written by `rknas train`"
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, with the training set's statistics as buffers."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean.detach().float().reshape(1, -1, 1, 1).clone())
@@ -99,6 +102,7 @@ def _load(path: Union[str, Path]) -> tuple[nn.Module, tuple[int, int, int]]:
         raise RknasError(f"{path}: mean/std have {mean.numel()}/{std.numel()} channels, the network takes {config.in_channels}")
     model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), network=network))
     model.eval()
+    assert config.in_channels is not None and config.image_size is not None  # filled in by NetworkConfig
     return model, (config.in_channels, config.image_size, config.image_size)
 
 

@@ -8,8 +8,9 @@ registers is attributed to its package for error messages and study provenance.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rknas.errors import ConfigError, PluginError
 from rknas.plugins import PLUGINS_ENV, get_plugin_manager, load_errors, provider_of

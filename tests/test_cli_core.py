@@ -7,9 +7,6 @@ import sys
 import pytest
 
 
-
-
-
 def test_describe_json_matches_paper(cli):
     code, out, _ = cli("describe", "--strategy", "I", "--stages", "5,5,6", "--k", "150,120,120", "--json")
     info = json.loads(out)

@@ -8,9 +8,6 @@ import pytest
 import yaml
 
 
-
-
-
 def one_line_error(code, err, fragment):
     assert code == 2, err
     assert fragment in err, err

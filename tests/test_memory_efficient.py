@@ -1,8 +1,13 @@
 """Memory-efficient units: same numbers as the plain path, less stored for backward."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from rknas import PreActUnit, RKBlock, build_network, concat, count_flops, count_params
 from rknas.models import blocks
@@ -112,28 +117,75 @@ def test_recomputes_only_when_training_with_gradients(monkeypatch):
     assert len(calls) == units == 4
 
 
-def _saved_bytes(module, x):
-    """Bytes autograd keeps for backward outside checkpointed regions (storages counted once)."""
+class _Created(TorchDispatchMode):
+    """Weak references to every tensor the ops inside create."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.refs += [weakref.ref(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+
+def _held_after_forward(module, x):
+    """Bytes of the tensors a training forward pass leaves alive for backward, in units of ``x``.
+
+    Whatever holds them (autograd, checkpoint inputs, the selective-checkpoint cache), a
+    tensor created by the forward pass that is still alive is memory until backward.
+    """
+    with _Created() as created:
+        out = module(x)
+    gc.collect()
     storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x).sum()
-    return sum(storages.values())
+    for ref in created.refs:
+        t = ref()
+        if t is not None:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    del out
+    return sum(storages.values()) / (x.numel() * x.element_size())
 
 
-def test_dense_concatenations_are_not_stored():
-    plain, eff = RKBlock(16, 5, mode="I").train(), RKBlock(16, 5, mode="I").train()
-    set_memory_efficient(eff)
-    x = torch.randn(4, 16, 8, 8, requires_grad=True)
-    # Plain: each unit stores its concatenation (up to 5k channels) twice (BN input, conv input).
-    # Efficient: the 3x3 conv inputs (k channels each); the stage tensors the block keeps anyway
-    # are inputs of the checkpoints and are not counted here, they add 11 x k channels.
-    stage_tensors = 11 * x.numel() * x.element_size()
-    assert _saved_bytes(eff, x) + stage_tensors < 0.4 * _saved_bytes(plain, x)
+@pytest.mark.parametrize("selective", [True, False])
+def test_memory_grows_linearly_not_quadratically_in_the_stages(selective, monkeypatch):
+    if not selective:  # torch without selective checkpointing: the region stops before conv3x3
+        monkeypatch.setattr(blocks, "create_selective_checkpoint_contexts", None)
+    held = {}
+    for s in (3, 4, 5):
+        plain, eff = RKBlock(16, s, mode="I").train(), _efficient(RKBlock(16, s, mode="I")).train()
+        x = torch.randn(4, 16, 8, 8, requires_grad=True)
+        held[s] = (_held_after_forward(plain, x), _held_after_forward(eff, x))
+    plain_growth = [held[s + 1][0] - held[s][0] for s in (3, 4)]
+    eff_growth = [held[s + 1][1] - held[s][1] for s in (3, 4)]
+    assert plain_growth[1] > plain_growth[0] + 5  # each stage stores wider concatenations: 26, 32 k-slices
+    assert abs(eff_growth[1] - eff_growth[0]) < 0.5  # a fixed 4 per stage: x_i, e_i, two k-wide tensors
+    assert held[5][1] < 0.25 * held[5][0]  # measured: 21.4 against 100.4 k-slices
+
+
+class _CountConvs(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten.convolution.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_convolution_runs_twice():
+    """Recomputation repeats only concatenations, norms and ReLUs, the cheap part of a step."""
+    block = _efficient(RKBlock(4, 3, mode="R")).train()
+    with _CountConvs() as counter:
+        block(torch.randn(2, 4, 5, 5, requires_grad=True)).sum().backward()
+    assert counter.n == 2 * 6  # two convolutions in each of the six units, all in the forward pass
+
+
+def test_without_selective_checkpointing_results_are_the_same(monkeypatch):
+    monkeypatch.setattr(blocks, "create_selective_checkpoint_contexts", None)
+    plain, eff = _twins(lambda: RKBlock(4, 3, mode="I", dropout=0.2), lambda: _efficient(RKBlock(4, 3, mode="I", dropout=0.2)))
+    _assert_same(plain, eff, torch.randn(3, 4, 5, 5, dtype=torch.float64), seed=2)
 
 
 def test_default_follows_the_stages_and_the_name_does_not_change():

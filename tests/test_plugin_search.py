@@ -3,8 +3,8 @@
 import json
 
 import optuna
-import torch
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from rknas import plugins

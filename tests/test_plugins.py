@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import rknas
-from rknas import PreActUnit, PluginError, StageStrategy, build_network, hookspecs
+from rknas import PluginError, PreActUnit, StageStrategy, build_network, hookspecs
 from rknas.plugins import get_plugin_manager, plugin_info
 from rknas.registry import list_strategies
 

@@ -38,10 +38,10 @@ class TensorData:
     def image_size(self) -> int:
         return self.x.shape[2]
 
-    def subset(self, idx: torch.Tensor) -> "TensorData":
+    def subset(self, idx: torch.Tensor) -> TensorData:
         return TensorData(self.x[idx], self.y[idx], self.classes)
 
-    def to(self, device) -> "TensorData":
+    def to(self, device) -> TensorData:
         return TensorData(self.x.to(device), self.y.to(device), self.classes)
 
 

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from rknas.errors import ConfigError, RknasError
 
@@ -348,7 +348,8 @@ def list_datasets(root: Optional[Union[str, Path]] = None) -> list[dict]:
     shown = str(base) if base else "ROOT"
     rows = []
     for name in BUILTIN:
-        row = {"name": name, "provider": "rknas", "downloadable": name in SOURCES, "how": download_command(name, root)}
+        row: dict[str, Any] = {"name": name, "provider": "rknas", "downloadable": name in SOURCES,
+                               "how": download_command(name, root)}
         if name in SOURCES:
             src = SOURCES[name]
             cls = _tv_class(src, None)

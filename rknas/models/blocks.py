@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -37,20 +37,55 @@ def concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=1)
 
 
-def _recompute_norm(norm: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
-    """``norm(x)`` as the forward pass computed it (in mode ``training``), for recomputation.
+try:  # torch >= 2.4: selective checkpointing
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+except ImportError:  # pragma: no cover - older torch recomputes the whole bottleneck
+    create_selective_checkpoint_contexts = None
 
-    Calling a training-mode BatchNorm again would update its running statistics (and
-    ``num_batches_tracked``) a second time; the same op on copies of the statistics gives the
-    same output and saves the same tensors, which checkpoint verifies.
+
+def _keep_convolutions(ctx, op, *args, **kwargs):
+    """Selective-checkpoint policy: store convolution outputs, recompute everything else."""
+    return CheckpointPolicy.MUST_SAVE if op is torch.ops.aten.convolution.default else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_convolutions_context():
+    return create_selective_checkpoint_contexts(_keep_convolutions)
+
+
+class _RepeatableNorm:
+    """One call of a unit's norm that can run again in backward with the same result.
+
+    What ``nn.BatchNorm2d.forward`` decides (batch or running statistics, the update factor)
+    and does once (``num_batches_tracked += 1``) is settled here, at the forward pass; the
+    recomputation then runs the same op, with the same mode even if the model was switched
+    since, but updates copies of the running statistics, so they are updated only once.
+    Other norms (GroupNorm: no state) are simply called.
     """
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        return norm(x)
-    mean, var = norm.running_mean, norm.running_var
-    batch_stats = training or mean is None
-    if batch_stats and mean is not None:
-        mean, var = mean.clone(), var.clone()
-    return F.batch_norm(x, mean, var, norm.weight, norm.bias, batch_stats, 0.0, norm.eps)
+
+    def __init__(self, norm: nn.Module):
+        self.norm = norm
+        self.functional = isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        if not self.functional:
+            return
+        factor = 0.0 if norm.momentum is None else norm.momentum
+        if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+            if norm.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                factor = 1.0 / float(norm.num_batches_tracked)
+        self.factor = factor
+        self.batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+        use_running = not norm.training or norm.track_running_stats
+        self.running = (norm.running_mean, norm.running_var) if use_running else (None, None)
+        # Made here, outside the checkpointed region: recomputation must run the same ops.
+        updates = self.batch_stats and self.running[0] is not None
+        self.scratch = tuple(t.clone() for t in self.running) if updates else self.running
+
+    def __call__(self, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+        if not self.functional:
+            return self.norm(x)
+        mean, var = self.scratch if recompute else self.running
+        n = self.norm
+        return F.batch_norm(x, mean, var, n.weight, n.bias, self.batch_stats, self.factor, n.eps)
 
 
 class PreActUnit(nn.Sequential):
@@ -95,39 +130,46 @@ class PreActUnit(nn.Sequential):
         self.out_channels = out_channels
         self.memory_efficient = memory_efficient
 
-    def _bottleneck(self, inputs: Sequence[torch.Tensor], modes: Optional[tuple[bool, bool, bool]] = None) -> torch.Tensor:
-        """concat-BN-ReLU-conv1x1[-dropout]-BN-ReLU: everything the 3x3 conv reads.
-
-        ``modes`` marks a recomputation: the forward pass's training flags of norm1, drop1 and
-        norm2, so that neither the statistics nor (if the model was switched meanwhile) the
-        result change.
-        """
-        drop = "drop1" in self._modules
-        if modes is None:
-            h = self.conv1(self.relu1(self.norm1(concat(inputs))))
-            return self.relu2(self.norm2(self.drop1(h) if drop else h))
-        h = self.conv1(self.relu1(_recompute_norm(self.norm1, concat(inputs), modes[0])))
-        if drop:
-            h = F.dropout(h, self.drop1.p, modes[1], self.drop1.inplace)
-        return self.relu2(_recompute_norm(self.norm2, h, modes[2]))
-
     def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         inputs = (x,) if isinstance(x, torch.Tensor) else tuple(x)  # a copy: callers append to their lists
         if self.memory_efficient and self.training and torch.is_grad_enabled():
-            modes = (self.norm1.training, "drop1" in self._modules and self.drop1.training, self.norm2.training)
-            calls: list[None] = []  # the first call is the forward pass, any later one a recomputation
-
-            def bottleneck(*xs: torch.Tensor) -> torch.Tensor:
-                calls.append(None)
-                return self._bottleneck(xs, modes if len(calls) > 1 else None)
-
-            h = checkpoint(bottleneck, *inputs, use_reentrant=False, preserve_rng_state="drop1" in self._modules)
+            h = self._checkpointed(inputs)
         else:
-            h = self._bottleneck(inputs)
-        h = self.conv2(h)
+            h = self.conv1(self.relu1(self.norm1(concat(inputs))))
+            if "drop1" in self._modules:
+                h = self.drop1(h)
+            h = self.conv2(self.relu2(self.norm2(h)))
         if "drop2" in self._modules:
             h = self.drop2(h)
         return h
+
+    def _checkpointed(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The unit up to conv3x3, with only the convolutions' outputs kept for backward.
+
+        Selective checkpointing stores the two convolution outputs (conv1x1: k channels; conv3x3:
+        the unit's output, kept by the block anyway) and recomputes the concatenation, BNs and
+        ReLUs in backward: memory as if only the 3x3 conv input were stored, and no convolution
+        runs twice. Without selective checkpointing (torch < 2.4) the region ends before conv3x3
+        and conv1x1 is recomputed too.
+        """
+        norms = (_RepeatableNorm(self.norm1), _RepeatableNorm(self.norm2))
+        drop = self._modules.get("drop1")
+        drop_args = (drop.p, drop.training, drop.inplace) if drop is not None else None
+        selective = create_selective_checkpoint_contexts is not None
+        calls: list[None] = []  # the first call is the forward pass, any later one a recomputation
+
+        def unit(*xs: torch.Tensor) -> torch.Tensor:
+            calls.append(None)
+            again = len(calls) > 1
+            h = self.conv1(self.relu1(norms[0](concat(xs), again)))
+            if drop_args is not None:
+                h = F.dropout(h, *drop_args)
+            h = self.relu2(norms[1](h, again))
+            return self.conv2(h) if selective else h
+
+        extra = {"context_fn": _keep_convolutions_context} if selective else {}
+        h = checkpoint(unit, *inputs, use_reentrant=False, preserve_rng_state=drop is not None, **extra)
+        return h if selective else self.conv2(h)
 
 
 def set_memory_efficient(module: nn.Module, enabled: bool = True) -> int:

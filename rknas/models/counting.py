@@ -34,6 +34,7 @@ def count_flops(model: RKCNN, config: NetworkConfig | None = None) -> int:
         FLOPs of one image at inference.
     """
     config = config or model.config
+    assert config.in_channels is not None and config.image_size is not None  # filled in by NetworkConfig
     x = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
     was_training = model.training
     model.eval()

@@ -98,14 +98,14 @@ for _s, _ks in (("E", (24, 30, 32)), ("I", (20, 26, 32)), ("R", (20, 26, 32))):
         register_model({"framework": "mnist", "strategy": _s, "stages": 2, "k": _k})
 register_model({"strategy": "E", "stages": [2, 2, 2], "k": 120})
 for _s in ("I", "R"):
-    for _k in ([26, 28, 28], [78, 78, 80], [120]):
-        register_model({"strategy": _s, "stages": [2, 2, 2], "k": _k})
-for _s, _stages, _ks in (
+    for _kp in ([26, 28, 28], [78, 78, 80], [120]):
+        register_model({"strategy": _s, "stages": [2, 2, 2], "k": _kp})
+for _s, _stages, _kps in (
     ("E", [5, 5, 5], ([80], [120])),
     ("I", [5, 5, 5], ([80], [120])),
     ("I", [5, 5, 6], ([150, 120, 120],)),
     ("R", [5, 5, 5], ([80], [120])),
     ("R", [3, 4, 4], ([180],)),
 ):
-    for _k in _ks:
-        register_model({"strategy": _s, "stages": _stages, "k": _k})
+    for _kp in _kps:
+        register_model({"strategy": _s, "stages": _stages, "k": _kp})

@@ -104,8 +104,7 @@ def _section(name: str, config_cls: type[BaseModel], skip: tuple[str, ...], defa
 
 def architecture_section(network_cls: type[NetworkConfig] = NetworkConfig) -> type[BaseModel]:
     """The ``architecture:`` schema: every field of ``network_cls`` plus ``periods``."""
-    return _section("Architecture", network_cls, NETWORK_FROM_SPACE, ARCHITECTURE_DEFAULTS,
-                    {"periods": (int, Field(3, ge=1))})
+    return _section("Architecture", network_cls, NETWORK_FROM_SPACE, ARCHITECTURE_DEFAULTS, {"periods": (int, Field(3, ge=1))})
 
 
 def training_section(train_cls: type[TrainConfig] = TrainConfig) -> type[BaseModel]:
@@ -334,8 +333,7 @@ class SearchSpace(BaseModel):
             key: [value("architecture", key, f"p{p}_{key}") for p in range(1, self.periods + 1)] for key in per
         }
         net.update({k: value("architecture", k, k) for k in self._section_fields("architecture") if k not in per})
-        net.update(framework=self.framework, classes=self.classes or 10, in_channels=self.in_channels,
-                   image_size=self.image_size)
+        net.update(framework=self.framework, classes=self.classes or 10, in_channels=self.in_channels, image_size=self.image_size)
         tr = {k: value("training", k, k) for k in self._section_fields("training")}
         tr.update(epochs=epochs or self.fidelity.epochs, seed=seed, crop_pad=self.data.crop_pad, flip=self.data.flip)
         try:
@@ -344,7 +342,9 @@ class SearchSpace(BaseModel):
             raise ConfigError(format_validation_error(exc, f"space {self.name!r}")) from None
 
 
-def space_schema(network_cls: type[NetworkConfig] = NetworkConfig, train_cls: type[TrainConfig] = TrainConfig) -> type[SearchSpace]:
+def space_schema(
+    network_cls: type[NetworkConfig] = NetworkConfig, train_cls: type[TrainConfig] = TrainConfig
+) -> type[SearchSpace]:
     """A ``SearchSpace`` class whose sections are derived from other config classes.
 
     Args:
@@ -358,8 +358,10 @@ def space_schema(network_cls: type[NetworkConfig] = NetworkConfig, train_cls: ty
         return SearchSpace
     arch, train = architecture_section(network_cls), training_section(train_cls)
     schema: type[SearchSpace] = create_model(
-        "SearchSpace", __base__=SearchSpace,
-        architecture=(arch, Field(default_factory=arch)), training=(train, Field(default_factory=train)),
+        "SearchSpace",
+        __base__=SearchSpace,
+        architecture=(arch, Field(default_factory=arch)),
+        training=(train, Field(default_factory=train)),
     )
     schema.config_classes = (network_cls, train_cls)
     return schema
@@ -416,7 +418,9 @@ def resolve_space_path(name_or_path: str) -> Path:
         return p
     known = space_files()
     if name_or_path not in known:
-        raise ConfigError(f"unknown search space {name_or_path!r}; known: {', '.join(sorted(known))} (or give a path to a .yaml file)")
+        raise ConfigError(
+            f"unknown search space {name_or_path!r}; known: {', '.join(sorted(known))} (or give a path to a .yaml file)"
+        )
     return known[name_or_path][0]
 
 

@@ -203,6 +203,6 @@ def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, An
             "strategy_versions": record.strategy_versions,
             "rknas_version_search": info.rknas_version,
             "rknas_version_export": __version__,
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
     }

@@ -15,9 +15,8 @@ os.environ.setdefault("RKNAS_PLUGINS", "")
 
 @pytest.fixture(autouse=True)
 def baselines_plugin():
-    from rknas.plugins import get_plugin_manager
-
     import rknas_baselines.plugin as plugin
+    from rknas.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     added = not pm.is_registered(plugin)

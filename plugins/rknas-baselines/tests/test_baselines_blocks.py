@@ -9,7 +9,6 @@ from torch import nn
 import rknas
 from rknas import PluginError, build_network
 from rknas.models.network import build_stage
-
 from rknas_baselines.dense import CliqueBlock, DenseBlock
 from rknas_baselines.ode import ODEBlock
 from rknas_baselines.plugin import STRATEGIES

@@ -9,7 +9,6 @@ from importlib.metadata import PackageNotFoundError, distribution
 import pytest
 
 from rknas.cli import main
-
 from rknas_baselines.plugin import STRATEGIES
 
 

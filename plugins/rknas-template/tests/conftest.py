@@ -14,9 +14,8 @@ os.environ.setdefault("RKNAS_PLUGINS", "")
 
 @pytest.fixture(autouse=True)
 def heun_plugin():
-    from rknas.plugins import get_plugin_manager
-
     import rknas_heun.plugin as plugin
+    from rknas.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     added = not pm.is_registered(plugin)  # already there if this session loaded entry points

@@ -8,7 +8,6 @@ import torch
 import rknas
 from rknas import build_network, count_params
 from rknas.models.network import build_stage
-
 from rknas_heun.plugin import HeunBlock
 
 

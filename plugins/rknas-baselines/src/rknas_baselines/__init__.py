@@ -1,7 +1,8 @@
 """The RKCNN paper's comparison models (pre-act ResNet, RKNN, RK-Net, ODE-Net, DenseNet,
 CliqueNet) as rknas stage strategies."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("rknas-baselines")

@@ -16,7 +16,6 @@ from pathlib import Path
 import rknas
 from rknas import StageStrategy
 from rknas.models.blocks import batch_norm, group_norm
-
 from rknas_baselines import __version__  # noqa: F401  (reported when registered without an entry point)
 from rknas_baselines.dense import CliqueBlock, DenseBlock
 from rknas_baselines.ode import CLASSIC, ODEBlock, ODEFunc

@@ -6,7 +6,7 @@ comparison uses one per period. ``width`` scales the hidden width (default 1 = t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -1,6 +1,7 @@
 """Template rknas plugin: one stage strategy, ``heun``."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("rknas-template")

@@ -17,7 +17,6 @@ from torch import nn
 
 import rknas
 from rknas import PreActUnit, StageStrategy, concat
-
 from rknas_heun import __version__  # noqa: F401  (reported if the module is registered without its entry point)
 
 
