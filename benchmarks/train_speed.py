@@ -120,13 +120,15 @@ def _child(job: dict) -> dict:
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
-def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int, cases: list | None = None) -> list[dict]:
+def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int, cases: list | None = None,
+                             selective: bool = True) -> list[dict]:
     """Plain vs memory-efficient for MEMORY_CASES: ``repeats`` alternating pairs of runs, each
-    in a fresh process; prints JSON lines, then a table of the medians."""
+    in a fresh process; prints JSON lines, then a table of the medians. ``selective=False``
+    measures the fallback of torch < 2.4 (the bottleneck recomputed, conv1x1 included)."""
     rows = []
     cases = cases or MEMORY_CASES
     for label, cfg, batch in cases:
-        job = {"cfg": cfg, "device": device, "batch": batch, "steps": steps, "threads": threads}
+        job = {"cfg": cfg, "device": device, "batch": batch, "steps": steps, "threads": threads, "selective": selective}
         for rep in range(repeats):
             for me in (False, True):
                 row = {"model": label, "batch": batch, "memory_efficient": me, "repeat": rep,
@@ -134,7 +136,7 @@ def compare_memory_efficient(device: str, steps: int, threads: int, repeats: int
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(f"\nmedians over {repeats} fresh-process run(s) per path, {steps} timed steps each; device {device}; "
-          f"threads {threads or 'default'}; torch {torch.__version__}; "
+          f"threads {threads or 'default'}; selective checkpointing {selective}; torch {torch.__version__}; "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
     print("| model | batch | path | step s (wall) | step s (CPU) | training-step memory MiB "
           "| time ratio (wall / CPU) | memory ratio |")
@@ -166,17 +168,23 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="runs per case and path with --compare-memory-efficient")
     ap.add_argument("--case", action="append",
                     help='instead of MEMORY_CASES: {"label": .., "cfg": {..}, "batch": ..} (repeatable)')
+    ap.add_argument("--no-selective", action="store_true",
+                    help="ablation: memory-efficient units without selective checkpointing (as on torch < 2.4)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         job = json.loads(args.child)
         if job["threads"]:
             torch.set_num_threads(job["threads"])
+        if not job.get("selective", True):
+            from rknas.models import blocks
+
+            blocks.create_selective_checkpoint_contexts = None
         print(json.dumps(measure_step(job["cfg"], job["device"], job["batch"], job["steps"], job["memory_efficient"])))
         return
     if args.compare_memory_efficient:
         cases = [(c["label"], c["cfg"], c["batch"]) for c in map(json.loads, args.case)] if args.case else None
-        compare_memory_efficient(args.device, args.steps, args.threads, args.repeats, cases)
+        compare_memory_efficient(args.device, args.steps, args.threads, args.repeats, cases, not args.no_selective)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
