@@ -353,6 +353,11 @@ def train(
         f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
         f"({metrics['params']:,} params, {metrics['wall_time_s']:.1f} s). Wrote {metrics['out']}/model.pt and metrics.json"
     )
+    ignored = ", ".join(f"{k}={v}" for k, v in metrics["data"]["ignored"].items())
+    console.print(
+        f"Data: all {metrics['train_images']:,} training images of {metrics['data']['name']} (train + validation); "
+        f"the search's split settings do not apply ({ignored})."
+    )
 
 
 @app.command("evaluate")

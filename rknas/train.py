@@ -141,8 +141,13 @@ def recalibrate_bn(
     *,
     precision: str = "fp32",
     channels_last: bool = False,
+    seed: int = 0,
 ) -> None:
     """Replace BatchNorm running statistics by exact averages over training images.
+
+    The images are a random sample of at most ``max_images`` (drawn with ``seed``, so the same
+    run uses the same sample): the first images of a set sorted by class (an image folder)
+    would describe a few classes only.
 
     ``precision`` and ``channels_last`` should be those of training ("auto" resolves for the
     device of ``x``), so that the statistics describe the activations the model computes.
@@ -159,8 +164,11 @@ def recalibrate_bn(
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
+    if len(x) > max_images:
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_images]
+        x = x[pick.sort().values.to(x.device)]
     with autocast(x.device, precision):
-        for i in range(0, min(len(x), max_images), batch_size):
+        for i in range(0, len(x), batch_size):
             model(_batch(x[i : i + batch_size], mean, std, channels_last))
     for m, mom in zip(bns, saved):
         m.momentum = mom
@@ -311,7 +319,7 @@ def fit(
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": n_correct / max(1, seen),
                    "lr": float(opt.param_groups[0]["lr"])}
         if cfg.bn_recalibrate:
-            recalibrate_bn(model, train_d.x, mean, std, precision=precision, channels_last=channels_last)
+            recalibrate_bn(model, train_d.x, mean, std, precision=precision, channels_last=channels_last, seed=cfg.seed)
         if val_d is not None:
             ev = evaluate(model, val_d, mean, std, precision=precision, channels_last=channels_last)
             metrics.update(val_accuracy=ev["accuracy"], val_loss=ev["loss"])
@@ -399,6 +407,11 @@ def train_from_config(
         "params": count_params(model_cpu),
         "flops": count_flops(model_cpu, network),
         "train_images": len(train),
+        # What of the exported `data:` section applies: the set, its root and options do; the
+        # search's split (val_fraction, split_seed, train_subset) does not, by design.
+        "data": {"name": data_spec.name, "root": data_spec.root, "options": data_spec.options,
+                 "ignored": {k: v for k, v in (("val_fraction", data_spec.val_fraction), ("split_seed", data_spec.split_seed),
+                                               ("train_subset", data_spec.train_subset)) if v is not None}},
         "test_images": len(test),
         "wall_time_s": time.perf_counter() - t0,
         "history": history,

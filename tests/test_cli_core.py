@@ -88,3 +88,14 @@ def test_unwritable_output_path_is_one_line(cli, tmp_path):
     code, _, err = cli("train", "--config", cfg, "--out", blocker / "run")
     assert code == 2 and err.startswith("error: ") and str(blocker) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a database at all" * 100, b"SQLite format 3\x00" + b"\x00" * 90])
+def test_a_corrupt_sqlite_file_is_one_line_exit_2(cli, tmp_path, content):
+    db = tmp_path / "bad.db"
+    db.write_bytes(content)
+    for args in (("studies",), ("best", "--study", "x")):
+        code, _, err = cli(*args, "--storage", f"sqlite:///{db}")
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "cannot open storage" in err and "Traceback" not in err
+    assert db.read_bytes() == content  # untouched

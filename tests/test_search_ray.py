@@ -159,6 +159,15 @@ def test_exported_config_trains_reproducibly(exported, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_train_says_which_exported_data_settings_apply(exported, cli, tmp_path):
+    """The search's split settings do not apply to final training, and the command says so."""
+    code, out, _ = cli("train", "--config", exported, "--epochs", "1", "--out", tmp_path / "c")
+    assert code == 0
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["data"]["ignored"]["train_subset"] == 500 and metrics["train_images"] > 500
+    assert "the search's split settings do not apply" in out and "train_subset=500" in out
+
+
 def test_report_draws_the_study(resumed, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--study", "tiny", "--storage", resumed["url"], "-o", str(tmp_path / "r.png")])

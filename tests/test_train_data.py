@@ -57,6 +57,18 @@ def test_bn_recalibration_uses_exact_data_statistics():
     assert bn.momentum == 0.01 and not model.training
 
 
+def test_bn_recalibration_samples_images_at_random_not_the_first_ones():
+    """A set sorted by class (an image folder): the first images would be one class only."""
+    bn = torch.nn.BatchNorm2d(1, momentum=0.01)
+    model = torch.nn.Sequential(bn)
+    x = torch.cat([torch.zeros(300, 1, 2, 2), torch.full((300, 1, 2, 2), 255.0)]).to(torch.uint8)  # dark, then bright
+    recalibrate_bn(model, x, torch.zeros(1), torch.ones(1), batch_size=50, max_images=200, seed=1)
+    assert 0.3 < bn.running_mean.item() < 0.7  # both halves are in the sample (first 200: 0.0)
+    again = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
+    recalibrate_bn(again, x, torch.zeros(1), torch.ones(1), batch_size=50, max_images=200, seed=1)
+    assert again[0].running_mean.item() == bn.running_mean.item()  # the same seed, the same sample
+
+
 def test_missing_datasets_say_where_and_what(tmp_path):
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte.*MNIST/raw"):
         mnist(str(tmp_path))
