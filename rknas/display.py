@@ -122,6 +122,8 @@ class SearchProgress:
         self.running.discard(data.get("trial_id", ""))
         self.done_now += 1
         size = f"{record.params / 1e3:.1f}K params" if record.params else ""
+        if record.gpu_memory_mib is not None:
+            size += f", GPU {record.gpu_memory_mib:,.0f} MiB"
         if state == "COMPLETE":
             acc = data["values"][0] if isinstance(data["values"], list) else data["values"]
             self.best = acc if self.best is None else max(self.best, acc)

@@ -46,6 +46,7 @@ class EpochResult(TypedDict, total=False):
     diverged: str
     device: str
     threads: int
+    gpu_memory_mib: float
 
 
 class StopTrial(Exception):
@@ -160,8 +161,12 @@ def train_trial(
     def on_epoch(epoch: int, metrics: dict) -> None:
         nonlocal last
         last = {**metrics, **sizes, **where, "wall_time": time.perf_counter() - t0}
+        if str(device).startswith("cuda"):  # several trials may share a GPU: show each one's peak
+            last["gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         report(last)
 
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)  # a reused worker keeps the last trial's peak
     try:
         fit(network, training, train, val, device=device, on_epoch=on_epoch, model=model)
     except Exception as exc:

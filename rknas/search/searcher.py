@@ -227,7 +227,7 @@ def searcher_class() -> type:
                     _unless_finished(ot.report, result["val_accuracy"], epoch)
             params = self._rk_configs.pop(trial_id, None) or {**ot.params, **(result.get("config") or {})}
             record = TrialRecord(val_accuracy_per_epoch=history, seed=params.get("seed"))
-            for key in ("params", "flops", "wall_time", "val_loss", "train_loss", "device", "threads"):
+            for key in ("params", "flops", "wall_time", "val_loss", "train_loss", "device", "threads", "gpu_memory_mib"):
                 if key in result:
                     setattr(record, key, result[key])
             try:

@@ -42,6 +42,7 @@ class TrialRecord:
         diverged: Why a PRUNED trial stopped with a non-finite loss (train.fit's message).
         device: Where the trial trained ("cpu", "cuda"); with ``threads``, what reproduces it.
         threads: torch's intra-op threads during the trial (CPU sums depend on it).
+        gpu_memory_mib: Peak GPU memory the trial allocated (CUDA only; trials may share a GPU).
         driver: The ``rknas search`` process that ran the trial (``host:pid:random``);
             written when the trial starts, so a RUNNING trial names its owner.
         space_revision: The study's space revision the trial was sampled from (0: the space
@@ -65,6 +66,7 @@ class TrialRecord:
     diverged: Optional[str] = None
     device: Optional[str] = None
     threads: Optional[int] = None
+    gpu_memory_mib: Optional[float] = None
     driver: Optional[str] = None
     space_revision: Optional[int] = None
     interrupted: bool = False
