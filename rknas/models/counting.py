@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rknas.models.network import NetworkConfig, RKCNN, build_network
+from rknas.models.network import RKCNN, NetworkConfig, build_network
 
 
 def count_params(model: nn.Module) -> int:

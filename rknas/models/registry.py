@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from rknas.models.network import NetworkConfig, RKCNN, build_network
+from rknas.models.network import RKCNN, NetworkConfig, build_network
 
 _REGISTRY: dict[str, dict] = {}
 
