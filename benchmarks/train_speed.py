@@ -179,7 +179,7 @@ def main():
         if not job.get("selective", True):
             from rknas.models import blocks
 
-            blocks.create_selective_checkpoint_contexts = None
+            blocks.SELECTIVE_CHECKPOINTING = False
         print(json.dumps(measure_step(job["cfg"], job["device"], job["batch"], job["steps"], job["memory_efficient"])))
         return
     if args.compare_memory_efficient:

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from rknas.data.core import TensorData, augment, normalizer, to_float
-from rknas.models.network import NetworkConfig, build_network
+from rknas.models.network import RKCNN, NetworkConfig, build_network
 
 
 class TrainConfig(BaseModel):
@@ -161,9 +161,9 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
     if len(x) > max_images:
         pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_images]
         x = x[pick.sort().values.to(x.device)]
@@ -405,7 +405,7 @@ def train_from_config(
         "test_accuracy": test_metrics["accuracy"],
         "test_loss": test_metrics["loss"],
         "params": count_params(model_cpu),
-        "flops": count_flops(model_cpu, network),
+        "flops": count_flops(cast(RKCNN, model_cpu), network),  # fit built it from `network`
         "train_images": len(train),
         # What of the exported `data:` section applies: the set, its root and options do; the
         # search's split (val_fraction, split_seed, train_subset) does not, by design.

@@ -115,6 +115,16 @@ def test_recomputes_only_when_training_with_gradients(monkeypatch):
     assert calls == []  # eval and no-grad passes keep nothing, so there is nothing to save
     model(x).sum().backward()
     assert len(calls) == units == 4
+    set_memory_efficient(model, "auto")  # the default for deep stages: not on the CPU
+    model(x).sum().backward()
+    assert len(calls) == 4
+
+
+def test_auto_recomputes_off_the_cpu_only():
+    assert blocks.recomputes("auto", torch.device("cuda")) and blocks.recomputes(True, torch.device("cpu"))
+    assert not blocks.recomputes("auto", torch.device("cpu")) and not blocks.recomputes(False, torch.device("cuda"))
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        set_memory_efficient(RKBlock(4, 2), "always")
 
 
 class _Created(TorchDispatchMode):
@@ -151,7 +161,7 @@ def _held_after_forward(module, x):
 @pytest.mark.parametrize("selective", [True, False])
 def test_memory_grows_linearly_not_quadratically_in_the_stages(selective, monkeypatch):
     if not selective:  # torch without selective checkpointing: the region stops before conv3x3
-        monkeypatch.setattr(blocks, "create_selective_checkpoint_contexts", None)
+        monkeypatch.setattr(blocks, "SELECTIVE_CHECKPOINTING", False)
     held = {}
     for s in (3, 4, 5):
         plain, eff = RKBlock(16, s, mode="I").train(), _efficient(RKBlock(16, s, mode="I")).train()
@@ -183,18 +193,18 @@ def test_no_convolution_runs_twice():
 
 
 def test_without_selective_checkpointing_results_are_the_same(monkeypatch):
-    monkeypatch.setattr(blocks, "create_selective_checkpoint_contexts", None)
+    monkeypatch.setattr(blocks, "SELECTIVE_CHECKPOINTING", False)
     plain, eff = _twins(lambda: RKBlock(4, 3, mode="I", dropout=0.2), lambda: _efficient(RKBlock(4, 3, mode="I", dropout=0.2)))
     _assert_same(plain, eff, torch.randn(3, 4, 5, 5, dtype=torch.float64), seed=2)
 
 
 def test_default_follows_the_stages_and_the_name_does_not_change():
     cfg = NetworkConfig(strategy="I", stages=[2, MEMORY_EFFICIENT_MIN_STAGES, 5], k=4, image_size=16)
-    assert [cfg.memory_efficient_in(p) for p in range(3)] == [False, True, True]
+    assert [cfg.memory_efficient_in(p) for p in range(3)] == [False, "auto", "auto"]
     model = RKCNN(cfg)
     for p, period in enumerate(model.periods):
         flags = {u.memory_efficient for u in period.modules() if isinstance(u, PreActUnit)}
-        assert flags == {p > 0}
+        assert flags == ({"auto"} if p > 0 else {False})
     for forced in (True, False):
         other = NetworkConfig(strategy="I", stages=[2, 4, 5], k=4, image_size=16, memory_efficient=forced)
         assert all(other.memory_efficient_in(p) is forced for p in range(3))

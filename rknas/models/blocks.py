@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -33,14 +33,23 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 def concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Channel-wise concatenation (y_n first, then stages in order), skipping a copy for one input."""
+    """Channel-wise concatenation (y_n first, then stages in order), skipping a copy for one input.
+
+    Args:
+        tensors: (N, C_i, H, W) tensors of the same N, H, W.
+
+    Returns:
+        Their concatenation along channels (the tensor itself when there is one).
+    """
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=1)
 
 
-try:  # torch >= 2.4: selective checkpointing
+try:  # torch >= 2.4
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-except ImportError:  # pragma: no cover - older torch recomputes the whole bottleneck
-    create_selective_checkpoint_contexts = None
+
+    SELECTIVE_CHECKPOINTING = True
+except ImportError:  # pragma: no cover - older torch recomputes the 1x1 convolutions too
+    SELECTIVE_CHECKPOINTING = False
 
 
 def _keep_convolutions(ctx, op, *args, **kwargs):
@@ -64,28 +73,32 @@ class _RepeatableNorm:
 
     def __init__(self, norm: nn.Module):
         self.norm = norm
-        self.functional = isinstance(norm, nn.modules.batchnorm._BatchNorm)
-        if not self.functional:
+        self.bn = norm if isinstance(norm, nn.modules.batchnorm._BatchNorm) else None
+        if self.bn is None:
             return
-        factor = 0.0 if norm.momentum is None else norm.momentum
-        if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
-            norm.num_batches_tracked.add_(1)
-            if norm.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-                factor = 1.0 / float(norm.num_batches_tracked)
+        bn = self.bn
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                factor = 1.0 / float(bn.num_batches_tracked)
         self.factor = factor
-        self.batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
-        use_running = not norm.training or norm.track_running_stats
-        self.running = (norm.running_mean, norm.running_var) if use_running else (None, None)
+        self.batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        use_running = not bn.training or bn.track_running_stats
+        self.running = (bn.running_mean, bn.running_var) if use_running else (None, None)
         # Made here, outside the checkpointed region: recomputation must run the same ops.
-        updates = self.batch_stats and self.running[0] is not None
-        self.scratch = tuple(t.clone() for t in self.running) if updates else self.running
+        mean, var = self.running
+        if self.batch_stats and mean is not None and var is not None:  # the op updates them
+            self.scratch: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (mean.clone(), var.clone())
+        else:
+            self.scratch = self.running
 
     def __call__(self, x: torch.Tensor, recompute: bool) -> torch.Tensor:
-        if not self.functional:
+        if self.bn is None:
             return self.norm(x)
         mean, var = self.scratch if recompute else self.running
-        n = self.norm
-        return F.batch_norm(x, mean, var, n.weight, n.bias, self.batch_stats, self.factor, n.eps)
+        bn = self.bn
+        return F.batch_norm(x, mean, var, bn.weight, bn.bias, self.batch_stats, self.factor, bn.eps)
 
 
 class PreActUnit(nn.Sequential):
@@ -94,13 +107,30 @@ class PreActUnit(nn.Sequential):
     ``width`` scales the bottleneck (1x1 output = round(width * out_channels)); dropout, when
     > 0, follows each convolution as in the paper's SVHN setting. Convolutions are bias-free.
 
-    The input is a tensor or a sequence of tensors, concatenated on channels (y_n first). With
-    ``memory_efficient`` (as torchvision's DenseNet), the cheap part before the 3x3 conv
-    (concat-BN-ReLU-conv1x1-BN-ReLU) is recomputed in backward instead of stored: the
-    concatenation of a dense stage grows with the stage index, so storing it per unit costs
-    memory quadratic in the stages. Give a sequence, not a concatenated tensor, to gain the most;
-    recomputation only happens in training with gradients enabled, and results are identical.
+    The input is a tensor or a sequence of tensors, concatenated on channels (y_n first).
+
+    ``memory_efficient`` works as torchvision's DenseNet option (non-reentrant
+    ``torch.utils.checkpoint``): the concatenation of a dense stage grows with the stage index,
+    so storing it (and its normalised copy) in every unit makes activation memory quadratic in
+    the stages. A memory-efficient unit keeps only its two convolution outputs for backward and
+    recomputes the concatenation, BNs and ReLUs there (no convolution runs twice), which makes
+    it linear. Outputs, gradients, BN statistics, parameter and FLOP counts are those of the
+    plain unit. It acts only in training with gradients enabled; ``True`` always, ``"auto"``
+    only when the input is not on the CPU (where it costs about 1.3x step time for half the
+    memory, see benchmarks/RESULTS.md), ``False`` never. Give a sequence, not a concatenated
+    tensor, so that the concatenation is not stored either.
     """
+
+    # The children, typed for the checker (nn.Module.__getattr__ returns Tensor | Module).
+    norm1: nn.Module
+    relu1: nn.Module
+    conv1: nn.Module
+    norm2: nn.Module
+    relu2: nn.Module
+    conv2: nn.Module
+    drop1: nn.Module  # only with dropout
+    drop2: nn.Module
+    memory_efficient: Union[bool, str]
 
     def __init__(
         self,
@@ -108,7 +138,7 @@ class PreActUnit(nn.Sequential):
         out_channels: int,
         width: float = 1.0,
         dropout: float = 0.0,
-        memory_efficient: bool = False,
+        memory_efficient: Union[bool, str] = False,
     ):
         mid = max(1, int(round(width * out_channels)))
         layers: list[tuple[str, nn.Module]] = [
@@ -128,11 +158,11 @@ class PreActUnit(nn.Sequential):
         super().__init__(OrderedDict(layers))
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.memory_efficient = memory_efficient
+        self.memory_efficient = _check_setting(memory_efficient)
 
     def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         inputs = (x,) if isinstance(x, torch.Tensor) else tuple(x)  # a copy: callers append to their lists
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and recomputes(self.memory_efficient, inputs[0].device):
             h = self._checkpointed(inputs)
         else:
             h = self.conv1(self.relu1(self.norm1(concat(inputs))))
@@ -154,8 +184,8 @@ class PreActUnit(nn.Sequential):
         """
         norms = (_RepeatableNorm(self.norm1), _RepeatableNorm(self.norm2))
         drop = self._modules.get("drop1")
-        drop_args = (drop.p, drop.training, drop.inplace) if drop is not None else None
-        selective = create_selective_checkpoint_contexts is not None
+        drop_args = (drop.p, drop.training, drop.inplace) if isinstance(drop, nn.Dropout) else None
+        selective = SELECTIVE_CHECKPOINTING
         calls: list[None] = []  # the first call is the forward pass, any later one a recomputation
 
         def unit(*xs: torch.Tensor) -> torch.Tensor:
@@ -167,24 +197,47 @@ class PreActUnit(nn.Sequential):
             h = self.relu2(norms[1](h, again))
             return self.conv2(h) if selective else h
 
-        extra = {"context_fn": _keep_convolutions_context} if selective else {}
-        h = checkpoint(unit, *inputs, use_reentrant=False, preserve_rng_state=drop is not None, **extra)
+        context = _keep_convolutions_context if selective else noop_context_fn
+        h = checkpoint(unit, *inputs, use_reentrant=False, preserve_rng_state=drop is not None, context_fn=context)
         return h if selective else self.conv2(h)
 
 
-def set_memory_efficient(module: nn.Module, enabled: bool = True) -> int:
-    """Switch recomputation on or off for every PreActUnit inside ``module``.
+def _check_setting(value: Union[bool, str]) -> Union[bool, str]:
+    if value not in (True, False, "auto"):
+        raise ValueError(f"memory_efficient must be True, False or 'auto', got {value!r}")
+    return value if value == "auto" else bool(value)
+
+
+def recomputes(setting: Union[bool, str], device: torch.device) -> bool:
+    """Whether a unit with ``memory_efficient=setting`` recomputes in training on ``device``.
+
+    Args:
+        setting: True, False or "auto" (only off the CPU).
+        device: the device of the unit's input.
+
+    Returns:
+        True when the unit keeps only its convolution outputs for backward.
+    """
+    return setting is True or (setting == "auto" and device.type != "cpu")
+
+
+def set_memory_efficient(module: nn.Module, enabled: Union[bool, str] = True) -> int:
+    """Set ``memory_efficient`` of every PreActUnit inside ``module``.
 
     The network builder calls this on each built stage block, so blocks of any strategy made of
     PreActUnits get it without a change to the builder contract.
 
     Args:
         module: a stage block (or any module) that may contain PreActUnits.
-        enabled: the new value of their ``memory_efficient``.
+        enabled: True, False or "auto" (see PreActUnit).
 
     Returns:
         How many PreActUnits were set.
+
+    Raises:
+        ValueError: for any other value.
     """
+    enabled = _check_setting(enabled)
     units = [m for m in module.modules() if isinstance(m, PreActUnit)]
     for unit in units:
         unit.memory_efficient = enabled

@@ -7,7 +7,7 @@ the parameter and FLOP counts of the paper's tables come out exactly.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +23,8 @@ DEFAULTS = {
     "cifar": (3, 32, True, True),
     "mnist": (1, 28, False, False),
 }
-# memory_efficient=None switches recomputation on from this many stages (benchmarks/RESULTS.md).
+# memory_efficient=None: recomputation (off the CPU) from this many stages, where it cuts the
+# activation memory to <= 0.39x (2.5x less); see benchmarks/RESULTS.md.
 MEMORY_EFFICIENT_MIN_STAGES = 4
 
 
@@ -58,16 +59,21 @@ class NetworkConfig(BaseModel):
     memory_efficient: Optional[bool] = Field(
         None,
         description=(
-            "Recompute each PreActUnit's concat-BN-ReLU-conv1x1-BN-ReLU in backward instead of storing it "
-            "(same results, same params and FLOPs; not part of the name). None: on for periods with "
-            f"stages >= {MEMORY_EFFICIENT_MIN_STAGES}, where it is measured to save memory for little time."
+            "Recompute each PreActUnit's concatenation, BNs and ReLUs in backward instead of storing them "
+            "(same results, params and FLOPs; not part of the name). None: on for periods with "
+            f"stages >= {MEMORY_EFFICIENT_MIN_STAGES} when training off the CPU; off on the CPU, where it "
+            "was measured at about 1.3x step time."
         ),
     )
-    """Trade a little step time for much less activation memory in deep dense stages.
+    """Trade step time for activation memory in deep dense stages.
 
     Storing every unit's concatenation makes activation memory grow quadratically in the stages
-    s; recomputing it makes it grow linearly. See ``MEMORY_EFFICIENT_MIN_STAGES`` and
-    benchmarks/RESULTS.md for the measurements behind the default.
+    s; recomputing it makes it grow linearly. Measured on CPU (benchmarks/RESULTS.md, live
+    tensors after the forward pass, RKCNN-I-s_s_s k=48 batch 32): 0.58x the plain memory at s=2,
+    0.45x at s=3, 0.39x at s=4, 0.35x at s=5, for 1.2-1.4x the step time; RKCNN-I-5_5_5 k=80
+    batch 32: 0.35x live memory (0.49-0.51x peak RSS) at 1.30-1.39x step time. Hence None turns
+    it on only from s=4 (2.5x less memory) and only off the CPU, where memory, not time, limits
+    the batch and the model (to be confirmed with benchmarks/gpu.sh).
     """
 
     @field_validator("strategy", "stages", "k", "steps", mode="before")
@@ -120,18 +126,19 @@ class NetworkConfig(BaseModel):
     def periods(self) -> int:
         return len(self.k)
 
-    def memory_efficient_in(self, period: int) -> bool:
-        """Whether period ``period`` (0-based) recomputes its units' bottlenecks in backward.
+    def memory_efficient_in(self, period: int) -> Union[bool, Literal["auto"]]:
+        """The ``PreActUnit.memory_efficient`` setting of period ``period`` (0-based).
 
         Args:
             period: index of the period.
 
         Returns:
-            ``memory_efficient`` when set, else whether that period has enough stages for it to pay.
+            ``memory_efficient`` when set; else "auto" (recompute when training off the CPU) for a
+            period with at least ``MEMORY_EFFICIENT_MIN_STAGES`` stages, False otherwise.
         """
         if self.memory_efficient is not None:
             return self.memory_efficient
-        return self.stages[period] >= MEMORY_EFFICIENT_MIN_STAGES
+        return "auto" if self.stages[period] >= MEMORY_EFFICIENT_MIN_STAGES else False
 
     @property
     def name(self) -> str:
@@ -269,6 +276,8 @@ class RKCNN(nn.Module):
             strategies = [get_strategy(n) for n in config.strategy]
         cfg = config
         k = cfg.k
+        assert cfg.in_channels is not None and cfg.attention is not None  # filled in by validation
+        self.pre: nn.Module
         if cfg.framework == "cifar":
             self.pre = nn.Conv2d(cfg.in_channels, k[0], 3, padding=1, bias=False)
         else:
@@ -293,9 +302,10 @@ class RKCNN(nn.Module):
                     f"so period {p + 1} can have only 1 time step, got {r}"
                 )
             blocks = [build_stage(st, k[p], s, cfg.width, cfg.dropout) for _ in range(r)]
-            if cfg.memory_efficient_in(p):
+            setting = cfg.memory_efficient_in(p)
+            if setting:
                 for block in blocks:  # any strategy's PreActUnits, not only the built-in blocks
-                    set_memory_efficient(block, True)
+                    set_memory_efficient(block, setting)
             self.periods.append(Period(blocks, two_outputs=st.post_channels is not None))
             post_widths.append(st.postprocessor_width(k[p], s))
             if p + 1 < cfg.periods:
@@ -320,7 +330,18 @@ class RKCNN(nn.Module):
 
 
 def build_network(config: NetworkConfig | dict) -> RKCNN:
-    """Build an RKCNN from a config object or a plain dict (as stored in exported YAML)."""
+    """Build an RKCNN from a config object or a plain dict (as stored in exported YAML).
+
+    Args:
+        config: a NetworkConfig, or a dict of its fields.
+
+    Returns:
+        The network, initialised (seed torch first for reproducible weights).
+
+    Raises:
+        ConfigError: the dict is not a valid network config.
+        PluginError: a stage strategy failed to build or broke its contract.
+    """
     if not isinstance(config, NetworkConfig):
         config = parse_network_config(config)
     return RKCNN(config)
