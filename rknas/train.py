@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from rknas.data.core import TensorData, augment, normalizer, to_float
+from rknas.errors import ConfigError
 from rknas.models.network import RKCNN, NetworkConfig, build_network
 
 
@@ -276,19 +278,29 @@ def fit(
     history: list[dict] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        # map to the CPU: generator states must be CPU tensors; load_state_dict moves the rest.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history = state["history"]
-        start_epoch = state["epoch"]
+        try:
+            # map to the CPU: generator states must be CPU tensors; load_state_dict moves the rest.
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            history = state["history"]
+            start_epoch = state["epoch"]
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError) as exc:
+            # weights_only: a file that holds anything but tensors, numbers, strings, lists and
+            # dicts is refused before anything in it runs.
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            why = next((ln for ln in lines if "GLOBAL" in ln), lines[0])[:200]
+            raise ConfigError(
+                f"{checkpoint} is not a checkpoint of this run written by `rknas train` ({type(exc).__name__}: {why}); "
+                "nothing in it was run: remove it, or choose another --out"
+            ) from None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()

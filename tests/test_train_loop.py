@@ -106,3 +106,32 @@ def test_checkpoint_loads_weights_only_and_resumes_to_the_same_weights(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda h: [{k: v for k, v in e.items() if k != "epoch_time"} for e in h]  # noqa: E731
     assert strip(hist) == strip(full_hist)
+
+
+class _Evil:
+    """A pickle that would create a file when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("content", ["evil", "truncated", "other keys"])
+def test_a_crafted_or_broken_checkpoint_is_refused_and_nothing_in_it_runs(tmp_path, content):
+    from rknas.errors import ConfigError
+
+    marker, ckpt = tmp_path / "PWNED", tmp_path / "checkpoint.pt"
+    if content == "evil":
+        torch.save({"model": _Evil(marker)}, ckpt)
+    elif content == "truncated":
+        fit(NET, TrainConfig(epochs=1, batch_size=32), _toy(64), checkpoint=ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:500])
+    else:
+        torch.save({"weights": torch.zeros(1)}, ckpt)
+    with pytest.raises(ConfigError, match="is not a checkpoint of this run written by `rknas train`.*nothing in it was run"):
+        fit(NET, TrainConfig(epochs=2, batch_size=32), _toy(64), checkpoint=ckpt, resume=True)
+    assert not marker.exists()
