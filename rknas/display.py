@@ -37,6 +37,19 @@ def architecture(network: Optional[dict[str, Any]]) -> str:
     return " ".join(f"{s}{n}/k{k}" for s, n, k in zip(net.get("strategy", []), net.get("stages", []), net.get("k", [])))
 
 
+def _progress(console: Console, field: str) -> Progress:
+    """A bar with done/total, elapsed time, and a text column fed from the task's ``field``."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{{task.fields[{field}]}}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
 class SearchProgress:
     """Live terminal view of a search: counts, best so far, ETA, one line per finished trial.
 
@@ -45,15 +58,7 @@ class SearchProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = _progress(console, "stats")
         self.task: Optional[Any] = None
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.running: set[str] = set()
@@ -274,15 +279,7 @@ class EvaluationProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = _progress(console, "info")
         self.runs: Optional[Any] = None
         self.epochs: Optional[Any] = None
 

@@ -17,22 +17,14 @@ import time
 import optuna
 import pytest
 import yaml
+from gated import GOOD, HELD, SPACE  # tests/support is on sys.path
 from optuna.trial import TrialState
 
 from rknas.storage import TrialRecord
 
 pytestmark = pytest.mark.slow
 
-SPACE = {
-    "name": "tiny",
-    "data": {"name": "digits", "train_subset": 300},
-    "framework": "cifar",
-    "architecture": {"periods": 2, "strategy": ["E", "search_gate"], "stages": 1, "k": [8, 16], "attention": False},
-    "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
-    "fidelity": {"epochs": 2, "min_epochs": 1, "early_stopping": False},
-}
-HELD = {"p1_strategy": "search_gate", "p1_k": 8, "p2_strategy": "E", "p2_k": 8}
-GOOD = {"p1_strategy": "E", "p1_k": 8, "p2_strategy": "E", "p2_k": 8}
+
 TARGET = 4
 STALE_AFTER = 12  # a live driver beats every second; a killed one is recovered 12 s after its last beat
 GUARD_S = 600  # guards against a hang, not a timing assumption

@@ -12,6 +12,7 @@ import time
 import optuna
 import pytest
 import yaml
+from gated import GOOD, HELD, SPACE  # tests/support is on sys.path
 from optuna.trial import TrialState
 
 from rknas.search import searcher as searcher_module
@@ -19,16 +20,6 @@ from rknas.storage import Heartbeats, TrialRecord, open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")]
 
-SPACE = {
-    "name": "tiny",
-    "data": {"name": "digits", "train_subset": 300},
-    "framework": "cifar",
-    "architecture": {"periods": 2, "strategy": ["E", "search_gate"], "stages": 1, "k": [8, 16], "attention": False},
-    "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
-    "fidelity": {"epochs": 2, "min_epochs": 1, "early_stopping": False},
-}
-HELD = {"p1_strategy": "search_gate", "p1_k": 8, "p2_strategy": "E", "p2_k": 8}
-GOOD = {"p1_strategy": "E", "p1_k": 8, "p2_strategy": "E", "p2_k": 8}
 
 
 def test_timeout_stops_starting_trials_lets_running_ones_finish_and_exits_0(ray_local, cli, tmp_path, gate, monkeypatch):
