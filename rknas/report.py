@@ -4,6 +4,7 @@ parameters mattered (Optuna's importance evaluator)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -100,12 +101,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
 
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     fig.suptitle(f"{study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
@@ -137,6 +133,13 @@ def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
             ax.annotate(m["name"], (m["params"], m["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)", title=title)
     ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG (creating its folder) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
