@@ -43,6 +43,7 @@ from rknas.errors import ConfigError, RknasError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network, format_validation_error, parse_network_config
 from rknas.models.registry import list_models, model_config
+from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, load_study, open_storage, storage_url
 from rknas.train import TrainConfig, fit, resolve_channels_last
 from rknas.train import evaluate as evaluate_model
@@ -457,7 +458,6 @@ def evaluate(
     )
     result.json_path = out / "evaluation.json"
     write_json_atomic(result.json_path, result.to_json())
-    from rknas.report import plot_evaluation
 
     result.plot_path = plot_evaluation([m.summary() for m in result.models], out / "evaluation.png",
                                        title=f"{study}: {epochs} epochs on {len(train):,} images, {len(seed_list)} seed(s)")

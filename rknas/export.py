@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rknas.errors import RknasError
+from rknas.models.network import build_network, parse_network_config
 
 FORMATS = ("onnx", "torchscript")
 REQUIRED_KEYS = ("model", "network", "mean", "std")
@@ -82,7 +83,6 @@ def _read(path: Path) -> dict:
 
 def _load(path: Union[str, Path]) -> tuple[nn.Module, tuple[int, int, int]]:
     """The inference model and its input shape (C, H, W)."""
-    from rknas.models.network import build_network, parse_network_config
 
     path = Path(path)
     obj = _read(path)

@@ -9,6 +9,7 @@ running averages lag far behind the weights after only a few hundred steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import pickle
@@ -24,9 +25,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from rknas.data.core import TensorData, augment, normalizer, to_float
+from rknas.config import read_yaml
+from rknas.data.core import DataSpec, TensorData, augment, load_dataset, normalizer, to_float
+from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
-from rknas.models.network import RKCNN, NetworkConfig, build_network
+from rknas.models.counting import count_flops, count_params
+from rknas.models.network import RKCNN, NetworkConfig, build_network, format_validation_error, parse_network_config
 
 
 class TrainConfig(BaseModel):
@@ -364,14 +368,6 @@ def train_from_config(
     Writes ``checkpoint.pt`` after each epoch (``resume`` continues from it), then
     ``model.pt`` (weights + configs) and ``metrics.json`` into ``out``.
     """
-    import json
-
-    from rknas.config import read_yaml
-    from rknas.data.core import DataSpec, load_dataset
-    from rknas.errors import ConfigError
-    from rknas.models.counting import count_flops, count_params
-    from rknas.models.network import format_validation_error, parse_network_config
-
     raw = read_yaml(path)
     for key in ("network", "training", "data"):
         if not isinstance(raw.get(key), dict):
@@ -393,7 +389,6 @@ def train_from_config(
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not resume:
         raise ConfigError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
-    from rknas.data.download import ensure_dataset
 
     ensure_dataset(data_spec, download=download)
     train, test = load_dataset(data_spec)

@@ -15,6 +15,7 @@ from torch import nn
 
 from rknas.errors import ConfigError, PluginError
 from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
+from rknas.registry import get_strategy
 from rknas.strategies.base import StageStrategy
 
 FRAMEWORKS = ("cifar", "mnist")
@@ -271,8 +272,6 @@ class RKCNN(nn.Module):
         super().__init__()
         self.config = config
         if strategies is None:
-            from rknas.registry import get_strategy
-
             strategies = [get_strategy(n) for n in config.strategy]
         cfg = config
         k = cfg.k

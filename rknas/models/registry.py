@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 
+from rknas.models.counting import describe
 from rknas.models.network import RKCNN, NetworkConfig, build_network
 
 _REGISTRY: dict[str, dict] = {}
@@ -54,8 +55,6 @@ def model_sizes(pattern: str = "*") -> list[dict]:
     Returns:
         One ``describe()`` dict per model, with its ``model`` name added.
     """
-    from rknas.models.counting import describe
-
     return [{"model": name, **describe(model_config(name))} for name in list_models(pattern)]
 
 
