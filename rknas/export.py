@@ -83,14 +83,11 @@ def _read(path: Path) -> dict:
 
 def _load(path: Union[str, Path]) -> tuple[nn.Module, tuple[int, int, int]]:
     """The inference model and its input shape (C, H, W)."""
-
     path = Path(path)
     obj = _read(path)
     try:
         config = parse_network_config(obj["network"])
-        # Building checks each stage's gradient flow, so it must work inside a caller's no_grad().
-        with torch.inference_mode(False), torch.enable_grad():
-            network = build_network(config)
+        network = build_network(config)
     except RknasError as exc:  # e.g. a strategy whose plugin is not installed here
         raise type(exc)(f"{path}: {exc}") from None
     try:

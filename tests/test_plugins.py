@@ -208,3 +208,12 @@ def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
         load_dataset(DataSpec(name="nope"))
     with pytest.raises(rknas.ConfigError, match=r"data set 'rand8' \(randpkg\) could not be loaded: TypeError"):
         load_dataset(DataSpec(name="rand8", options={"bogus": 1}))
+
+
+def test_networks_build_inside_no_grad_and_inference_mode():
+    """The contract check runs a backward pass; a caller's grad mode must not break it."""
+    with torch.no_grad():
+        model = build_network({"strategy": "I", "stages": 2, "k": 4, "image_size": 8})
+    with torch.inference_mode():
+        build_network({"strategy": "R", "stages": 2, "k": 4, "image_size": 8})
+    assert all(p.requires_grad for p in model.parameters())

@@ -210,6 +210,8 @@ class Period(nn.Module):
         return y if self.two_outputs else (y, y)
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()  # the check runs a backward pass, whatever the caller's grad mode
 def build_stage(strategy: StageStrategy, channels: int, stages: int, width: float, dropout: float) -> nn.Module:
     """Build one block and check it honours the contract, so a broken plugin is reported
     by strategy and package instead of surfacing as a shape error deep in training."""
