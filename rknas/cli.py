@@ -90,6 +90,8 @@ def models(
 ):
     """List the named paper models with params and FLOPs (use them as `--model NAME`, `--include NAME`)."""
     rows = model_sizes(pattern)
+    if not rows:
+        raise RknasError(f"no named model matches {pattern!r}; `rknas models` lists them all")
     if as_json:
         print(json.dumps(rows, indent=2))
         return

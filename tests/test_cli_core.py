@@ -99,3 +99,10 @@ def test_a_corrupt_sqlite_file_is_one_line_exit_2(cli, tmp_path, content):
         assert code == 2 and len(err.strip().splitlines()) == 1
         assert "cannot open storage" in err and "Traceback" not in err
     assert db.read_bytes() == content  # untouched
+
+
+def test_models_with_a_pattern_that_matches_nothing_is_one_line_exit_2(cli):
+    code, out, err = cli("models", "rkcnn_q_*")
+    assert code == 2 and out == "" and "no named model matches 'rkcnn_q_*'" in err
+    code, out, _ = cli("models", "rkcnn_i_2_mnist_k32", "--json")
+    assert code == 0 and '"params": 78410' in out
