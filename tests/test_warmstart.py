@@ -138,7 +138,12 @@ def test_a_model_for_other_data_is_refused_by_the_search_before_anything_is_writ
         "error: --start-from[0] (rkcnn_e_2_2_2_k120): model 'rkcnn_e_2_2_2_k120' does not fit: "
         "it takes 3 input channel(s), the data has 1; it takes 32x32 images, the data has 8x8"
     ]
-    assert optuna.get_all_study_summaries(url) == []
+    assert not (tmp_path / "s.db").exists(), "a refused first search leaves no database file behind"
+    # A database that was there before is kept, with what it held.
+    optuna.create_study(study_name="other", storage=url)
+    code, _, err = cli("search", "--space", path, "--trials", "1", "--storage", url, "--start-from", "rkcnn_e_2_2_2_k120")
+    assert code == 2, err
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["other"]
 
 
 def test_search_hands_repeated_start_from_to_the_runner(monkeypatch, cli):

@@ -55,6 +55,7 @@ from rknas.storage import (
     study_names,
     summarize,
 )
+from rknas.storage.backend import discard_new_sqlite, sqlite_file
 
 EventSink = Callable[[str, dict], None]
 
@@ -276,20 +277,26 @@ def run_search(opts: SearchOptions) -> SearchResult:
     """
     started_at = Driver.now()  # --timeout counts from here
     events = _Sink(opts.on_event)
+    new_file = sqlite_file(storage_url(opts.storage))
+    new_file = None if new_file is None or new_file.exists() else new_file
     space, study_name, url, storage, existing = prepare(opts)
     if existing is not None:
         done = len(finished_trials(existing))
         if done >= opts.trials:
             events("already_done", {"finished": done, "target": opts.trials})
             return _result(existing, url, opts.trials, 0, False)
-    # A study continues only with what its trials meant so far, unless --allow-changes.
-    plan = plan_resume(study_name, existing, space, opts.seed, opts.allow_changes)
-    ensure_dataset(space.data, download=opts.download)
-    train, val = load_data(space)
-    # Warm-start entries are checked against the data too, before anything is written.
-    starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
-    ray_env.start_ray(opts.address)
-    concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+    try:
+        # A study continues only with what its trials meant so far, unless --allow-changes.
+        plan = plan_resume(study_name, existing, space, opts.seed, opts.allow_changes)
+        ensure_dataset(space.data, download=opts.download)
+        train, val = load_data(space)
+        # Warm-start entries are checked against the data too, before anything is written.
+        starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
+        ray_env.start_ray(opts.address)
+        concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+    except BaseException:  # refused (or interrupted) before the study exists: no empty database left behind
+        discard_new_sqlite(storage, new_file)
+        raise
     # Only now, with every check passed, is the storage written to.
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 directions=[optuna.study.StudyDirection[d.upper()] for d in space.directions])

@@ -55,6 +55,33 @@ def safe_url(url: str) -> str:
         return url
 
 
+def sqlite_file(url: str) -> Optional[Path]:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def discard_new_sqlite(storage: optuna.storages.BaseStorage, path: Optional[Path]) -> None:
+    """Remove a SQLite file this command created if it holds no study.
+
+    A command refused after opening the storage must leave nothing behind; Optuna writes its
+    tables on open, so a refused first search would otherwise leave an empty database.
+
+    Args:
+        storage: The storage opened on ``path``.
+        path: The file, or None when it existed before (or is not SQLite): nothing to do.
+    """
+    if path is None or study_names(storage):
+        return
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+    for leftover in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+                     path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+
+
 def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_interval: Optional[int] = None,
                  grace_period: Optional[int] = None) -> optuna.storages.RDBStorage:
     """Open (and for SQLite create) a storage; readers and the search share it safely.
@@ -75,8 +102,8 @@ def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_inter
     """
     url = storage_url(url)
     kwargs: dict = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
+    path = sqlite_file(url)
+    if path is not None:
         if not create and not path.is_file():
             raise RknasError(f"storage {url} does not exist (no file {path}); run `rknas search` first or pass --storage")
         try:
