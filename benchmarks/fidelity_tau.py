@@ -57,6 +57,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--space", default="fashion_mnist_default")
     ap.add_argument("--archs", type=int, default=10, help="configurations to sample (the first N of the seeded sequence)")
     ap.add_argument("--short-epochs", type=int, default=None, help="default: the space's fidelity epochs")
+    ap.add_argument("--short-subset", type=int, default=None,
+                    help="short runs train on this many images (default: the space's train_subset); for comparing fidelities")
     ap.add_argument("--long-epochs", type=int, default=10)
     ap.add_argument("--long-subset", type=int, default=None, help="train long runs on this many images (default: all)")
     ap.add_argument("--long-lr", type=float, default=None, help="one learning rate for every long run (default: each its own)")
@@ -161,6 +163,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     space = load_space(args.space)
     if args.data_root:
         space.data.root = args.data_root
+    if args.short_subset is not None:
+        space.data.train_subset = args.short_subset
     short_epochs = args.short_epochs or space.fidelity.epochs
     results = args.results or Path("runs") / "fidelity_tau" / f"{space.name}.jsonl"
     ckpt_dir = results.with_name(results.name + ".ckpt")
@@ -230,6 +234,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print(f"  arch {i:>2}  {s['name']:<12} k={s['k']}  {s['n_params']:>8,} params  lr {s['lr']:.3f}  "
               f"short val {s['score']:.4f}  long test {lg['score']:.4f}", file=sys.stderr)
     summary = {"space": space.name, "archs": args.archs, "short_epochs": short_epochs, "short_train_images": len(train),
+               "short_val_images": len(val),
                "long_epochs": args.long_epochs, "long_train_images": len(long_train), "long_training_override": override,
                **summarize(pairs), "trained": trained, "wall_s": round(time.time() - t_start, 1), "results": str(results)}
     if len(pairs) < args.archs:

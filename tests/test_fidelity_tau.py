@@ -54,6 +54,12 @@ def test_tiny_run_reports_kendall_tau_of_its_results_and_resumes(bench, tmp_path
     assert [json.loads(line) for line in results.read_text().splitlines()][:6] == lines
     assert "kendall_tau" in capsys.readouterr().out
 
+    # Another short fidelity (fewer images) is measured against the same long runs: none retrains.
+    bench.calls.clear()
+    other = bench.main([*base, "--archs", "3", "--short-subset", "300"])
+    assert other["trained"] == 3 and other["n"] == 3 and other["short_train_images"] == 300
+    assert [c[2] for c in bench.calls] == [300, 300, 300]
+
 
 def test_a_results_file_from_another_sequence_is_refused(bench, tmp_path):
     results = tmp_path / "tau.jsonl"
