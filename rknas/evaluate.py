@@ -192,7 +192,8 @@ def select_finalists(
         max_flops: Only trials with at most this many FLOPs.
 
     Returns:
-        Completed trials, most accurate first.
+        Completed trials of distinct networks, most accurate first: a trial whose network a
+        more accurate trial has is left out (with one recipe, its runs would be the same runs).
 
     Raises:
         RknasError: Both ``top`` and ``pareto``, ``top`` < 1, or no completed trial (within
@@ -214,11 +215,23 @@ def select_finalists(
     if not complete:
         limits = [f"{v:,.0f} {what}" for v, what in ((max_params, "params"), (max_flops, "FLOPs")) if v is not None]
         raise RknasError(f"no completed trial of study {study.study_name!r} has at most {' and '.join(limits)}")
-    by_accuracy = sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number))
+    by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number)))
     if pareto or (top is None and len(study.directions) > 1):
         front = {t.number for t in study.best_trials} if max_params is None and max_flops is None else _front(study, complete)
         return [t for t in by_accuracy if t.number in front]
     return by_accuracy[: top or 3]
+
+
+def _distinct_networks(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The first trial of each network: with one recipe, a second trial of it would repeat its runs."""
+    seen: set[str] = set()
+    kept = []
+    for t in trials:
+        key = json.dumps(TrialRecord.of(t).network, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(t)
+    return kept
 
 
 def _safe(name: str) -> str:

@@ -210,6 +210,18 @@ def test_finalists_top_k_pareto_and_defaults(tmp_path):
         ev.select_finalists(single, max_params=1)
 
 
+def test_finalists_are_distinct_networks(tmp_path):
+    """A second trial of the best network (other lr) would repeat its runs under the one recipe."""
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    best = study.trials[1]
+    runner_up = sorted(t.value for t in study.trials)[-2]
+    study.add_trial(optuna.trial.create_trial(
+        params=best.params, distributions=best.distributions, values=[(best.value + runner_up) / 2],
+        user_attrs=best.user_attrs))
+    assert [t.number for t in ev.select_finalists(study, top=2)] == [1, 0]
+    assert [t.number for t in ev.select_finalists(study, top=5)] == [1, 0, 2]
+
+
 @pytest.mark.parametrize("extra,why", [
     (["--include", "rkcnn_e_2_mnist_k33"], "close matches: rkcnn_e_2_mnist_k32"),
     (["--include", "rkcnn_e_2_mnist_k32"], "expects 1x28x28 inputs, data set 'digits' has 1x8x8"),
