@@ -176,6 +176,10 @@ def search(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Trials at once (default: what the resources allow)."),
     seed: int = typer.Option(0, "--seed"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the space's epochs per trial."),
+    max_params: Optional[float] = typer.Option(
+        None, "--max-params", help="Size limit (overrides the space's constraints): larger networks are pruned before training."
+    ),
+    max_flops: Optional[float] = typer.Option(None, "--max-flops", help="FLOPs limit (overrides the space's constraints)."),
     timeout: Optional[float] = typer.Option(
         None,
         "--timeout",
@@ -193,7 +197,7 @@ def search(
     allow_changes: bool = typer.Option(
         False,
         "--allow-changes",
-        help="Continue a study although the space, --epochs, --seed or --no-early-stopping differ "
+        help="Continue a study although the space, --epochs, --max-params/--max-flops, --seed or --no-early-stopping differ "
         "from the ones it was started with (refused otherwise); the change is recorded as a new space revision.",
     ),
     heartbeat_interval: int = typer.Option(
@@ -224,6 +228,8 @@ def search(
         concurrency=concurrency,
         seed=seed,
         epochs=epochs,
+        max_params=max_params,
+        max_flops=max_flops,
         timeout=timeout,
         data_root=data_root,
         early_stopping=False if no_early_stopping else None,

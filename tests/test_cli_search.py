@@ -36,6 +36,8 @@ def db(tmp_path):
         (["--space", "digits_quick", "--epochs", "0"], "--epochs must be at least 1"),
         (["--space", "digits_quick", "--concurrency", "0"], "--concurrency must be at least 1"),
         (["--space", "digits_quick", "--timeout", "0"], "--timeout must be positive"),
+        (["--space", "digits_quick", "--max-params", "0"], "--max-params must be positive, got 0"),
+        (["--space", "digits_quick", "--max-flops", "-5"], "--max-flops must be positive, got -5"),
         (["--space", "digits_quick", "--heartbeat-interval", "0"], "--heartbeat-interval must be at least 1"),
         (["--space", "digits_quick", "--stale-after", "10"], "--stale-after (10) must be longer than --heartbeat-interval (10)"),
         (["--space", "cifar10_default"], "CIFAR-10 needs a root folder"),
@@ -129,3 +131,21 @@ def test_train_bad_input(cli, tmp_path):
     cfg.write_text(yaml.safe_dump({"network": {"k": 8}}))
     code, _, err = cli("train", "--config", cfg)
     one_line_error(code, err, "missing section 'training'")
+
+
+
+def test_size_limits_on_the_command_line_override_the_space(cli, tmp_path, monkeypatch):
+    import rknas.cli
+    from rknas.search import runner
+
+    seen = {}
+
+    def prepare_only(opts):
+        space, *_ = runner.prepare(opts)
+        seen["constraints"] = space.constraints.model_dump()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rknas.cli, "run_search", prepare_only)
+    cli("search", "--space", "digits_quick", "--storage", f"sqlite:///{tmp_path}/s.db", "--max-params", "78410",
+        "--max-flops", "1e7")
+    assert seen["constraints"] == {"max_params": 78410, "max_flops": 1e7}

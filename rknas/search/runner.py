@@ -75,6 +75,9 @@ class SearchOptions:
         concurrency: Trials at once (default: what the resources allow).
         seed: Base seed: trial N trains with ``seed + N``; the sampler is seeded from it.
         epochs: Override the space's epochs per trial.
+        max_params: Override the space's size limit (``constraints.max_params``): larger
+            samples are PRUNED before training.
+        max_flops: Override the space's ``constraints.max_flops`` likewise.
         timeout: Seconds (from the start of the run) after which no new trial starts; the
             running ones finish and are recorded, and the run ends normally
             (``SearchResult.timed_out``). The same command again continues the study.
@@ -101,6 +104,8 @@ class SearchOptions:
     concurrency: Optional[int] = None
     seed: int = 0
     epochs: Optional[int] = None
+    max_params: Optional[float] = None
+    max_flops: Optional[float] = None
     timeout: Optional[float] = None
     data_root: Optional[str] = None
     early_stopping: Optional[bool] = None
@@ -171,6 +176,9 @@ def check_options(opts: SearchOptions) -> None:
         raise ConfigError(f"--concurrency must be at least 1, got {opts.concurrency}")
     if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {opts.epochs}")
+    for flag, limit in (("--max-params", opts.max_params), ("--max-flops", opts.max_flops)):
+        if limit is not None and not limit > 0:
+            raise ConfigError(f"{flag} must be positive, got {limit:g}")
     if opts.timeout is not None and not opts.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {opts.timeout:g}")
     if opts.heartbeat_interval < 1:
@@ -198,6 +206,10 @@ def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages
         space.fidelity.min_epochs = min(space.fidelity.min_epochs, opts.epochs)
     if opts.early_stopping is not None:
         space.fidelity.early_stopping = opts.early_stopping
+    if opts.max_params is not None:
+        space.constraints.max_params = opts.max_params
+    if opts.max_flops is not None:
+        space.constraints.max_flops = opts.max_flops
     study_name = opts.study or space.name
     url = storage_url(opts.storage)
     storage = open_storage(url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.stale_after)
