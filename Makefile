@@ -1,18 +1,45 @@
 # Two entry points that do all set-up on a fresh machine:
 #   make search   -- a real architecture search on the embedded digits data set (offline)
 #   make test     -- the whole test suite (what CI runs)
+# and the upkeep of what they install:
+#   make test-latest  -- the suite in .venv-latest, with the newest releases pyproject.toml allows
+#   make lock         -- test-latest, then requirements/lock.txt from .venv-latest (only if it passed)
 PYTHON ?= python3
 VENV ?= .venv
+LATEST ?= .venv-latest
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rknas-installed
+LOCK := requirements/lock.txt
+EXTRAS := test,plot,export,postgres
+PACKAGES := -e '.[$(EXTRAS)]' $(addprefix -e ./,$(wildcard plugins/*/))
 
-.PHONY: search test lint venv plugins clean postgres-server
+.PHONY: search test test-fast test-latest lock lint venv plugins clean postgres-server
 
-$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) | postgres-server
+# The lock pins every package to the versions the suite passed with; on another Python or
+# platform than the lock's, pip takes pyproject.toml's ranges instead (and says so).
+$(STAMP): pyproject.toml $(LOCK) $(wildcard plugins/*/pyproject.toml) | postgres-server
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,plot,export,postgres]' $(addprefix -e ./,$(wildcard plugins/*/))
+	if $(PYTHON) requirements/lock.py usable $(LOCK); then pins="-c $(LOCK)"; else pins=""; fi; \
+	$(BIN)/python -m pip install -q --upgrade pip $$pins && \
+	$(BIN)/python -m pip install -q $$pins $(PACKAGES)
+	$(BIN)/python requirements/lock.py diff $(LOCK)
 	touch $(STAMP)
+
+# A separate environment with the newest releases the ranges allow: an upstream release that
+# breaks rknas shows here the day this runs, not in a user's fresh clone.
+test-latest: | postgres-server
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager $(PACKAGES)
+	@echo "newest releases within pyproject.toml's ranges, against $(LOCK):"
+	$(LATEST)/bin/python requirements/lock.py diff $(LOCK)
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q
+
+lock: test-latest
+	$(LATEST)/bin/python requirements/lock.py write $(LOCK)
 
 # Debian's PostgreSQL server: the tests start a private one (initdb/pg_ctl in a temp folder).
 # A quick check when it is there; apt-get (root, as in CI) when it is not.
@@ -33,9 +60,14 @@ search: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# The edit loop: no Ray, no PostgreSQL, no long training (tests marked slow, and every test that
+# uses a shared service, are left out; CI runs everything).
+test-fast: $(STAMP)
+	RKNAS_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) studies/*.db
+	rm -rf $(VENV) $(LATEST) studies/*.db

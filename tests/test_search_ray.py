@@ -269,3 +269,69 @@ def test_a_worker_that_dies_is_a_fail_and_the_search_goes_on(ray_local, tmp_path
     assert res.finished == 2 and not res.interrupted
     assert t[0].state == TrialState.FAIL and t[0].user_attrs["fail_reason"].startswith("the trial's worker crashed")
     assert t[1].state == TrialState.COMPLETE
+
+
+MO_SPACE = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"], "k": [8, 16]},
+            "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
+            "constraints": {}, "fidelity": {"epochs": 1, "early_stopping": False}}
+
+
+def test_multi_objective_search_from_the_command_line(tmp_path):
+    """`rknas search` in its own process on a two-objective space: NSGA-II's sampler is live state
+    Tune cannot pickle (Optuna 5.1 gave it a lock); the search must not need it to."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "mo.yaml"
+    path.write_text(yaml.safe_dump(MO_SPACE))
+    url = f"sqlite:///{tmp_path}/mo.db"
+    cmd = [sys.executable, "-m", "rknas.cli", "search", "--space", str(path), "--study", "mo", "--trials", "2",
+           "--storage", url, "--concurrency", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="mo", storage=url)
+    assert len(study.directions) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.values) == 2 for t in study.trials)
+
+
+class _LockedSampler(optuna.samplers.TPESampler):
+    """A sampler that cannot be pickled, as any plugin's or a future Optuna's might."""
+
+    def __init__(self, **kwargs):
+        import threading
+
+        super().__init__(**kwargs)
+        self.lock = threading.Lock()
+        self.asked = 0
+
+    def sample_relative(self, study, trial, search_space):
+        with self.lock:
+            self.asked += 1
+        return super().sample_relative(study, trial, search_space)
+
+
+def test_a_sampler_that_cannot_be_pickled_still_searches(ray_local, tmp_path, monkeypatch):
+    import pickle
+
+    from rknas.search import runner
+
+    samplers = []
+
+    def locked(space, seed):
+        samplers.append(_LockedSampler(seed=seed, n_startup_trials=1))
+        return samplers[-1]
+
+    with pytest.raises(TypeError):
+        pickle.dumps(_LockedSampler())
+    monkeypatch.setattr(runner, "_sampler", locked)
+    space = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"]}, "constraints": {},
+             "fidelity": {"epochs": 1, "early_stopping": False}}
+    path = tmp_path / "locked.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/l.db"
+    res = run_search(SearchOptions(space=str(path), study="locked", trials=2, storage=url, concurrency=1))
+    assert res.finished == 2 and not res.interrupted
+    assert samplers and samplers[-1].asked >= 2  # the live sampler proposed the trials
+    study = optuna.load_study(study_name="locked", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2

@@ -1,0 +1,52 @@
+"""The Tune adapter's pickling contract: Tune may pickle it, live objects stay behind."""
+
+import pickle
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rknas.search.searcher import Driver
+from rknas.search.space import parse_space
+from rknas.storage import Heartbeats, open_storage
+
+pytestmark = pytest.mark.slow  # imports Ray (inside the test: the fast loop collects this file without it)
+
+SPACE = {"name": "t", "data": {"name": "digits"}, "architecture": {"periods": 1, "strategy": ["E"], "stages": 1, "k": [8, 16]},
+         "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
+         "fidelity": {"epochs": 1, "early_stopping": False}}
+
+
+class LockedSampler(optuna.samplers.RandomSampler):
+    def __init__(self, seed=None):
+        super().__init__(seed=seed)
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("sampler", [optuna.samplers.NSGAIISampler, LockedSampler], ids=["nsga2", "locked"])
+def test_a_searcher_pickles_without_its_live_objects_and_comes_back_by_attach(tmp_path, sampler):
+    from rknas.search.tune_adapter import DetachedSearcherError, StudySearch, TrialEvents
+
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db")
+    space = parse_space(SPACE, "t")
+    beats = Heartbeats(storage, interval=3600)
+    events = []
+    search = StudySearch(space=space.sample, metric=space.metrics, mode=["max", "min"], sampler=sampler(seed=1),
+                         study_name="s", storage=storage, rk_space=space, rk_versions={},
+                         rk_events=lambda k, d: events.append(k), rk_driver=Driver("me", target=5, heartbeats=beats))
+    try:
+        assert search.suggest("tune-1") is not None
+        blob = pickle.dumps(search)  # what Tune does when a Tuner is built
+        pickle.dumps(TrialEvents(lambda k, d: None, search))  # the callback in the run config too
+        copy = pickle.loads(blob)
+        with pytest.raises(DetachedSearcherError, match="attach"):
+            copy.suggest("tune-2")
+        assert search.suggest("tune-2") is not None  # the original is untouched
+        study = optuna.load_study(study_name="s", storage=storage)
+        copy.attach(study, driver=Driver("other", target=5, heartbeats=beats))
+        config = copy.suggest("tune-3")
+        assert config is not None and set(config) >= {"p1_k"}
+        assert len(study.trials) == 3 and study.trials[2].state == TrialState.RUNNING
+    finally:
+        beats.stop()
