@@ -32,7 +32,7 @@ from rknas.registry import list_strategies
 from rknas.report import plot_study
 from rknas.search.runner import SearchOptions, run_search
 from rknas.search.space import space_files
-from rknas.storage import StudyRecord, choose, export_config, load_study, open_storage, storage_url, study_names, summarize
+from rknas.storage import StudyRecord, choose, export_config, open_storage, open_study, storage_url, study_names, summarize
 from rknas.train import train_from_config
 
 app = typer.Typer(
@@ -292,7 +292,7 @@ def best(
     if by == "evaluation" and trial is not None:
         raise RknasError("--trial and --by evaluation exclude each other")
     url = storage_url(storage)
-    st = load_study(open_storage(url, create=False), study)
+    st = open_study(study, url)
     if len(st.directions) > 1 and by == "trial":
         err_console.print(display.pareto_table(st))
     evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops) if by == "evaluation" else None
@@ -456,7 +456,7 @@ def rerun(
     """Retrain a trial from its stored configs and seed; compare validation accuracy per epoch (exit 1 if it differs)."""
     from rknas.search.rerun import rerun_trial
 
-    st = load_study(open_storage(storage_url(storage), create=False), study)
+    st = open_study(study, storage)
     result = rerun_trial(st, trial, device=device, data_root=data_root)
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -489,7 +489,7 @@ def report(
     output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    st = load_study(open_storage(storage_url(storage), create=False), study)
+    st = open_study(study, storage)
     console.print(f"Wrote {plot_study(st, output)}")
     evaluation = StudyRecord.of(st).evaluation
     if evaluation:

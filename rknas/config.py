@@ -1,4 +1,9 @@
-"""Config files: what `rknas best` writes and `rknas train` / `rknas describe` read."""
+"""Reading config files (what `rknas best` writes, `rknas train` / `rknas describe` read): one-line errors.
+
+The config classes live beside what they configure: ``NetworkConfig`` in
+``rknas.models.network``, ``TrainConfig`` in ``rknas.train``, ``SearchSpace`` in
+``rknas.search.space``.
+"""
 
 from __future__ import annotations
 

@@ -26,13 +26,12 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -40,15 +39,15 @@ from rknas._version import __version__
 from rknas.config import load_network_section
 from rknas.data.core import DataSpec, TensorData, load_dataset
 from rknas.errors import ConfigError, RknasError
-from rknas.models.counting import count_flops, count_params
+from rknas.models.counting import SizeLimit, count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network, format_validation_error, parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.report import plot_evaluation
-from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, load_study, open_storage, storage_url
+from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import TrainConfig, fit, resolve_channels_last
 from rknas.train import evaluate as evaluate_model
+from rknas.util import EventSink, default_device, differences, write_json_atomic
 
-EventSink = Callable[[str, dict], None]
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
     "with the evaluation's epochs and seed, on the data set's whole training split"
@@ -207,17 +206,13 @@ def select_finalists(
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial to evaluate")
 
-    def fits(t: FrozenTrial) -> bool:
-        r = TrialRecord.of(t)
-        return (max_params is None or (r.params or 0) <= max_params) and (max_flops is None or (r.flops or 0) <= max_flops)
-
-    complete = [t for t in complete if fits(t)]
+    limit = SizeLimit(max_params=max_params, max_flops=max_flops)
+    complete = [t for t in complete if limit.admits(TrialRecord.of(t).params, TrialRecord.of(t).flops)]
     if not complete:
-        limits = [f"{v:,.0f} {what}" for v, what in ((max_params, "params"), (max_flops, "FLOPs")) if v is not None]
-        raise RknasError(f"no completed trial of study {study.study_name!r} has at most {' and '.join(limits)}")
+        raise RknasError(f"no completed trial of study {study.study_name!r} has at most {limit}")
     by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number)))
     if pareto or (top is None and len(study.directions) > 1):
-        front = {t.number for t in study.best_trials} if max_params is None and max_flops is None else _front(study, complete)
+        front = {t.number for t in study.best_trials} if limit.unlimited else _front(study, complete)
         return [t for t in by_accuracy if t.number in front]
     return by_accuracy[: top or 3]
 
@@ -295,31 +290,12 @@ def _spec(network: NetworkConfig, training: TrainConfig, data: dict[str, Any]) -
     return {"network": network.model_dump(mode="json"), "training": training.model_dump(mode="json"), "data": data}
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key} {a!r} -> {b!r}")
-    return diffs
-
-
 def _read_json(path: Path) -> Optional[dict]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _front(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
@@ -388,7 +364,7 @@ def evaluate(
     if epochs < 1:
         raise RknasError(f"--epochs must be at least 1, got {epochs}")
     url = storage_url(storage)
-    st = load_study(open_storage(url, create=False), study)
+    st = open_study(study, url)
     finalists = select_finalists(st, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops)
     recipe_from = best_trial(st)
     assert recipe_from is not None  # select_finalists raised otherwise
@@ -436,7 +412,7 @@ def evaluate(
                 old = _read_json(run_dir / name)
                 old_spec = (old or {}).get("spec") if name == "metrics.json" else old
                 if old_spec is not None and old_spec != spec:
-                    diffs = "; ".join(_differences(old_spec, spec)[:3])
+                    diffs = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(differences(old_spec, spec).items())[:3])
                     raise RknasError(f"{run_dir} holds a run with other settings ({diffs}); "
                                      "pass another --out, or delete that folder to redo it")
             plan.append((e, s, cfg, run_dir, spec))
@@ -449,7 +425,7 @@ def evaluate(
             params=count_params(model), flops=count_flops(model, e.network), seeds=seed_list, trial=e.trial,
             ref=e.ref, search_val_accuracy=e.search_val_accuracy,
         )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device or default_device()
     finished = [_read_json(run_dir / "metrics.json") for _, _, _, run_dir, _ in plan]
     emit("start", {"study": study, "runs": len(plan), "done": sum(m is not None for m in finished), "models": len(entries),
                    "seeds": seed_list, "epochs": epochs, "out": str(out), "recipe_trial": recipe_from.number, "device": dev})
@@ -524,12 +500,11 @@ def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_
     if not ev:
         name = study.study_name
         raise RknasError(f"study {name!r} has no evaluation yet; run `rknas evaluate --study {name} ...` first")
-    pool = [m for m in ev.get("models", []) if m.get("trial") is not None
-            and (max_params is None or m["params"] <= max_params) and (max_flops is None or m["flops"] <= max_flops)]
+    limit = SizeLimit(max_params=max_params, max_flops=max_flops)
+    pool = [m for m in ev.get("models", []) if m.get("trial") is not None and limit.admits(m["params"], m["flops"])]
     if not pool:
         raise RknasError(f"no evaluated trial of study {study.study_name!r} fits the limits")
     return max(pool, key=lambda m: (m["mean"], -m["std"], -m["trial"]))
 
 
-__all__ = ["Evaluation", "ModelResult", "best_evaluated", "evaluate", "resolve_include", "select_finalists",
-           "write_json_atomic"]
+__all__ = ["Evaluation", "ModelResult", "best_evaluated", "evaluate", "resolve_include", "select_finalists"]

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import pickle
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Optional, cast
+from typing import Any, Literal, Optional, cast
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, NetworkConfig, build_network, format_validation_error, parse_network_config
+from rknas.util import atomic_write, default_device
 
 
 class TrainConfig(BaseModel):
@@ -231,10 +231,8 @@ def _check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> N
         )
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _atomic_save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def fit(
@@ -397,7 +395,7 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device or default_device()
     t0 = time.perf_counter()
     model, history, (mean, std) = fit(
         network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume

@@ -20,6 +20,32 @@ os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
 os.environ.setdefault("RKNAS_TEST_GATE", os.path.join(tempfile.gettempdir(), f"rknas-test-gate-{os.getpid()}"))
 
 
+# The fast loop (`make test-fast`, `pytest -m "not slow"`) leaves out every test that needs a
+# shared service, whether or not its author remembered the marker.
+SERVICES = ("ray_local", "postgres_server")
+
+
+FAST = os.environ.get("RKNAS_TEST_FAST") == "1"  # set by `make test-fast`: Ray must not be imported
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(f in item.fixturenames for f in SERVICES) or params.get("any_storage") == "postgresql":
+            item.add_marker(pytest.mark.slow)
+    if FAST and "ray" in sys.modules:
+        raise pytest.UsageError("a test module imports Ray at collection: import it inside the (slow) tests that need it")
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_the_fast_loop(request):
+    """In the fast loop, a test that imports Ray fails and says to mark it slow."""
+    had = "ray" in sys.modules
+    yield
+    if FAST and not had and "ray" in sys.modules:
+        pytest.fail("this test imported Ray: mark it @pytest.mark.slow (the fast loop runs without Ray)")
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the rknas CLI in-process: returns (exit code, stdout, stderr)."""

@@ -59,6 +59,7 @@ def test_describe_missing_config_file(cli, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "rknas.cli", "describe", "--k", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")

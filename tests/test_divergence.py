@@ -3,6 +3,7 @@
 import math
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from rknas.search.objective import run_trial
@@ -72,6 +73,7 @@ def diverging_proposals(seed, old_behaviour, trials=60):
     return hits
 
 
+@pytest.mark.slow
 def test_diverged_trials_steer_the_sampler_away_and_failed_ones_do_not():
     pruned = sum(diverging_proposals(seed, old_behaviour=False) for seed in range(4))
     failed = sum(diverging_proposals(seed, old_behaviour=True) for seed in range(4))

@@ -85,6 +85,7 @@ def count_fits(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_evaluate_writes_json_plot_runs_and_the_study_summary_and_a_rerun_skips(cli, study_url, mini_config, tmp_path,
                                                                                  count_fits):
     out = tmp_path / "eval"
@@ -146,6 +147,7 @@ def test_evaluate_writes_json_plot_runs_and_the_study_summary_and_a_rerun_skips(
     assert count_fits == []
 
 
+@pytest.mark.slow
 def test_best_by_evaluation_exports_the_finalist_with_the_best_mean(cli, study_url, tmp_path):
     study = optuna.load_study(study_name="tiny", storage=study_url)
     summary = {"epochs": 5, "seeds": [0, 1], "recipe_trial": 1, "models": [

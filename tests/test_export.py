@@ -50,6 +50,7 @@ def test_load_model_predicts_what_evaluation_measured(run):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_exported_files_run_and_match_pytorch(run, tmp_path, cli, fmt):
     out = tmp_path / "sub" / f"model.{fmt}"

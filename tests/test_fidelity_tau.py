@@ -26,6 +26,7 @@ def bench(monkeypatch):
     return module
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_kendall_tau_of_its_results_and_resumes(bench, tmp_path, capsys):
     results = tmp_path / "tau.jsonl"
     base = ["--space", "digits_quick", "--short-epochs", "1", "--long-epochs", "1", "--long-subset", "400",

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from rknas.search import searcher as searcher_module
-from rknas.search.searcher import Driver, searcher_class
+from rknas.search.searcher import Driver
 from rknas.search.space import parse_space
 from rknas.storage import Heartbeats, TrialRecord, interrupt_trials, open_storage, recover_stale
 
@@ -131,14 +131,17 @@ SPACE = {"name": "t", "data": {"name": "digits"}, "architecture": {"periods": 1,
          "fidelity": {"epochs": 3, "min_epochs": 1}}
 
 
+@pytest.mark.slow  # imports Ray (the adapter)
 def test_telling_a_trial_another_driver_recovered_is_logged_not_raised(any_storage):
+    from rknas.search.tune_adapter import StudySearch
+
     """The crash seen with two drivers: UpdateFinishedTrialError when telling a recovered trial."""
     storage = open_storage(any_storage, heartbeat_interval=1, grace_period=60)
     space = parse_space(SPACE, "t")
     events = []
     beats = Heartbeats(storage, interval=3600)
     driver = Driver("me", target=5, heartbeats=beats)
-    search = searcher_class()(
+    search = StudySearch(
         space=space.sample, metric="val_accuracy", mode="max", study_name="s", storage=storage,
         rk_space=space, rk_versions={}, rk_events=lambda k, d: events.append((k, d)), rk_driver=driver,
     )
@@ -159,11 +162,14 @@ def test_telling_a_trial_another_driver_recovered_is_logged_not_raised(any_stora
     assert t.values is None and beats.trial_ids == set() and search.unfinished() == []
 
 
+@pytest.mark.slow  # imports Ray (the adapter)
 def test_a_driver_with_nothing_to_do_finishes_the_round(any_storage):
+    from rknas.search.tune_adapter import StudySearch
+
     storage = open_storage(any_storage, heartbeat_interval=1, grace_period=60)
     space = parse_space(SPACE, "t")
     beats = Heartbeats(storage, interval=3600)
-    search = searcher_class()(space=space.sample, metric="val_accuracy", mode="max", study_name="s", storage=storage,
+    search = StudySearch(space=space.sample, metric="val_accuracy", mode="max", study_name="s", storage=storage,
                               rk_space=space, rk_versions={}, rk_driver=Driver("me", target=1, heartbeats=beats))
     study = optuna.load_study(study_name="s", storage=storage)
     study.tell(study.ask(), 0.5)

@@ -158,6 +158,7 @@ def _held_after_forward(module, x):
     return sum(storages.values()) / (x.numel() * x.element_size())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selective", [True, False])
 def test_memory_grows_linearly_not_quadratically_in_the_stages(selective, monkeypatch):
     if not selective:  # torch without selective checkpointing: the region stops before conv3x3

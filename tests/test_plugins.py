@@ -217,3 +217,27 @@ def test_networks_build_inside_no_grad_and_inference_mode():
     with torch.inference_mode():
         build_network({"strategy": "R", "stages": 2, "k": 4, "image_size": 8})
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_importing_the_hook_markers_imports_neither_torch_nor_ray():
+    """The first line of every plugin must stay cheap: the package root is lazy (PEP 562)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import rknas; from rknas.hookspecs import hookimpl, hookspec; "
+            "from rknas import ConfigError, __version__; "
+            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'torchvision') if m in sys.modules)); "
+            "rknas.build_network; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]", out
+    assert out[1] == "True"  # and the lazy names still resolve
+
+
+def test_the_package_root_lists_and_resolves_its_whole_api():
+    for name in rknas.__all__:
+        assert getattr(rknas, name) is not None, name
+    assert set(rknas.__all__) <= set(dir(rknas))
+    assert set(rknas._LAZY) <= set(rknas.__all__)  # every lazy name is public
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        rknas.nope  # noqa: B018

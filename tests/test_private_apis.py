@@ -22,6 +22,7 @@ def where(user: str) -> str:
 
 
 # ---- Ray -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ray_loopback_switch():
     import ray._private.ray_constants as ray_constants
 
@@ -32,6 +33,7 @@ def test_ray_loopback_switch():
     assert set(LOOPBACK_ENV) == {getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", None)}, msg
 
 
+@pytest.mark.slow
 def test_ray_reads_the_gcs_wait_variable_when_joining():
     import ray._private.node as node
 
@@ -87,6 +89,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_ray_finds_the_token_where_rknas_looks_and_token_mode_switches_after_import(tmp_path):
     (tmp_path / "home").mkdir()
     (tmp_path / "other").mkdir()
@@ -101,6 +104,7 @@ def test_ray_finds_the_token_where_rknas_looks_and_token_mode_switches_after_imp
     assert got["use_token_auth"] == [True, True], msg
 
 
+@pytest.mark.slow
 def test_optuna_search_internals():
     from ray.tune.search.optuna import OptunaSearch
 
@@ -120,6 +124,7 @@ def test_optuna_search_internals():
     assert isinstance(OptunaSearch.FINISHED, str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,sign", [("max", 1.0), ("min", -1.0)])
 def test_asha_rungs(mode, sign):
     from ray.tune.schedulers import AsyncHyperBandScheduler

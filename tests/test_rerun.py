@@ -74,6 +74,7 @@ def handmade(tmp_path_factory):
     return url
 
 
+@pytest.mark.slow
 def test_a_complete_trial_is_reproduced_exactly(handmade):
     study = optuna.load_study(study_name="hand", storage=handmade)
     seen = []

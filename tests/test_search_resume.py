@@ -111,6 +111,7 @@ def curve_trial(curve, revision=0, interrupted=False, state=TrialState.PRUNED):
     return optuna.trial.create_trial(state=state, value=values, params={}, distributions={}, user_attrs=attrs)
 
 
+@pytest.mark.slow  # Ray's ASHA scheduler
 def test_seed_rungs_fills_ashas_rung_records_so_a_weak_new_trial_is_stopped():
     """Pins Ray's private ASHA layout that seed_rungs writes to: ``_brackets[i]._rungs``."""
     space = parse_space({**SPACE, "fidelity": {"epochs": 4, "min_epochs": 1, "reduction_factor": 2}}, "s")

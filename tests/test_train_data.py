@@ -149,6 +149,7 @@ def _config(tmp_path, epochs=2):
     return p
 
 
+@pytest.mark.slow
 def test_train_resume_after_interruption_gives_the_same_model(tmp_path):
     path = _config(tmp_path, epochs=2)
     full = train_from_config(path, out=tmp_path / "full")

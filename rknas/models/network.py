@@ -1,7 +1,8 @@
 """The RKCNN network: preprocessor, periods of stage blocks, transitions, postprocessor.
 
-Structure and initialisation follow ``shared/design/rkcnn-architecture.md`` exactly, so that
-the parameter and FLOP counts of the paper's tables come out exactly.
+Structure and initialisation follow the paper's networks exactly: ``tests/test_counts.py``
+builds every network of the paper's tables and checks its parameter and FLOP counts against
+the printed figures, so a change here that breaks the reproduction fails there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
 from rknas.registry import get_strategy
 from rknas.strategies.base import StageStrategy
 
-FRAMEWORKS = ("cifar", "mnist")
+Framework = Literal["cifar", "mnist"]  # the paper's two pre/postprocessor layouts (Tables 1 and 2)
 DEFAULTS = {
     # framework: (in_channels, image_size, attention, multiscale)
     "cifar": (3, 32, True, True),
@@ -45,7 +46,7 @@ class NetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    framework: Literal["cifar", "mnist"] = "cifar"
+    framework: Framework = "cifar"
     strategy: list[str] = Field(default_factory=lambda: ["I"])
     stages: list[int] = Field(default_factory=lambda: [2])
     k: list[int] = Field(default_factory=lambda: [32])

@@ -21,6 +21,7 @@ from rknas.models.counting import count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network
 from rknas.search.space import SearchSpace
 from rknas.train import TrainConfig, fit, seed_everything
+from rknas.util import default_device
 
 
 class EpochResult(TypedDict, total=False):
@@ -55,12 +56,7 @@ class StopTrial(Exception):
 
 def constraint_violation(space: SearchSpace, params: int, flops: int) -> Optional[str]:
     """Why a network breaks the space's size constraints, or None."""
-    c = space.constraints
-    if c.max_params is not None and params > c.max_params:
-        return f"params {params:,} > max_params {int(c.max_params):,}"
-    if c.max_flops is not None and flops > c.max_flops:
-        return f"FLOPs {flops:,} > max_flops {int(c.max_flops):,}"
-    return None
+    return space.constraints.violation(params, flops)
 
 
 def run_trial(
@@ -198,4 +194,4 @@ def _reason(exc: BaseException) -> str:
 
 def pick_device(gpus: float) -> str:
     """CUDA when the trial holds a GPU share and one is visible, else the CPU."""
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    return default_device() if gpus > 0 else "cpu"

@@ -29,6 +29,7 @@ from rknas.search.objective import EpochResult, StopTrial, train_trial
 from rknas.search.runner import load_data
 from rknas.search.space import SearchSpace
 from rknas.storage.record import StudyRecord, TrialRecord
+from rknas.util import default_device
 
 
 @dataclass
@@ -155,7 +156,7 @@ def rerun_trial(
     notes: list[str] = []
     recorded_device = record.device or "cpu"
     if device is None:
-        device = recorded_device if recorded_device == "cpu" or torch.cuda.is_available() else "cpu"
+        device = recorded_device if default_device() == "cuda" else "cpu"
     if torch.device(device).type != recorded_device:
         notes.append(f"the trial trained on {recorded_device}, the rerun on {device}: exact agreement is not expected")
     threads = record.threads or torch.get_num_threads()

@@ -25,22 +25,14 @@ from rknas.errors import ConfigError
 from rknas.search.space import SearchSpace
 from rknas.storage.queries import finished_trials
 from rknas.storage.record import StudyRecord, TrialRecord
+from rknas.util import differences as nested_differences
+from rknas.util import flatten
 
 # Keys that do not change what a trial means: names, where the data lives on this machine
 # (drivers on several machines have different roots), what is read from the data, and the
 # warm start (the designs a new study runs first; a study being continued runs none).
 IGNORED = ("name", "description", "data.root", "classes", "in_channels", "image_size", "start_from")
 ALLOW_FLAG = "--allow-changes"
-_UNSET = "(unset)"
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
 
 
 def definition(space: dict[str, Any], seed: Optional[int]) -> dict[str, Any]:
@@ -53,7 +45,7 @@ def definition(space: dict[str, Any], seed: Optional[int]) -> dict[str, Any]:
     Returns:
         ``{"fidelity.epochs": 3, "architecture.k": [8, 16], ..., "seed": 0}``.
     """
-    flat = _flatten(json.loads(json.dumps(space)))
+    flat = flatten(json.loads(json.dumps(space)))
     flat = {k: v for k, v in flat.items() if not any(k == i or k.startswith(i + ".") for i in IGNORED)}
     if seed is not None:
         flat["seed"] = seed
@@ -96,8 +88,7 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tupl
     """
     if "seed" not in before:
         after = {k: v for k, v in after.items() if k != "seed"}
-    return {k: (before.get(k, _UNSET), after.get(k, _UNSET))
-            for k in sorted(set(before) | set(after)) if before.get(k, _UNSET) != after.get(k, _UNSET)}
+    return nested_differences(before, after)
 
 
 def _show(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 The Optuna study in storage is the single source of truth: ``--trials N`` means "until the
 study holds N finished trials", so re-running an interrupted command continues where it
-stopped. Ray start-up lives in ``ray_env``, the Tune <-> Optuna adapter in ``searcher``,
-one trial in ``objective``, safe resumption in ``resume``; this module only orchestrates them.
+stopped. Ray start-up lives in ``ray_env``, the Tune <-> Optuna adapter in ``tune_adapter``,
+trial states and the driver's share in ``searcher``, one trial in ``objective``, safe
+resumption in ``resume``; this module only orchestrates them.
 
 Any number of drivers (``rknas search`` processes, on one machine or several) may work on
 one study at once: each starts trials only while the study's finished and running trials
@@ -21,7 +22,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,7 +37,7 @@ from rknas.registry import list_strategies
 from rknas.search import ray_env
 from rknas.search.objective import pick_device, run_trial
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
-from rknas.search.searcher import Driver, searcher_class, tune_callback
+from rknas.search.searcher import Driver
 from rknas.search.space import SearchSpace, load_space
 from rknas.search.warmstart import enqueue_starts, start_params
 from rknas.storage import (
@@ -56,8 +57,7 @@ from rknas.storage import (
     summarize,
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
-
-EventSink = Callable[[str, dict], None]
+from rknas.util import EventSink
 
 
 @dataclass
@@ -386,6 +386,8 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from rknas.search.tune_adapter import StudySearch, TrialEvents
+
     # A new sampler seed on every round and resume, or the first proposals would repeat.
     sampler_seed = opts.seed + 7919 * len(study.trials)
     base_seed = opts.seed
@@ -397,7 +399,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
 
     multi = len(space.metrics) > 1
     modes = [("max" if d == "maximize" else "min") for d in space.directions]
-    searcher = searcher_class()(
+    searcher = StudySearch(
         space=define,
         metric=space.metrics if multi else space.metrics[0],
         mode=modes if multi else modes[0],
@@ -424,7 +426,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
             name=f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}",
             storage_path=os.path.join(tempfile.gettempdir(), f"rknas-tune-{os.getuid()}"),
             verbose=0,
-            callbacks=[tune_callback(events, searcher)],
+            callbacks=[TrialEvents(events, searcher)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )

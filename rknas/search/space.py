@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from rknas.config import read_yaml
 from rknas.data.core import DataSpec
 from rknas.errors import ConfigError
-from rknas.models.network import NetworkConfig, format_validation_error
+from rknas.models.counting import SizeLimit
+from rknas.models.network import Framework, NetworkConfig, format_validation_error
 from rknas.registry import search_space_sources, strategies
 from rknas.train import TrainConfig
 
@@ -134,12 +135,8 @@ class Objective(BaseModel):
     direction: Literal["maximize", "minimize"]
 
 
-class Constraints(BaseModel):
+class Constraints(SizeLimit):
     """Size limits; a trial over them is PRUNED before training and steers the sampler away."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_params: Optional[float] = None
-    max_flops: Optional[float] = None
 
 
 class SearchSpace(BaseModel):
@@ -155,7 +152,7 @@ class SearchSpace(BaseModel):
     name: str = ""
     description: str = ""
     data: DataSpec
-    framework: Literal["cifar", "mnist"] = "cifar"
+    framework: Framework = "cifar"
     classes: Optional[int] = None
     in_channels: Optional[int] = None
     image_size: Optional[int] = None

@@ -1,6 +1,15 @@
 """Study storage: where studies live, what each trial records, and the queries on them."""
 
-from rknas.storage.backend import DEFAULT_STORAGE, STORAGE_ENV, load_study, open_storage, safe_url, storage_url, study_names
+from rknas.storage.backend import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    load_study,
+    open_storage,
+    open_study,
+    safe_url,
+    storage_url,
+    study_names,
+)
 from rknas.storage.liveness import Heartbeats, driver_id, interrupt_trials, recover_stale
 from rknas.storage.queries import (
     FINISHED,
@@ -32,6 +41,7 @@ __all__ = [
     "interrupt_trials",
     "is_interrupted",
     "load_study",
+    "open_study",
     "open_storage",
     "recover_stale",
     "safe_url",

@@ -141,6 +141,22 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
+def open_study(name: str, url: Optional[str] = None) -> optuna.Study:
+    """Open an existing study for reading: what ``best``, ``report``, ``evaluate`` do with ``--storage``.
+
+    Args:
+        name: The study's name.
+        url: A SQLAlchemy URL (default: ``storage_url()``).
+
+    Returns:
+        The study.
+
+    Raises:
+        RknasError: The storage cannot be opened, or has no such study.
+    """
+    return load_study(open_storage(url, create=False), name)
+
+
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     """Load a study by name.
 

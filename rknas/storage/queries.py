@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rknas._version import __version__
 from rknas.errors import RknasError
+from rknas.models.counting import SizeLimit
 from rknas.models.network import NetworkConfig
 from rknas.storage.backend import safe_url
 from rknas.storage.record import StudyRecord, TrialRecord
@@ -152,10 +153,8 @@ def choose(
         r = TrialRecord.of(t)
         return r.params or 0, r.flops or 0
 
-    ok = [
-        t for t in pool
-        if (max_params is None or size(t)[0] <= max_params) and (max_flops is None or size(t)[1] <= max_flops)
-    ]
+    limit = SizeLimit(max_params=max_params, max_flops=max_flops)
+    ok = [t for t in pool if limit.admits(*size(t))]
     if not ok:
         params, flops = size(min(pool, key=lambda t: size(t)[0]))
         raise RknasError(

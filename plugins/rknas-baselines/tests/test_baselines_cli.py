@@ -31,6 +31,7 @@ def test_describe_reports_a_too_small_stage_count_in_one_line(capsys):
     assert code == 2 and "needs stages >= 2" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_entry_point_lists_every_strategy_with_package_and_version():
     try:
         dist = distribution("rknas-baselines")
