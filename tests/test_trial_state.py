@@ -5,7 +5,8 @@ import math
 import pytest
 from optuna.trial import TrialState
 
-from rknas.search.searcher import WORKER_CRASHED, trial_state
+from rknas.search.outcome import WORKER_CRASHED
+from rknas.search.searcher import trial_state
 from rknas.search.space import parse_space
 
 SINGLE = parse_space({"data": {"name": "digits"}, "fidelity": {"epochs": 3}}, "single")
@@ -49,3 +50,31 @@ def test_trial_state_table(name, space, result, error, state, values, attrs):
     assert got_state == state
     assert got_values == values
     assert got_attrs == attrs
+
+
+def test_every_measurement_a_trial_reports_is_a_field_of_its_record():
+    import dataclasses
+
+    from rknas.search.outcome import MEASUREMENTS
+    from rknas.storage import TrialRecord
+
+    fields = {f.name for f in dataclasses.fields(TrialRecord)}
+    assert set(MEASUREMENTS) <= fields, f"add {sorted(set(MEASUREMENTS) - fields)} to TrialRecord"
+    assert {"params", "flops", "gpu_memory_mib"} <= set(MEASUREMENTS)
+
+
+@pytest.mark.parametrize("outcome,state,attrs", [
+    ("Completed", TrialState.COMPLETE, {}),
+    ("Pruned", TrialState.PRUNED, {"pruned_at_epoch": 1}),
+    ("OverLimit", TrialState.PRUNED, {"constraint_violation": "r"}),
+    ("Diverged", TrialState.PRUNED, {"diverged": "r"}),
+    ("Failed", TrialState.FAIL, {"fail_reason": "r"}),
+    ("WorkerDied", TrialState.FAIL, {"fail_reason": "r"}),
+])
+def test_each_outcome_has_one_state(outcome, state, attrs):
+    from rknas.search import outcome as o
+
+    arg = {"Completed": [0.5], "Pruned": 1}.get(outcome, "r")
+    got = o.optuna_state(getattr(o, outcome)(arg))
+    assert got == (state, 0.5 if outcome == "Completed" else None, attrs)
+    assert set(o.Outcome.__args__) == {o.Completed, o.Pruned, o.OverLimit, o.Diverged, o.Failed, o.WorkerDied}

@@ -1,8 +1,8 @@
 """One trial: build the sampled network, check constraints, train it, report every epoch.
 
 Independent of Ray so it can be tested and called directly; the searcher's trainable wraps
-it. What it reports after each epoch (``EpochResult``) is the contract between a trial and
-``searcher.trial_state``, which decides the trial's final state from the last report.
+it. What it reports after each epoch (``outcome.EpochResult``) is the contract between a
+trial and ``outcome.outcome_of``, which reads how the trial ended from the last report.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from typing import Optional, TypedDict
+from typing import Optional
 
 import torch
 
@@ -19,35 +19,10 @@ from rknas.data.core import TensorData
 from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network
+from rknas.search.outcome import EpochResult
 from rknas.search.space import SearchSpace
 from rknas.train import TrainConfig, fit, seed_everything
 from rknas.util import default_device
-
-
-class EpochResult(TypedDict, total=False):
-    """What a trial reports: after each epoch, and once more when it ends early.
-
-    ``epoch`` 0 means nothing was trained. ``failed``/``error`` mark an error inside the
-    trial; ``constraint_violation`` a network over a size limit; ``diverged`` a loss that
-    became non-finite during epoch ``epoch`` (reported with ``val_accuracy`` 0.0, below any
-    trained network). ``device`` and ``threads`` say where it trained, which is what, with
-    its configs and seed, reproduces it.
-    """
-
-    epoch: int
-    val_accuracy: float
-    val_loss: float
-    train_loss: float
-    params: int
-    flops: int
-    wall_time: float
-    failed: int
-    error: str
-    constraint_violation: str
-    diverged: str
-    device: str
-    threads: int
-    gpu_memory_mib: float
 
 
 class StopTrial(Exception):

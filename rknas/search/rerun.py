@@ -25,7 +25,8 @@ from pydantic import ValidationError
 
 from rknas.errors import ConfigError, RknasError
 from rknas.models.network import format_validation_error
-from rknas.search.objective import EpochResult, StopTrial, train_trial
+from rknas.search.objective import StopTrial, train_trial
+from rknas.search.outcome import EpochResult, failure_reason
 from rknas.search.runner import load_data
 from rknas.search.space import SearchSpace
 from rknas.storage.record import StudyRecord, TrialRecord
@@ -179,8 +180,8 @@ def rerun_trial(
         except StopTrial:
             pass
     last = reports[-1] if reports else {}
-    if last.get("failed") or last.get("constraint_violation"):
-        why = last.get("error") or last.get("constraint_violation")
+    why = failure_reason(last)
+    if why is not None:
         raise RknasError(f"trial {number} of study {study.study_name!r} could not be retrained: {why}")
     reproduced = [float(r["val_accuracy"]) for r in reports if int(r.get("epoch", 0)) >= 1]
     return RerunResult(

@@ -8,22 +8,18 @@ search starts.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState
 
+from rknas.search.outcome import Values, optuna_state, outcome_of
 from rknas.search.space import SearchSpace
 from rknas.storage.liveness import Heartbeats, recover_stale
 from rknas.storage.queries import finished_trials
 from rknas.storage.record import TrialRecord
-
-WORKER_CRASHED = "the trial's worker crashed (see the Ray logs)"
-
-Values = Union[float, list[float], None]
 
 clock = time.monotonic  # the clock of --timeout (tests replace it)
 
@@ -124,7 +120,7 @@ def already_finished(study: optuna.Study, trial_id: int) -> Optional[optuna.tria
 
 
 def trial_state(result: Mapping[str, Any], error: bool, space: SearchSpace) -> tuple[TrialState, Values, dict[str, Any]]:
-    """Decide how a finished trial is recorded.
+    """Decide how a finished trial is recorded: ``optuna_state(outcome_of(...))`` for a space.
 
     Args:
         result: The trial's last reported ``EpochResult`` (empty if it reported nothing).
@@ -133,27 +129,9 @@ def trial_state(result: Mapping[str, Any], error: bool, space: SearchSpace) -> t
             which values to record.
 
     Returns:
-        ``(state, values, attrs)``: the Optuna state; the objective values for COMPLETE
-        (a float with one objective, a list with several), else None; and the
-        ``TrialRecord`` fields that say why (``fail_reason``, ``constraint_violation``,
-        ``diverged``, ``pruned_at_epoch``). A diverged trial is PRUNED, not FAIL: the
-        sampler ignores FAIL trials but learns from PRUNED ones (ranked by their last
-        intermediate value, here 0.0), so it stops proposing the region that diverges.
+        ``(state, values, attrs)`` (see ``rknas.search.outcome.optuna_state``).
     """
-    epochs = int(result.get("epoch", 0) or 0)
-    if error or result.get("failed"):
-        return TrialState.FAIL, None, {"fail_reason": result.get("error") or WORKER_CRASHED}
-    if result.get("diverged"):
-        return TrialState.PRUNED, None, {"diverged": result["diverged"]}
-    if result.get("constraint_violation"):
-        return TrialState.PRUNED, None, {"constraint_violation": result["constraint_violation"]}
-    if epochs < space.fidelity.epochs:
-        return TrialState.PRUNED, None, {"pruned_at_epoch": epochs}
-    values = [float(result[m]) for m in space.metrics]
-    bad = [m for m, v in zip(space.metrics, values) if not math.isfinite(v)]
-    if bad:
-        return TrialState.FAIL, None, {"fail_reason": f"non-finite {', '.join(bad)} after {epochs} epochs"}
-    return TrialState.COMPLETE, (values if len(values) > 1 else values[0]), {}
+    return optuna_state(outcome_of(result, error, space.metrics, space.fidelity.epochs))
 
 
 def unless_finished(write: Callable[..., Any], *args: Any) -> None:

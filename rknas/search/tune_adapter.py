@@ -25,13 +25,13 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from rknas.errors import ConfigError
-from rknas.search.searcher import WORKER_CRASHED, Driver, Values, already_finished, trial_state, unless_finished
+from rknas.search.outcome import MEASUREMENTS, WORKER_CRASHED, Values, ended_early
+from rknas.search.searcher import Driver, already_finished, trial_state, unless_finished
 from rknas.search.space import SearchSpace
 from rknas.storage.record import TrialRecord
 
 # What a StudySearch holds that lives in this process only: left out of its pickle.
 LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_rk_driver", "_rk_events", "_pending_errors")
-RESULT_KEYS = ("params", "flops", "wall_time", "val_loss", "train_loss", "device", "threads", "gpu_memory_mib")
 
 
 class DetachedSearcherError(RuntimeError):
@@ -118,7 +118,7 @@ class StudySearch(OptunaSearch):
         """See ``save``: resuming reloads the study instead."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("failed") or result.get("constraint_violation") or not result.get("epoch"):
+        if ended_early(result) or not result.get("epoch"):
             return
         self._rk_history[trial_id].append(result["val_accuracy"])
         if not isinstance(self.metric, list):
@@ -134,13 +134,13 @@ class StudySearch(OptunaSearch):
         history = self._rk_history.pop(trial_id, [])
         # Tune hands the last result only to on_trial_complete, not to on_trial_result.
         epoch = int(result.get("epoch", 0) or 0)
-        if epoch > len(history) and not result.get("failed") and not result.get("constraint_violation"):
+        if epoch > len(history) and not ended_early(result):
             history.append(result["val_accuracy"])
             if not isinstance(self.metric, list):
                 unless_finished(ot.report, result["val_accuracy"], epoch)
         params = self._rk_configs.pop(trial_id, None) or {**ot.params, **(result.get("config") or {})}
         record = TrialRecord(val_accuracy_per_epoch=history, seed=params.get("seed"))
-        for key in RESULT_KEYS:
+        for key in MEASUREMENTS:
             if key in result:
                 setattr(record, key, result[key])
         try:
