@@ -15,6 +15,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, cast
 
@@ -235,6 +236,116 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+@dataclass
+class Checkpoint:
+    """A run in progress: everything that continues it exactly, written after every epoch.
+
+    The file holds only tensors and plain values, so ``load`` reads it with
+    ``torch.load(..., weights_only=True)``: a file that holds anything else is refused before
+    anything in it runs.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    mean: torch.Tensor
+    std: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+
+    def save(self, path: Path, device: torch.device) -> None:
+        """Write the state after ``epoch`` (atomically).
+
+        Args:
+            path: The checkpoint file.
+            device: The run's device (its CUDA generator state is saved too).
+        """
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "history": self.history, "epoch": self.epoch, "mean": self.mean, "std": self.std}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        _atomic_save(state, Path(path))
+
+    def load(self, path: Path, device: torch.device) -> None:
+        """Continue from a checkpoint file: weights, optimizer, schedule, generators, history.
+
+        Args:
+            path: A file ``save`` wrote.
+            device: The run's device.
+
+        Raises:
+            ConfigError: The file is not such a checkpoint; nothing in it was run.
+        """
+        try:
+            # map to the CPU: generator states must be CPU tensors; load_state_dict moves the rest.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            self.history, self.epoch = state["history"], state["epoch"]
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError) as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            why = next((ln for ln in lines if "GLOBAL" in ln), lines[0])[:200]
+            raise ConfigError(
+                f"{path} is not a checkpoint of this run written by `rknas train` ({type(exc).__name__}: {why}); "
+                "nothing in it was run: remove it, or choose another --out"
+            ) from None
+
+
+@dataclass
+class _Step:
+    """What one epoch of training needs besides the run's state (``Checkpoint``)."""
+
+    cfg: TrainConfig
+    train: TensorData  # on the device
+    device: torch.device
+    precision: str
+    channels_last: bool
+    steps: int
+
+
+def _train_epoch(run: Checkpoint, step: _Step, epoch: int) -> dict:
+    """One epoch of SGD over ``step.train``; returns its loss, accuracy and learning rate."""
+    cfg, device, model, gen = step.cfg, step.device, run.model, run.generator
+    model.train()
+    perm = torch.randperm(len(step.train), generator=gen).to(device)
+    tot_loss = torch.zeros((), device=device)
+    tot_correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for b in range(step.steps):
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        xb = step.train.x[idx]
+        if cfg.crop_pad or cfg.flip:
+            xb = augment(xb, cfg.crop_pad, cfg.flip, generator=gen)
+        xb, yb = _batch(xb, run.mean, run.std, step.channels_last), step.train.y[idx]
+        with autocast(device, step.precision):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()  # without fp16 the scaler passes everything through
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        tot_loss += loss.detach() * len(idx)
+        tot_correct += (logits.argmax(1) == yb).sum()
+        seen += len(idx)
+        if (b + 1) % DIVERGENCE_CHECK_STEPS == 0 or b + 1 == step.steps:
+            _check_finite(tot_loss, seen, epoch, b + 1)
+    loss_sum, n_correct = torch.stack([tot_loss.double(), tot_correct.double()]).tolist()
+    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": n_correct / max(1, seen),
+            "lr": float(run.optimizer.param_groups[0]["lr"])}
+
+
 def fit(
     network: NetworkConfig,
     cfg: TrainConfig,
@@ -250,14 +361,13 @@ def fit(
     """Train ``network`` on ``train``; evaluate on ``val`` after each epoch.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based). With ``checkpoint``
-    the full state is written after every epoch, and ``resume`` continues from it.
-    Returns the model, the per-epoch history and the normalisation (mean, std).
+    the full state (``Checkpoint``) is written after every epoch, and ``resume`` continues
+    from it. Returns the model, the per-epoch history and the normalisation (mean, std).
 
     Forward passes run under ``cfg.precision`` and ``cfg.channels_last``. Losses and correct
     counts are summed on the device and read once per epoch; divergence (a non-finite loss)
     is checked every ``DIVERGENCE_CHECK_STEPS`` steps and at the end of each epoch, so a
-    diverged run stops within that many steps with FloatingPointError. The checkpoint holds
-    only tensors and plain values, so it loads with ``torch.load(..., weights_only=True)``.
+    diverged run stops within that many steps with FloatingPointError.
     """
     device = torch.device(device)
     precision = resolve_precision(cfg.precision, device)
@@ -269,86 +379,35 @@ def fit(
     model = (model or build_network(network)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     mean, std = normalizer(train)
-    train_d = train.to(device)
-    val_d = val.to(device) if val is not None else None
+    steps = max(1, len(train) // cfg.batch_size)  # drop the ragged last batch
     opt = make_optimizer(model, cfg)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size)  # drop the ragged last batch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    start_epoch = 0
+    run = Checkpoint(
+        model=model, optimizer=opt, scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps)),
+        generator=torch.Generator().manual_seed(cfg.seed), mean=mean, std=std,
+    )
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            # map to the CPU: generator states must be CPU tensors; load_state_dict moves the rest.
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if "scaler" in state:
-                scaler.load_state_dict(state["scaler"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            history = state["history"]
-            start_epoch = state["epoch"]
-        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError) as exc:
-            # weights_only: a file that holds anything but tensors, numbers, strings, lists and
-            # dicts is refused before anything in it runs.
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-            why = next((ln for ln in lines if "GLOBAL" in ln), lines[0])[:200]
-            raise ConfigError(
-                f"{checkpoint} is not a checkpoint of this run written by `rknas train` ({type(exc).__name__}: {why}); "
-                "nothing in it was run: remove it, or choose another --out"
-            ) from None
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        run.load(Path(checkpoint), device)
+    step = _Step(cfg=cfg, train=train.to(device), device=device, precision=precision, channels_last=channels_last,
+                 steps=steps)
+    val_d = val.to(device) if val is not None else None
+    for epoch in range(run.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(train), generator=gen).to(device)
-        tot_loss = torch.zeros((), device=device)
-        tot_correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xb = train_d.x[idx]
-            if cfg.crop_pad or cfg.flip:
-                xb = augment(xb, cfg.crop_pad, cfg.flip, generator=gen)
-            xb, yb = _batch(xb, mean, std, channels_last), train_d.y[idx]
-            with autocast(device, precision):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # without fp16 the scaler passes everything through
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            tot_loss += loss.detach() * len(idx)
-            tot_correct += (logits.argmax(1) == yb).sum()
-            seen += len(idx)
-            if (b + 1) % DIVERGENCE_CHECK_STEPS == 0 or b + 1 == steps_per_epoch:
-                _check_finite(tot_loss, seen, epoch, b + 1)
-        loss_sum, n_correct = torch.stack([tot_loss.double(), tot_correct.double()]).tolist()
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": n_correct / max(1, seen),
-                   "lr": float(opt.param_groups[0]["lr"])}
+        metrics = _train_epoch(run, step, epoch)
         if cfg.bn_recalibrate:
-            recalibrate_bn(model, train_d.x, mean, std, precision=precision, channels_last=channels_last, seed=cfg.seed)
+            recalibrate_bn(model, step.train.x, mean, std, precision=precision, channels_last=channels_last, seed=cfg.seed)
         if val_d is not None:
             ev = evaluate(model, val_d, mean, std, precision=precision, channels_last=channels_last)
             metrics.update(val_accuracy=ev["accuracy"], val_loss=ev["loss"])
         metrics["epoch_time"] = time.perf_counter() - t0
-        history.append(metrics)
+        run.history.append(metrics)
+        run.epoch = epoch
         if checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "history": history, "epoch": epoch, "mean": mean, "std": std}
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            _atomic_save(state, Path(checkpoint))
+            run.save(Path(checkpoint), device)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    return model, history, (mean, std)
+    return model, run.history, (mean, std)
 
 
 def train_from_config(
