@@ -358,51 +358,105 @@ def evaluate(
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
-    emit: EventSink = on_event or (lambda kind, data: None)
-    if seeds < 1:
-        raise RknasError(f"--seeds must be at least 1, got {seeds}")
-    if epochs < 1:
-        raise RknasError(f"--epochs must be at least 1, got {epochs}")
-    url = storage_url(storage)
-    st = open_study(study, url)
-    finalists = select_finalists(st, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops)
+    plan = plan_evaluation(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto,
+                           max_params=max_params, max_flops=max_flops, include=include, out=out, storage=storage,
+                           data_root=data_root)
+    trained = run_evaluation(plan, device or default_device(), on_event or (lambda kind, data: None))
+    return publish_evaluation(plan, trained, store=store)
+
+
+@dataclass
+class _Run:
+    """One training run of the plan: a model, a seed, its settings and folder, and its metrics if it finished."""
+
+    entry: _Entry
+    seed: int
+    cfg: TrainConfig
+    run_dir: Path
+    spec: dict[str, Any]
+    finished: Optional[dict[str, Any]]
+
+
+@dataclass
+class EvaluationPlan:
+    """Everything ``evaluate`` will do, checked, before anything is written (``plan_evaluation``).
+
+    Attributes:
+        study: The study.
+        url: Its storage URL.
+        epochs: Epochs of every run.
+        seeds: The seeds of every model.
+        recipe_trial: The trial whose training settings every run uses.
+        recipe: Those settings.
+        data: Name and sizes of the data set (train = the whole training split).
+        train: The training split.
+        test: The test split.
+        out: The output folder.
+        runs: Every run, finished ones with their metrics.
+        results: Per model (by name): what it is and its size; test accuracies are added as runs end.
+    """
+
+    study: optuna.Study
+    url: str
+    epochs: int
+    seeds: list[int]
+    recipe_trial: int
+    recipe: TrainConfig
+    data: dict[str, Any]
+    train: TensorData
+    test: TensorData
+    out: Path
+    runs: list[_Run]
+    results: dict[str, ModelResult]
+
+
+def _recipe(st: optuna.Study) -> tuple[int, TrainConfig]:
+    """The best trial's number and training settings: the one recipe of the evaluation."""
     recipe_from = best_trial(st)
     assert recipe_from is not None  # select_finalists raised otherwise
-    recipe_record = TrialRecord.of(recipe_from)
-    if recipe_record.training is None:
-        raise RknasError(f"trial {recipe_from.number} of study {study!r} has no recorded training config")
+    training = TrialRecord.of(recipe_from).training
+    if training is None:
+        raise RknasError(f"trial {recipe_from.number} of study {st.study_name!r} has no recorded training config")
     try:
-        recipe = TrainConfig.model_validate(recipe_record.training)
+        return recipe_from.number, TrainConfig.model_validate(training)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"trial {recipe_from.number}'s training")) from None
+
+
+def _data_spec(st: optuna.Study, data_root: Optional[str]) -> DataSpec:
     space = StudyRecord.of(st).space or {}
     if "data" not in space:
-        raise RknasError(f"study {study!r} has no recorded search space (was it made by `rknas search`?)")
+        raise RknasError(f"study {st.study_name!r} has no recorded search space (was it made by `rknas search`?)")
     try:
         data_spec = DataSpec.model_validate(space["data"])
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"study {study!r}'s data")) from None
+        raise ConfigError(format_validation_error(exc, f"study {st.study_name!r}'s data")) from None
     if data_root:
         data_spec.root = data_root
-    train, test = load_dataset(data_spec)
-    data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
+    return data_spec
 
+
+def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[str], train: TensorData,
+             data_name: str) -> list[_Entry]:
     taken: set[str] = set()
     entries: list[_Entry] = []
     for t in finalists:
         r = TrialRecord.of(t)
         if r.network is None:
-            raise RknasError(f"trial {t.number} of study {study!r} has no recorded network config")
+            raise RknasError(f"trial {t.number} of study {st.study_name!r} has no recorded network config")
         entries.append(_Entry(_unique(f"trial_{t.number}", taken), "trial", NetworkConfig.model_validate(r.network),
                               trial=t.number, search_val_accuracy=accuracy_of(st, t)))
     for ref in dict.fromkeys(include):
-        network, source = resolve_include(ref, train, data_spec.name)
+        network, source = resolve_include(ref, train, data_name)
         stem = Path(ref).stem if source == "config" else ref
         entries.append(_Entry(_unique(stem, taken), source, network, ref=ref))
+    return entries
 
-    out = Path(out or Path("runs") / "evaluate" / _safe(study))
-    seed_list = [seed + i for i in range(seeds)]
-    plan = []
+
+def _runs(entries: list[_Entry], seed_list: list[int], recipe: TrainConfig, epochs: int, data: dict[str, Any],
+          out: Path) -> list[_Run]:
+    """Every run, with its earlier metrics; a folder holding a run with other settings is refused."""
+    runs = []
     for e in entries:
         for s in seed_list:
             cfg = recipe.model_copy(update={"epochs": epochs, "seed": s})
@@ -415,8 +469,63 @@ def evaluate(
                     diffs = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(differences(old_spec, spec).items())[:3])
                     raise RknasError(f"{run_dir} holds a run with other settings ({diffs}); "
                                      "pass another --out, or delete that folder to redo it")
-            plan.append((e, s, cfg, run_dir, spec))
+            runs.append(_Run(e, s, cfg, run_dir, spec, _read_json(run_dir / "metrics.json")))
+    return runs
 
+
+def plan_evaluation(
+    study: str,
+    *,
+    epochs: int,
+    seeds: int = 3,
+    seed: int = 0,
+    top: Optional[int] = None,
+    pareto: bool = False,
+    max_params: Optional[float] = None,
+    max_flops: Optional[float] = None,
+    include: Sequence[str] = (),
+    out: Optional[Path] = None,
+    storage: Optional[str] = None,
+    data_root: Optional[str] = None,
+) -> EvaluationPlan:
+    """Check everything ``evaluate`` needs and say what it will run; nothing is written.
+
+    Args:
+        study: The study's name.
+        epochs: Epochs of every run.
+        seeds: Runs per model.
+        seed: The first seed.
+        top: The ``top`` most accurate completed trials (see ``select_finalists``).
+        pareto: The Pareto set instead.
+        max_params: Finalists only among trials with at most this many parameters.
+        max_flops: Finalists only among trials with at most this many FLOPs.
+        include: Registered model names or config files to evaluate as well.
+        out: Output folder (default ``runs/evaluate/<study>``).
+        storage: The storage URL (default: ``storage_url()``).
+        data_root: Where the data set's files are (overrides the study's space).
+
+    Returns:
+        The plan (see ``EvaluationPlan``).
+
+    Raises:
+        RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
+            model, or runs in ``out`` that were made with other settings.
+    """
+    if seeds < 1:
+        raise RknasError(f"--seeds must be at least 1, got {seeds}")
+    if epochs < 1:
+        raise RknasError(f"--epochs must be at least 1, got {epochs}")
+    url = storage_url(storage)
+    st = open_study(study, url)
+    finalists = select_finalists(st, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops)
+    recipe_trial, recipe = _recipe(st)
+    data_spec = _data_spec(st, data_root)
+    train, test = load_dataset(data_spec)
+    data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
+    entries = _entries(st, finalists, include, train, data_spec.name)
+    out = Path(out or Path("runs") / "evaluate" / _safe(study))
+    seed_list = [seed + i for i in range(seeds)]
+    runs = _runs(entries, seed_list, recipe, epochs, data, out)
     results: dict[str, ModelResult] = {}
     for e in entries:
         model = build_network(e.network)
@@ -425,34 +534,62 @@ def evaluate(
             params=count_params(model), flops=count_flops(model, e.network), seeds=seed_list, trial=e.trial,
             ref=e.ref, search_val_accuracy=e.search_val_accuracy,
         )
-    dev = device or default_device()
-    finished = [_read_json(run_dir / "metrics.json") for _, _, _, run_dir, _ in plan]
-    emit("start", {"study": study, "runs": len(plan), "done": sum(m is not None for m in finished), "models": len(entries),
-                   "seeds": seed_list, "epochs": epochs, "out": str(out), "recipe_trial": recipe_from.number, "device": dev})
-    trained = 0
-    for (e, s, cfg, run_dir, spec), metrics in zip(plan, finished):
-        skipped = metrics is not None
-        if metrics is None:
-            emit("run_start", {"name": e.name, "seed": s, "epochs": epochs})
-            metrics = _train_run(e, cfg, spec, run_dir, train, test, dev, emit)
-            trained += 1
-        results[e.name].test_accuracy.append(float(metrics["test_accuracy"]))
-        emit("run_end", {"name": e.name, "seed": s, "test_accuracy": metrics["test_accuracy"], "skipped": skipped})
+    return EvaluationPlan(study=st, url=url, epochs=epochs, seeds=seed_list, recipe_trial=recipe_trial, recipe=recipe,
+                          data=data, train=train, test=test, out=out, runs=runs, results=results)
 
+
+def run_evaluation(plan: EvaluationPlan, device: str, emit: EventSink) -> int:
+    """Train every unfinished run of the plan (finished ones are read back); test accuracies go into ``plan.results``.
+
+    Args:
+        plan: What ``plan_evaluation`` returned.
+        device: Where to train.
+        emit: Called with ``(kind, data)``: ``start``, ``run_start``, ``epoch``, ``run_end``.
+
+    Returns:
+        How many runs were trained now.
+    """
+    emit("start", {"study": plan.study.study_name, "runs": len(plan.runs),
+                   "done": sum(r.finished is not None for r in plan.runs), "models": len(plan.results),
+                   "seeds": plan.seeds, "epochs": plan.epochs, "out": str(plan.out), "recipe_trial": plan.recipe_trial,
+                   "device": device})
+    trained = 0
+    for run in plan.runs:
+        e, metrics = run.entry, run.finished
+        if metrics is None:
+            emit("run_start", {"name": e.name, "seed": run.seed, "epochs": plan.epochs})
+            metrics = _train_run(e, run.cfg, run.spec, run.run_dir, plan.train, plan.test, device, emit)
+            trained += 1
+        plan.results[e.name].test_accuracy.append(float(metrics["test_accuracy"]))
+        emit("run_end", {"name": e.name, "seed": run.seed, "test_accuracy": metrics["test_accuracy"],
+                         "skipped": run.finished is not None})
+    return trained
+
+
+def publish_evaluation(plan: EvaluationPlan, trained: int, store: bool = True) -> Evaluation:
+    """Write ``evaluation.json`` and ``evaluation.png``, and store the summary in the study.
+
+    Args:
+        plan: A plan whose runs ``run_evaluation`` finished.
+        trained: How many runs were trained now.
+        store: Store the summary in the study (``StudyRecord.evaluation``).
+
+    Returns:
+        The evaluation.
+    """
     result = Evaluation(
-        study=study, storage=url, data=data, epochs=epochs, seeds=seed_list, recipe_trial=recipe_from.number,
-        recipe=recipe.model_dump(mode="json", exclude={"epochs", "seed"}), models=list(results.values()), out=out,
-        trained=trained, skipped=len(plan) - trained,
+        study=plan.study.study_name, storage=plan.url, data=plan.data, epochs=plan.epochs, seeds=plan.seeds,
+        recipe_trial=plan.recipe_trial, recipe=plan.recipe.model_dump(mode="json", exclude={"epochs", "seed"}),
+        models=list(plan.results.values()), out=plan.out, trained=trained, skipped=len(plan.runs) - trained,
         evaluated_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    result.json_path = out / "evaluation.json"
+    result.json_path = plan.out / "evaluation.json"
     write_json_atomic(result.json_path, result.to_json())
-
-    result.plot_path = plot_evaluation([m.summary() for m in result.models], out / "evaluation.png",
-                                       title=f"{study}: {epochs} epochs on {len(train):,} images, {len(seed_list)} seed(s)")
+    title = f"{result.study}: {plan.epochs} epochs on {len(plan.train):,} images, {len(plan.seeds)} seed(s)"
+    result.plot_path = plot_evaluation([m.summary() for m in result.models], plan.out / "evaluation.png", title=title)
     if store:
         for key, value in StudyRecord(evaluation=result.summary()).user_attrs().items():
-            st.set_user_attr(key, value)
+            plan.study.set_user_attr(key, value)
     return result
 
 
@@ -507,4 +644,5 @@ def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_
     return max(pool, key=lambda m: (m["mean"], -m["std"], -m["trial"]))
 
 
-__all__ = ["Evaluation", "ModelResult", "best_evaluated", "evaluate", "resolve_include", "select_finalists"]
+__all__ = ["Evaluation", "EvaluationPlan", "ModelResult", "best_evaluated", "evaluate", "plan_evaluation", "publish_evaluation",
+           "resolve_include", "run_evaluation", "select_finalists"]
