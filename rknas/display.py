@@ -97,6 +97,11 @@ class SearchProgress:
             self.running.add(data["trial_id"])
         elif kind == "trial_end":
             self._trial_end(data)
+        elif kind == "trial_retry":
+            self.progress.console.print(
+                f"  [yellow]trial {data['number']}: {data['reason']}; running it again from its last finished epoch "
+                f"(attempt {data['attempt']})"
+            )
         elif kind == "recovered":
             self.progress.console.print(
                 f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} of a search that stopped "

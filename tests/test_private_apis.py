@@ -194,3 +194,18 @@ def test_rdb_models_and_sessions(tmp_path):
         assert changed == 1, msg
     done = storage.get_trial(trial._trial_id)
     assert done.state == TrialState.FAIL and done.datetime_complete is not None, msg
+
+
+def test_every_database_call_of_optunas_cache_is_retried():
+    """Optuna wraps each RDBStorage in _CachedStorage, which calls some private methods directly."""
+    import re
+
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from rknas.storage.retry import RETRIED
+
+    used = set(re.findall(r"self\._backend\.(\w+)\(", inspect.getsource(_CachedStorage)))
+    no_database = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback"}
+    assert used, where("rknas.storage.retry.RETRIED (optuna.storages._cached_storage._CachedStorage)")
+    missing = used - set(RETRIED) - no_database
+    assert not missing, where(f"rknas.storage.retry.RETRIED: add {sorted(missing)}")

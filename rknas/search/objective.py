@@ -11,6 +11,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -41,6 +42,7 @@ def run_trial(
     val: TensorData,
     report: Callable[[EpochResult], None],
     device: str = "cpu",
+    checkpoint: Optional[Path] = None,
 ) -> EpochResult:
     """Train one sampled configuration, calling ``report`` after each epoch.
 
@@ -54,6 +56,8 @@ def run_trial(
         val: Validation images.
         report: Called with an ``EpochResult`` after each epoch (Ray Tune's ``report``).
         device: Where to train.
+        checkpoint: Write the training state here after every epoch and continue from it
+            if it exists (a trial restarted after its worker died; see ``train_trial``).
 
     Returns:
         The last result reported. A model that violates a constraint is reported once
@@ -69,7 +73,7 @@ def run_trial(
         result: EpochResult = {"epoch": 0, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
         report(result)
         return result
-    return train_trial(network, training, space, train, val, report, device=device)
+    return train_trial(network, training, space, train, val, report, device=device, checkpoint=checkpoint)
 
 
 def train_trial(
@@ -80,6 +84,7 @@ def train_trial(
     val: TensorData,
     report: Callable[[EpochResult], None],
     device: str = "cpu",
+    checkpoint: Optional[Path] = None,
 ) -> EpochResult:
     """Train one trial's configs, calling ``report`` after each epoch; what ``run_trial`` runs.
 
@@ -98,6 +103,8 @@ def train_trial(
         report: Called with an ``EpochResult`` after each epoch; may raise ``StopTrial``
             (or Ray Tune's stop) to end the trial, which propagates.
         device: Where to train.
+        checkpoint: The training state after every epoch (``train.Checkpoint``); when the
+            file exists the trial continues from it, exactly as if never stopped.
 
     Returns:
         The last result reported (see ``run_trial``). A non-finite loss (``fit`` raises
@@ -139,7 +146,8 @@ def train_trial(
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)  # a reused worker keeps the last trial's peak
     try:
-        fit(network, training, train, val, device=device, on_epoch=on_epoch, model=model)
+        fit(network, training, train, val, device=device, on_epoch=on_epoch, model=model, checkpoint=checkpoint,
+            resume=checkpoint is not None)
     except Exception as exc:
         if _is_stop(exc):
             raise

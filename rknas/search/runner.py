@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import optuna
@@ -36,6 +38,7 @@ from rknas.plugins import apply_plugin_env, plugin_env
 from rknas.registry import list_strategies
 from rknas.search import ray_env
 from rknas.search.objective import pick_device, run_trial
+from rknas.search.outcome import EpochResult
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
 from rknas.search.searcher import Driver
 from rknas.search.space import SearchSpace, load_space
@@ -57,6 +60,7 @@ from rknas.storage import (
     summarize,
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
+from rknas.storage.retry import DEFAULT_RETRY_S, StorageUnavailable
 from rknas.util import EventSink
 
 
@@ -91,6 +95,11 @@ class SearchOptions:
             running trials.
         stale_after: Seconds without a heartbeat after which another driver's RUNNING trial
             is taken for dead and recovered (FAIL, interrupted).
+        storage_retry: Seconds the search waits for a storage that went away (a database
+            restart, a network blip, a locked SQLite file) before it stops with
+            ``StorageUnavailable``; the same command then continues.
+        max_retries: Times a trial whose worker died (killed, out of memory, node lost) runs
+            again, from its last finished epoch; the record keeps its ``attempts``.
         on_event: Called with ``(kind, data)`` as the search goes (progress displays).
     """
 
@@ -114,6 +123,8 @@ class SearchOptions:
     allow_changes: bool = False
     heartbeat_interval: int = 10
     stale_after: int = 60
+    storage_retry: float = DEFAULT_RETRY_S
+    max_retries: int = 2
     on_event: Optional[EventSink] = field(default=None, repr=False)
 
 
@@ -186,6 +197,10 @@ def check_options(opts: SearchOptions) -> None:
     if opts.stale_after <= opts.heartbeat_interval:
         raise ConfigError(f"--stale-after ({opts.stale_after}) must be longer than --heartbeat-interval "
                           f"({opts.heartbeat_interval}), or live trials would be taken for dead")
+    if opts.max_retries < 0:
+        raise ConfigError(f"--max-retries must be 0 or more, got {opts.max_retries}")
+    if opts.storage_retry < 0:
+        raise ConfigError(f"--storage-retry must be 0 or more (seconds), got {opts.storage_retry:g}")
 
 
 def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages.BaseStorage, Optional[optuna.Study]]:
@@ -212,7 +227,8 @@ def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages
         space.constraints.max_flops = opts.max_flops
     study_name = opts.study or space.name
     url = storage_url(opts.storage)
-    storage = open_storage(url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.stale_after)
+    storage = open_storage(url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.stale_after,
+                           retry_s=opts.storage_retry)
     existing = None
     if study_name in study_names(storage):
         existing = optuna.load_study(study_name=study_name, storage=storage)
@@ -248,14 +264,32 @@ def strategy_versions() -> dict[str, str]:
 
 def _trainable(config: dict, train: TensorData, val: TensorData, space_dict: dict,
                gpus: float = 0.0, cpus: float = 1.0, plugins: Optional[dict] = None) -> None:
-    """What runs in a Ray worker for each trial."""
+    """What runs in a Ray worker for each trial.
+
+    Each epoch's report carries the training state as a Tune checkpoint, so a trial whose
+    worker died is restarted by Tune (``--max-retries``) from its last finished epoch.
+    """
     from ray import tune
 
     if plugins is not None:
         apply_plugin_env(plugins)  # the same plugins as the driver, whatever the worker's environment
     torch.set_num_threads(max(1, int(cpus)))
     space = SearchSpace.model_validate(space_dict)
-    run_trial(config, space, train, val, report=lambda m: tune.report(dict(m)), device=pick_device(gpus))
+    with tempfile.TemporaryDirectory(prefix="rknas-trial-") as work:
+        state = Path(work) / CHECKPOINT_FILE
+        earlier = tune.get_checkpoint()
+        if earlier is not None:  # a restart after the worker died
+            with earlier.as_directory() as d:
+                shutil.copy(Path(d) / CHECKPOINT_FILE, state)
+
+        def report(m: EpochResult) -> None:
+            trained = state.is_file() and int(m.get("epoch", 0)) > 0 and not m.get("diverged")
+            tune.report(dict(m), checkpoint=tune.Checkpoint.from_directory(work) if trained else None)
+
+        run_trial(config, space, train, val, report=report, device=pick_device(gpus), checkpoint=state)
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
@@ -428,19 +462,41 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
             verbose=0,
             callbacks=[TrialEvents(events, searcher)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A worker that died (killed, out of memory, node lost) is an infrastructure failure:
+            # Tune runs the trial again from its last epoch. Errors inside training are reported
+            # as results (never raised), so they are not retried.
+            failure_config=tune.FailureConfig(max_failures=opts.max_retries),
         ),
     )
     try:
         tuner.fit()
+    except Exception as exc:
+        lost = _storage_unavailable(exc)
+        if lost is None:
+            raise
+        raise lost from None  # the study is intact; this driver's running trials are recovered as stale later
     finally:
-        searcher.flush_errors()
-        left = interrupt_trials(study, searcher.unfinished(), OWN_LEFT)
-        for trial_id in searcher.unfinished():
-            driver.heartbeats.remove(trial_id)
-        if left:
-            events("interrupted_trials", {"numbers": left})
+        with contextlib.suppress(StorageUnavailable):  # with the storage away, nothing more can be recorded
+            searcher.flush_errors()
+            left = interrupt_trials(study, searcher.unfinished(), OWN_LEFT)
+            for trial_id in searcher.unfinished():
+                driver.heartbeats.remove(trial_id)
+            if left:
+                events("interrupted_trials", {"numbers": left})
     # With an unbounded sample count Tune ends a round only when the searcher says so, or on a signal.
     return driver.stop_reason is None
+
+
+def _storage_unavailable(exc: BaseException) -> Optional[StorageUnavailable]:
+    """The ``StorageUnavailable`` behind an error Tune raised, if that is what it was."""
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageUnavailable):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class _GracefulSignals:

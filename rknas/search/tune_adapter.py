@@ -56,6 +56,7 @@ class StudySearch(OptunaSearch):
         self._rk_driver = rk_driver
         self._rk_configs: dict[str, dict] = {}
         self._pending_errors: dict[str, tuple[Any, TrialRecord]] = {}
+        self._rk_retries: dict[str, list[str]] = defaultdict(list)
         self._rk_detached = False
 
     # ---- pickling (see the module docstring) ---------------------------------------------
@@ -139,7 +140,9 @@ class StudySearch(OptunaSearch):
             if not isinstance(self.metric, list):
                 unless_finished(ot.report, result["val_accuracy"], epoch)
         params = self._rk_configs.pop(trial_id, None) or {**ot.params, **(result.get("config") or {})}
-        record = TrialRecord(val_accuracy_per_epoch=history, seed=params.get("seed"))
+        retries = self._rk_retries.pop(trial_id, [])
+        record = TrialRecord(val_accuracy_per_epoch=history, seed=params.get("seed"), attempts=1 + len(retries),
+                             retry_reasons=retries or None)
         for key in MEASUREMENTS:
             if key in result:
                 setattr(record, key, result[key])
@@ -166,6 +169,17 @@ class StudySearch(OptunaSearch):
         self._record(trial_id, ot, record, state, values)
 
     # ---- rknas's additions ----------------------------------------------------------------
+    def note_retry(self, trial_id: str, reason: str) -> None:
+        """A trial's worker died and Tune runs the trial again (from its last finished epoch).
+
+        The sampler hears nothing of it: the trial ends once, with the result of its last attempt.
+        """
+        self._rk_retries[trial_id].append(reason)
+        ot = self._ot_trials.get(trial_id)
+        if self._rk_events and ot is not None:
+            self._rk_events("trial_retry", {"trial_id": trial_id, "number": ot.number, "reason": reason,
+                                            "attempt": 1 + len(self._rk_retries[trial_id])})
+
     def record_error(self, trial_id: str, reason: str) -> None:
         """Record a trial whose worker died, now that the reason is known."""
         if trial_id in self._pending_errors:
@@ -239,6 +253,9 @@ class TrialEvents(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.events("trial_result", {"trial_id": trial.trial_id, "result": result})
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.note_retry(trial.trial_id, error_line(trial.error_file))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.record_error(trial.trial_id, error_line(trial.error_file))

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from rknas.errors import RknasError
+from rknas.storage.retry import DEFAULT_RETRY_S, RetryingRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///studies/rknas.db"
 STORAGE_ENV = "RKNAS_STORAGE"
@@ -83,7 +84,7 @@ def discard_new_sqlite(storage: optuna.storages.BaseStorage, path: Optional[Path
 
 
 def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_interval: Optional[int] = None,
-                 grace_period: Optional[int] = None) -> optuna.storages.RDBStorage:
+                 grace_period: Optional[int] = None, retry_s: float = DEFAULT_RETRY_S) -> RetryingRDBStorage:
     """Open (and for SQLite create) a storage; readers and the search share it safely.
 
     Args:
@@ -92,9 +93,11 @@ def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_inter
         heartbeat_interval: Seconds between the heartbeats a search records for its running
             trials (searches only; see ``rknas.storage.liveness``).
         grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
+        retry_s: How long a call waits for a storage that went away (a restarting database,
+            a locked SQLite file) before ``StorageUnavailable`` (see ``rknas.storage.retry``).
 
     Returns:
-        Optuna's ``RDBStorage`` on that URL.
+        Optuna's ``RDBStorage`` on that URL, retrying lost connections.
 
     Raises:
         RknasError: The storage cannot be opened or created, or its database driver is not
@@ -116,7 +119,7 @@ def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_inter
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return RetryingRDBStorage(url, retry_s=retry_s, where=safe_url(url), **kwargs)
     except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
         missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc if isinstance(exc, ImportError) else None
         if missing is not None:

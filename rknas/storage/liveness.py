@@ -18,19 +18,23 @@ that sees it: it then goes stale, and is recovered, unless its owner starts beat
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
-from typing import Any, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
 from rknas.storage.record import TrialRecord
+from rknas.storage.retry import RetryingRDBStorage
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +174,15 @@ def interrupt_trials(study: optuna.Study, trial_ids: Iterable[int], reason: str)
                 study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 marked.append(trial.number)
             continue
-        number = _interrupt_one(backend, trial_id, attrs)
+        number = _retrying(backend, functools.partial(_interrupt_one, backend, trial_id, attrs))
         if number is not None:
             marked.append(number)
     return marked
+
+
+def _retrying(backend: optuna.storages.RDBStorage, call: Callable[[], T]) -> T:
+    """rknas's own queries ride through outages like Optuna's calls (``rknas.storage.retry``)."""
+    return backend.retrying(call) if isinstance(backend, RetryingRDBStorage) else call()
 
 
 def _interrupt_one(backend: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any]) -> Optional[int]:
@@ -227,7 +236,7 @@ def recover_stale(study: optuna.Study) -> list[int]:
     backend = rdb_backend(study._storage)
     if backend is None or backend.get_heartbeat_interval() is None:
         return []
-    for trial_id in _without_heartbeat(backend, study._study_id):
+    for trial_id in _retrying(backend, lambda: _without_heartbeat(backend, study._study_id)):
         backend.record_heartbeat(trial_id)  # concurrent inserts are ignored by Optuna
     grace = backend.grace_period or 2 * (backend.get_heartbeat_interval() or 0)
     marked = []

@@ -48,6 +48,9 @@ class TrialRecord:
         space_revision: The study's space revision the trial was sampled from (0: the space
             the study was started with; see ``StudyRecord.revisions``).
         interrupted: The search stopped before the trial finished (it does not count).
+        attempts: How many times the trial ran: more than 1 when its worker died (killed,
+            out of memory, node lost) and it ran again from its last finished epoch.
+        retry_reasons: Why each earlier attempt ended (the worker's death, from Ray).
     """
 
     val_accuracy_per_epoch: list[float] = field(default_factory=list)
@@ -70,9 +73,15 @@ class TrialRecord:
     driver: Optional[str] = None
     space_revision: Optional[int] = None
     interrupted: bool = False
+    attempts: Optional[int] = None
+    retry_reasons: Optional[list[str]] = None
 
     def user_attrs(self) -> dict[str, Any]:
-        """The non-empty fields, as Optuna user attributes."""
+        """The non-empty fields, as Optuna user attributes.
+
+        Returns:
+            ``{field: value}`` for every field that is set (not None, not False).
+        """
         return _to_attrs(self)
 
     @classmethod
@@ -121,7 +130,11 @@ class StudyRecord:
     revisions: Optional[list[dict[str, Any]]] = None
 
     def user_attrs(self) -> dict[str, Any]:
-        """The non-empty fields, as Optuna user attributes."""
+        """The non-empty fields, as Optuna user attributes.
+
+        Returns:
+            ``{field: value}`` for every field that is set (not None, not False).
+        """
         return _to_attrs(self)
 
     @property

@@ -65,12 +65,28 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed: {out.stderr[-1000:]}")
         for _ in range(5):
             self.port = _free_port()
-            opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
-            out = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o", opts, "start")
+            out = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o", self._opts(),
+                            "start")
             if out.returncode == 0:
                 return self
         log = (self.root / "log").read_text()[-1000:] if (self.root / "log").exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {out.stderr[-500:]} {log}")
+
+    def _opts(self) -> str:
+        return f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+
+    def halt(self) -> None:
+        """Stop the server as an operator would for a restart (fast shutdown: sessions are ended); files kept."""
+        out = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {out.stderr[-500:]}")
+
+    def resume(self) -> None:
+        """Start the halted server again, on the same port."""
+        out = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o", self._opts(),
+                        "start")
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {out.stderr[-500:]}")
 
     def stop(self) -> None:
         """Stop the server and delete its files."""

@@ -1,0 +1,194 @@
+"""Riding through storage outages: a database that restarts, a network blip, a locked SQLite file.
+
+Every call the driver makes on its storage (asks, tells, heartbeats, stale-trial recovery,
+progress queries) goes through ``RetryingRDBStorage``: a call that fails because the
+connection was lost is retried with backoff until the storage answers again, up to the
+storage's ``retry_s``; beyond it ``StorageUnavailable`` says which storage and how to continue.
+Connections are checked before use (SQLAlchemy's ``pool_pre_ping``), so a pooled connection
+from before a restart is replaced rather than failing the next call. Only transient errors are
+retried: lost or refused connections, and "database is locked" on SQLite; anything else
+(a constraint, a schema error) raises at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy import exc as sa_exc
+
+from rknas.errors import RknasError
+
+logger = logging.getLogger(__name__)
+_active = threading.local()  # the storage whose retry loop this thread is in
+T = TypeVar("T")
+
+DEFAULT_RETRY_S = 60.0  # --storage-retry: how long a search waits for its storage to come back
+FIRST_DELAY_S, MAX_DELAY_S = 0.25, 5.0
+
+# The storage calls a search makes, each retried on a lost connection: the public ones, the
+# private ones Optuna's cache (``_CachedStorage``, which wraps every RDBStorage a study uses)
+# calls directly, and the heartbeat and stale-trial calls (BaseHeartbeat).
+# tests/test_private_apis.py checks that the cache calls nothing else that reaches the database.
+RETRIED = (
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
+    "get_best_trial", "get_n_trials", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+class StorageUnavailable(RknasError):
+    """The storage stayed unreachable for longer than the retry limit."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error means "the database is away for now" (retry) rather than "this call is wrong".
+
+    Args:
+        exc: The error, or any error it was raised from.
+
+    Returns:
+        True for lost, refused or invalidated connections, and for a locked or busy SQLite file.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageUnavailable):
+            return False  # a retry loop gave up already: do not start another
+        if isinstance(e, (sa_exc.DisconnectionError, sa_exc.PendingRollbackError)):
+            return True
+        if isinstance(e, sa_exc.DBAPIError):
+            if e.connection_invalidated or isinstance(e, sa_exc.InterfaceError):
+                return True
+            if isinstance(e, sa_exc.OperationalError):
+                text = str(e.orig).lower()
+                # SQLite raises OperationalError for schema errors too: retry only locking.
+                return "sqlite" not in type(e.orig).__module__ or "locked" in text or "busy" in text
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
+def call_with_retry(call: Callable[[], T], *, limit_s: float, where: str, reset: Callable[[], None] | None = None) -> T:
+    """Run a storage call, retrying transient errors with exponential backoff.
+
+    Args:
+        call: The call.
+        limit_s: Give up when the storage has been away this long.
+        where: The storage, as shown to users (no password).
+        reset: Called before each retry (drop the broken session).
+
+    Returns:
+        What the call returned.
+
+    Raises:
+        StorageUnavailable: The storage was away for longer than ``limit_s``.
+    """
+    started = time.monotonic()
+    delay = FIRST_DELAY_S
+    warned = False
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            waited = time.monotonic() - started
+            if waited + delay > limit_s:
+                reason = _one_line(exc)
+                raise StorageUnavailable(
+                    f"storage {where} unreachable for {waited:.0f} s ({reason}); the study is intact: once the database "
+                    "is back, run the same command again to continue (use --storage-retry to wait longer)"
+                ) from None
+            if not warned:
+                logger.warning("storage %s unreachable (%s); retrying for up to %.0f s", where, _one_line(exc), limit_s)
+                warned = True
+            if reset is not None:
+                reset()
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY_S)
+
+
+def _one_line(exc: BaseException) -> str:
+    root: BaseException = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    orig = getattr(root, "orig", None) or root
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    return f"{type(orig).__name__}: {lines[0][:200]}" if lines else type(orig).__name__
+
+
+class RetryingRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose calls ride through outages of up to ``retry_s`` seconds.
+
+    Attributes:
+        retry_s: How long a call keeps retrying before ``StorageUnavailable``.
+        where: The URL without its password (for messages).
+    """
+
+    def __init__(self, url: str, *, retry_s: float = DEFAULT_RETRY_S, where: str = "", **kwargs: Any):
+        self.retry_s = retry_s
+        self.where = where or url
+        engine_kwargs = dict(kwargs.pop("engine_kwargs", None) or {})
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        super().__init__(url, engine_kwargs=engine_kwargs, **kwargs)
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        """Run any call on this storage's database (rknas's own queries) with the same retries.
+
+        Args:
+            call: The call.
+
+        Returns:
+            What it returned.
+        """
+        if getattr(_active, "storage", None) is self:
+            return call()  # a retried call calling another (create_new_trial -> _create_new_trial): one loop
+        _active.storage = self
+        try:
+            return call_with_retry(call, limit_s=self.retry_s, where=self.where, reset=self.scoped_session.remove)
+        finally:
+            _active.storage = None
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        attempts = 0
+
+        def write() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a write that reached the database but whose answer was lost:
+                # the trial already holds exactly what this call writes.
+                if attempts > 1 and RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+                raise
+
+        return self.retrying(write)
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.retrying(lambda: method(self, *args, **kwargs))
+
+    return call
+
+
+for _name in RETRIED:
+    if _name != "set_trial_state_values" and hasattr(RDBStorage, _name):
+        setattr(RetryingRDBStorage, _name, _retried(_name))

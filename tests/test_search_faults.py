@@ -1,0 +1,84 @@
+"""Infrastructure failures are retried, architecture failures are not: a worker killed mid-trial.
+
+The held trial (tests/support/gated.py) blocks in training until the test opens the gate, so
+the kill always lands inside that trial, whatever the machine's speed.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from gated import GOOD, HELD, SPACE  # tests/support is on sys.path
+from optuna.trial import TrialState
+
+from rknas.search.runner import SearchOptions, run_search
+from rknas.storage import TrialRecord
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")]
+
+
+def trial_workers() -> list[int]:
+    """Pids of the Ray worker processes running a trial (Ray titles them after the trainable's actor)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::ImplicitFunc"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, tmp_path, gate):
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE))
+    url = f"sqlite:///{tmp_path}/f.db"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    for params in (GOOD, HELD, GOOD):
+        study.enqueue_trial(params)
+
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(result=run_search(SearchOptions(
+        space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1, max_retries=2))), daemon=True)
+    thread.start()
+    deadline = time.time() + 600  # a guard against a hang, not a timing assumption
+    killed = None
+    while killed is None and time.time() < deadline:
+        trials = optuna.load_study(study_name="tiny", storage=url).trials
+        if len(trials) >= 2 and trials[1].state == TrialState.RUNNING:
+            workers = trial_workers()
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    assert killed is not None, "the held trial's worker was never seen"
+    gate.touch()  # the trial's second attempt runs through
+    thread.join(timeout=600)
+    assert not thread.is_alive() and out["result"].finished == 3
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # the kill cost no result
+    held = TrialRecord.of(trials[1])
+    assert held.attempts == 2 and len(held.retry_reasons or []) == 1
+    assert len(held.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"]  # one curve, no epoch twice
+    assert [TrialRecord.of(t).attempts for t in (trials[0], trials[2])] == [1, 1]
+
+
+def test_an_error_inside_training_is_not_retried(ray_local, tmp_path):
+    """search_broken raises inside the network: FAIL at once with its reason, one attempt."""
+    space = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E", "search_broken"]}}
+    space_file = tmp_path / "broken.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/b.db"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    study.enqueue_trial({**HELD, "p1_strategy": "search_broken"})
+    run_search(SearchOptions(space=str(space_file), study="tiny", trials=1, storage=url, concurrency=1, max_retries=2))
+    (t,) = optuna.load_study(study_name="tiny", storage=url).trials
+    assert t.state == TrialState.FAIL and TrialRecord.of(t).attempts == 1 and TrialRecord.of(t).fail_reason
