@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from rknas.models.network import RKCNN, NetworkConfig, build_network
     from rknas.models.registry import create_model, list_models
     from rknas.registry import get_strategy, list_strategies
-    from rknas.strategies.base import StageStrategy
+    from rknas.strategies.base import BlockSpec, StageStrategy
 
 # name -> the module that defines it (imported on first access)
 _LAZY = {
     "StageStrategy": "rknas.strategies.base",
+    "BlockSpec": "rknas.strategies.base",
     "PreActUnit": "rknas.models.blocks",
     "RKBlock": "rknas.models.blocks",
     "concat": "rknas.models.blocks",
@@ -46,7 +47,7 @@ _LAZY = {
 
 __all__ = [
     "__version__", "hookimpl", "hookspec", "RknasError", "ConfigError", "PluginError",
-    "StageStrategy", "PreActUnit", "RKBlock", "concat", "NetworkConfig", "RKCNN", "build_network",
+    "StageStrategy", "BlockSpec", "PreActUnit", "RKBlock", "concat", "NetworkConfig", "RKCNN", "build_network",
     "count_params", "count_flops", "describe", "create_model", "list_models", "load_model", "export_model",
     "list_strategies", "get_strategy",
 ]

@@ -33,6 +33,7 @@ from rknas.report import plot_study
 from rknas.search.runner import SearchOptions, run_search
 from rknas.search.space import space_files
 from rknas.storage import StudyRecord, choose, export_config, open_storage, open_study, storage_url, study_names, summarize
+from rknas.storage.retry import DEFAULT_RETRY_S
 from rknas.train import train_from_config
 
 app = typer.Typer(
@@ -209,6 +210,18 @@ def search(
         help="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` "
         "is taken for dead and recovered (FAIL, interrupted; it does not count).",
     ),
+    max_retries: int = typer.Option(
+        2,
+        "--max-retries",
+        help="Times a trial whose worker died (killed, out of memory, node lost) runs again, from its last finished "
+        "epoch. Errors inside training are not retried.",
+    ),
+    storage_retry: float = typer.Option(
+        DEFAULT_RETRY_S,
+        "--storage-retry",
+        help="Seconds to wait for a storage that went away (a database restart, a network blip, a locked SQLite file) "
+        "before stopping; results that arrive meanwhile are written when it is back.",
+    ),
 ):
     """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL.
 
@@ -238,6 +251,8 @@ def search(
         allow_changes=allow_changes,
         heartbeat_interval=heartbeat_interval,
         stale_after=stale_after,
+        storage_retry=storage_retry,
+        max_retries=max_retries,
         on_event=view,
     )
     try:
@@ -517,18 +532,18 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("download")
 def data_download(
-    name: str = typer.Argument(..., help="cifar10, cifar100, svhn, mnist or fashion_mnist."),
+    name: str = typer.Argument(..., help="A data set that `rknas data list` marks downloadable (cifar10, mnist, ...)."),
     root: Path = typer.Option(..., "--root", help="Where to put it: later the --data-root of search and train."),
     mirror: Optional[str] = typer.Option(
         None, "--mirror", help="URL prefix holding torchvision's files under their own names (default $RKNAS_DATA_MIRROR)."
     ),
 ):
-    """Download a data set in torchvision's format, checked against torchvision's MD5 sums."""
+    """Download a data set: the built-ins in torchvision's format, checked against torchvision's MD5 sums."""
     s = download(name, root, mirror=mirror)
     if s["status"] == "present":
         print(f"{name} is already in {s['root']} ({len(s['files'])} files, {decimal(s['bytes'])}); nothing downloaded")
         return
-    print(f"Downloaded {name} from {', '.join(s['sources'])}")
+    print(f"Downloaded {name}" + (f" from {', '.join(s['sources'])}" if s["sources"] else ""))
     for f in s["files"]:
         print(f"  {f['path']}  {decimal(f['bytes'])}")
     print(f"{len(s['files'])} files, {decimal(s['bytes'])}; use them with --data-root {s['root']}")

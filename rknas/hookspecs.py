@@ -19,7 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from rknas.data.core import TensorData
+    from rknas.data.source import DataSource
     from rknas.strategies.base import StageStrategy
 
 PROJECT = "rknas"
@@ -31,11 +31,27 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_stage_strategies(register: Callable[[StageStrategy], None]) -> None:
     """Register stage strategies: call ``register(StageStrategy(...))`` once per strategy.
 
-    A stage strategy approximates one Runge-Kutta time step: its builder returns a module
-    mapping y_n of shape (N, k, H, W) to y_{n+1}. Names must be unique across all plugins.
+    A stage strategy approximates one Runge-Kutta time step: its builder, called as
+    ``builder(spec)`` with a ``rknas.BlockSpec``, returns a module mapping y_n of shape
+    (N, k, H, W) to y_{n+1}. Names must be unique across all plugins.
 
     Args:
         register: Called with one ``rknas.StageStrategy`` per strategy the plugin provides.
+    """
+
+
+@hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Register named models: call ``register(config)`` or ``register(config, name)`` once per model.
+
+    ``config`` is a mapping of ``rknas.NetworkConfig`` fields; without ``name`` the model is
+    named timm-style from its config (``rkcnn_i_5_5_6_k150_120_120``). Named models are
+    listed by ``rknas models`` and built by ``rknas.create_model(name)``; names must be
+    unique across all plugins. The paper's RKCNNs are registered through this hook by the
+    built-in plugin ``rknas.models.paper``.
+
+    Args:
+        register: Called with a config mapping and, optionally, the model's name.
     """
 
 
@@ -51,14 +67,18 @@ def register_search_spaces(register: Callable[[str | Path], None]) -> None:
 
 
 @hookspec
-def register_datasets(
-    register: Callable[[str, Callable[..., tuple[TensorData, TensorData]]], None],
-) -> None:
-    """Register data sets: call ``register(name, loader)`` once per data set.
+def register_datasets(register: Callable[[DataSource], None]) -> None:
+    """Register data sets: call ``register(DataSource(...))`` once per data set.
 
-    ``loader(root, **options)`` returns a ``(train, test)`` pair of ``rknas.data.TensorData``
-    held in memory; ``options`` come from the ``data.options`` mapping of a search space.
+    A ``rknas.data.DataSource`` (``rknas/data/source.py``) is the same type the built-in sets
+    are: ``name``, ``load`` (``load(root, **options)`` returns a ``(train, test)`` pair of
+    ``rknas.data.TensorData`` held in memory; ``options`` come from the ``data.options``
+    mapping of a search space) and, optionally, a ``label``, ``where(root)`` and
+    ``present(root)`` for ``rknas data list`` and the missing-data errors, and a
+    ``fetch(root)`` that downloads the files: then ``rknas data download NAME`` and
+    ``--download`` fetch the set like a built-in one. Names must be unique across all plugins.
+    The old form ``register(name, loader)`` still works, with a ``DeprecationWarning``.
 
     Args:
-        register: Called with the data set's name and its loader function.
+        register: Called with one ``rknas.data.DataSource`` per data set the plugin provides.
     """

@@ -1,20 +1,30 @@
 """The plugin manager: built-in plugins and entry-point plugins, registered the same way.
 
-This module only bootstraps the manager; ``rknas.registry`` looks things up in it.
+This module only bootstraps the manager; ``rknas.registry`` looks things up in it (and caches
+what it finds until the set of registered plugins changes: ``RknasPluginManager.generation``).
 
 Built-ins are listed in ``DEFAULT_PLUGINS``; third-party packages declare an entry point in
 the ``rknas`` group; ``RKNAS_PLUGIN_MODULES`` names importable modules to register as well
 (a plugin under development, or one only a test uses). ``RKNAS_PLUGINS`` (comma-separated
 package or entry-point names) restricts which installed plugins load; set it to an empty
 string to load none.
+
+Provenance (the package and version reported for everything a plugin registers) comes from
+the plugin's distribution: pluggy's ``list_plugin_distinfo()`` for entry-point plugins, the
+distribution that ships the module for a plugin module registered directly, and the
+plugin's registered name and ``__version__`` attribute for anything else.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import itertools
 import os
 import sys
-from importlib.metadata import EntryPoint, entry_points
+from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points, packages_distributions
 from typing import Any, Optional
 
 import pluggy
@@ -28,13 +38,41 @@ PLUGINS_ENV = "RKNAS_PLUGINS"
 MODULES_ENV = "RKNAS_PLUGIN_MODULES"  # importable modules to register as plugins (no packaging needed)
 DEFAULT_PLUGINS = (
     "rknas.strategies.rk",
+    "rknas.models.paper",
     "rknas.search.builtin_spaces",
     "rknas.data.builtin",
 )
 
-_pm: Optional[pluggy.PluginManager] = None
-_providers: dict[str, tuple[str, str]] = {}  # plugin name -> (package, version)
+_pm: Optional[RknasPluginManager] = None
+_builtins: dict[str, tuple[str, str]] = {}  # built-in plugin name -> ("rknas", version)
 load_errors: list[str] = []  # plugins that did not load, reported by `rknas plugins`
+
+_generations = itertools.count(1)  # shared by every manager, so a new manager never reuses a number
+
+
+class RknasPluginManager(pluggy.PluginManager):
+    """A pluggy manager that counts changes to its set of plugins.
+
+    ``generation`` changes on every ``register`` and ``unregister`` (also ``set_blocked``,
+    which unregisters), however they are called: by rknas, by a test fixture, or directly
+    on the manager. Look-ups in ``rknas.registry`` are cached per generation.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.generation = next(_generations)
+
+    def register(self, plugin: Any, name: Optional[str] = None) -> Optional[str]:
+        try:
+            return super().register(plugin, name)
+        finally:
+            self.generation = next(_generations)
+
+    def unregister(self, plugin: Any = None, name: Optional[str] = None) -> Any:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self.generation = next(_generations)
 
 
 def _norm(name: str) -> str:
@@ -61,24 +99,28 @@ def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     )
 
 
-def _register(pm: pluggy.PluginManager, plugin: Any, name: str, package: str, version: str) -> None:
+def _check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str, where: str) -> bool:
+    """Unregister ``plugin`` and record why when a hook of it matches no hookspec."""
+    unknown = _unknown_hooks(pm, plugin)
+    if not unknown:
+        return True
+    pm.unregister(plugin)
+    known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
+    _load_error(
+        f"plugin {name!r} ({where}) was not loaded: hook {', '.join(unknown)} matches no rknas hook "
+        f"(known hooks: {known})"
+    )
+    return False
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str, where: str) -> bool:
     """Register one plugin, or record why it cannot be (with its package and hook names)."""
-    where = f"{package} {version}".strip()
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:  # arguments that no hookspec has
         _load_error(f"plugin {name!r} ({where}) was not loaded: {exc}")
-        return
-    unknown = _unknown_hooks(pm, plugin)
-    if unknown:
-        pm.unregister(plugin)
-        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
-        _load_error(
-            f"plugin {name!r} ({where}) was not loaded: hook {', '.join(unknown)} matches no rknas hook "
-            f"(known hooks: {known})"
-        )
-        return
-    _providers[name] = (package, version)
+        return False
+    return _check_hooks(pm, plugin, name, where)
 
 
 def _load_error(message: str) -> None:
@@ -87,26 +129,31 @@ def _load_error(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _bootstrap() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+def _bootstrap() -> RknasPluginManager:
+    pm = RknasPluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for modname in DEFAULT_PLUGINS:
-        _register(pm, importlib.import_module(modname), modname, "rknas", __version__)
+        if _register(pm, importlib.import_module(modname), modname, f"rknas {__version__}"):
+            _builtins[modname] = ("rknas", __version__)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if not _allowed(ep) or pm.has_plugin(ep.name):
+        if not _allowed(ep) or pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
             continue
-        package = ep.dist.name if ep.dist else ep.name
-        version = ep.dist.version if ep.dist else ""
-        try:
-            plugin = ep.load()
+        where = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.name
+        try:  # pluggy's loader records the distribution: list_plugin_distinfo() is the provenance
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+        except pluggy.PluginValidationError as exc:  # arguments that no hookspec has
+            _load_error(f"plugin {ep.name!r} ({where}) was not loaded: {exc}")
+            continue
         except Exception as exc:  # a broken install must not take rknas down with it
-            _load_error(f"plugin {ep.name!r} ({package} {version}) failed to load: {type(exc).__name__}: {exc}")
+            _load_error(f"plugin {ep.name!r} ({where}) failed to load: {type(exc).__name__}: {exc}")
             continue
-        _register(pm, plugin, ep.name, package, version)
+        plugin = pm.get_plugin(ep.name)
+        if plugin is not None:
+            _check_hooks(pm, plugin, ep.name, where)
     return pm
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
+def get_plugin_manager() -> RknasPluginManager:
     """The process-wide plugin manager, created on first use.
 
     Returns:
@@ -124,7 +171,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 module = importlib.import_module(modname)
             except ImportError as exc:
                 raise PluginError(f"{MODULES_ENV}: cannot import plugin module {modname!r}: {exc}") from None
-            _register(_pm, module, modname, modname, str(getattr(module, "__version__", "")))
+            package, version = _module_provider(module, modname)
+            _register(_pm, module, modname, f"{package} {version}".strip())
     return _pm
 
 
@@ -132,8 +180,9 @@ def reset() -> None:
     """Forget the manager; the next use loads plugins again (after the environment changed)."""
     global _pm
     _pm = None
-    _providers.clear()
+    _builtins.clear()
     load_errors.clear()
+    _distributions.cache_clear()
 
 
 def plugin_env() -> dict[str, Optional[str]]:
@@ -153,12 +202,45 @@ def apply_plugin_env(env: dict[str, Optional[str]]) -> None:
     reset()
 
 
+@cache
+def _distributions() -> Mapping[str, list[str]]:
+    """Top-level import name -> distributions that ship it (scanned once per manager)."""
+    return packages_distributions()
+
+
+def _module_provider(module: Any, fallback: str) -> tuple[str, str]:
+    """(package, version) of the installed distribution that ships ``module``, else its own."""
+    top = str(getattr(module, "__name__", "")).partition(".")[0]
+    for dist_name in dict.fromkeys(_distributions().get(top, [])):
+        try:
+            dist = distribution(dist_name)
+        except PackageNotFoundError:
+            continue
+        return dist.metadata["Name"] or dist_name, dist.version
+    return fallback, str(getattr(module, "__version__", ""))
+
+
 def provider_of(plugin: Any) -> tuple[str, str]:
-    """(package, version) of a registered plugin object."""
+    """(package, version) of a registered plugin object.
+
+    Args:
+        plugin: A plugin registered with the manager.
+
+    Returns:
+        ``("rknas", version)`` for a built-in; the distribution pluggy recorded when it
+        loaded the plugin's entry point (``list_plugin_distinfo()``); for a module registered
+        directly, the installed distribution that ships it; otherwise the registered name and
+        the plugin's ``__version__`` attribute (or "").
+    """
     pm = get_plugin_manager()
     name = str(pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin)))
-    if name in _providers:
-        return _providers[name]
+    if name in _builtins and pm.get_plugin(name) is plugin:
+        return _builtins[name]
+    for loaded, dist in pm.list_plugin_distinfo():
+        if loaded is plugin:
+            return str(dist.project_name), str(dist.version)
+    if inspect.ismodule(plugin):
+        return _module_provider(plugin, name)
     return name, str(getattr(plugin, "__version__", ""))
 
 

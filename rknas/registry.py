@@ -1,31 +1,70 @@
-"""Look-ups over what plugins registered: stage strategies, search-space files, data sets.
+"""Look-ups over what plugins registered: stage strategies, named models, search-space files, data sets.
 
 Each hook is called through ``pm.hook`` one plugin at a time (a pluggy subset caller), so
 tracing, ``tryfirst`` and wrappers behave as pluggy documents, and whatever a plugin
 registers is attributed to its package for error messages and study provenance.
+
+Strategies and named models are looked up often (every network, every sampled trial), so
+they are collected once and cached until the set of registered plugins changes
+(``RknasPluginManager.generation``: any ``register``/``unregister``, or a new manager).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, TypeVar
 
+from rknas.data.source import DataSource
 from rknas.errors import ConfigError, PluginError
 from rknas.plugins import PLUGINS_ENV, get_plugin_manager, load_errors, provider_of
 from rknas.strategies.base import StageStrategy
 
+T = TypeVar("T")
+_cache: dict[str, tuple[int, Any]] = {}  # look-up -> (manager generation, result)
 
-def _call_each(hook_name: str, accept: Callable[[tuple, str, str], None]) -> None:
+
+def _cached(key: str, collect: Callable[[], T]) -> T:
+    """``collect()``, remembered until the plugin set changes."""
+    generation = get_plugin_manager().generation
+    hit = _cache.get(key)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
+    value = collect()
+    _cache[key] = (get_plugin_manager().generation, value)
+    return value
+
+
+def clear_cache() -> None:
+    """Forget every cached look-up (the next one calls the hooks again)."""
+    _cache.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedModel:
+    """A named network configuration and the package that registered it."""
+
+    name: str
+    config: Mapping[str, Any]
+    package: str = ""
+    version: str = ""
+
+    @property
+    def provider(self) -> str:
+        return f"{self.package} {self.version}".strip() or "unknown"
+
+
+def _call_each(hook_name: str, accept: Callable[..., None]) -> None:
     """Call ``hook_name`` on every plugin with a ``register`` callback of its own."""
     pm = get_plugin_manager()
     plugins = list({id(i.plugin): i.plugin for i in getattr(pm.hook, hook_name).get_hookimpls()}.values())
     for plugin in plugins:
         package, version = provider_of(plugin)
 
-        def register(*args: Any, _p: str = package, _v: str = version) -> None:
-            accept(args, _p, _v)
+        def register(*args: Any, _p: str = package, _v: str = version, **kwargs: Any) -> None:
+            accept(args, _p, _v, **kwargs)
 
         caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
         try:
@@ -39,7 +78,10 @@ def _call_each(hook_name: str, accept: Callable[[tuple, str, str], None]) -> Non
 
 
 def strategies() -> dict[str, StageStrategy]:
-    """Every registered stage strategy by name.
+    """Every registered stage strategy by name (cached until the plugin set changes).
+
+    A strategy with an old-style ``builder(channels, stages, width, dropout)`` is accepted
+    with a ``DeprecationWarning`` that names it and its package.
 
     Returns:
         Strategies keyed by name, each stamped with the package and version that registered it.
@@ -48,6 +90,10 @@ def strategies() -> dict[str, StageStrategy]:
         PluginError: Two plugins register the same name, or a plugin registers something
             that is not a ``StageStrategy``.
     """
+    return dict(_cached("strategies", _collect_strategies))
+
+
+def _collect_strategies() -> dict[str, StageStrategy]:
     found: dict[str, StageStrategy] = {}
 
     def accept(args: tuple, package: str, version: str) -> None:
@@ -59,6 +105,14 @@ def strategies() -> dict[str, StageStrategy]:
             raise PluginError(
                 f"stage strategy {strategy.name!r} is registered twice: by {found[strategy.name].provider} "
                 f"and by {strategy.provider}; uninstall one or restrict plugins with {PLUGINS_ENV}"
+            )
+        if strategy.positional_builder:
+            warnings.warn(
+                f"stage strategy {strategy.name!r} from {strategy.provider}: builder(channels, stages, width, dropout) "
+                "is deprecated; take one rknas.BlockSpec instead, builder(spec), and read spec.channels, "
+                "spec.stages, spec.width, spec.dropout (see docs/plugins.md)",
+                DeprecationWarning,
+                stacklevel=3,  # accept <- the register callback <- the plugin's register(...) call
             )
         found[strategy.name] = strategy
 
@@ -95,6 +149,49 @@ def get_strategy(name: str) -> StageStrategy:
     return known[name]
 
 
+def models() -> dict[str, NamedModel]:
+    """Every named model plugins registered, by name (cached until the plugin set changes).
+
+    Returns:
+        Named models keyed by name, built-in paper models first.
+
+    Raises:
+        PluginError: Two plugins register the same name, or a config is not a valid
+            ``NetworkConfig``.
+    """
+    return dict(_cached("models", _collect_models))
+
+
+def _collect_models() -> dict[str, NamedModel]:
+    from pydantic import ValidationError
+
+    from rknas.models.network import NetworkConfig, format_validation_error
+    from rknas.models.registry import model_name
+
+    found: dict[str, NamedModel] = {}
+
+    def accept(args: tuple, package: str, version: str, name: Optional[str] = None) -> None:
+        config, *rest = args
+        name = rest[0] if rest else name
+        where = f"plugin {package} {version}".strip()
+        if not isinstance(config, Mapping):
+            raise PluginError(f"{where} registered model config {config!r}, which is not a mapping of NetworkConfig fields")
+        try:
+            cfg = NetworkConfig.model_validate(dict(config))
+        except ValidationError as exc:
+            raise PluginError(f"{where} registered an invalid model config: {format_validation_error(exc)}") from None
+        model = NamedModel(str(name or model_name(cfg)), dict(config), package, version)
+        if model.name in found:
+            raise PluginError(
+                f"model {model.name!r} is registered twice: by {found[model.name].provider} and by {model.provider}; "
+                f"uninstall one or restrict plugins with {PLUGINS_ENV}"
+            )
+        found[model.name] = model
+
+    _call_each("register_models", accept)
+    return found
+
+
 def search_space_sources() -> list[tuple[Path, str]]:
     """(path, package) for every search-space file or directory a plugin registered."""
     found: list[tuple[Path, str]] = []
@@ -102,19 +199,40 @@ def search_space_sources() -> list[tuple[Path, str]]:
     return found
 
 
-def datasets() -> dict[str, tuple[Callable[..., Any], str]]:
-    """Data-set loaders by name, with the package that provides each.
+def datasets() -> dict[str, DataSource]:
+    """Every registered data source by name, built-ins first.
+
+    Returns:
+        Sources keyed by name, each stamped with the package and version that registered it.
+        A plugin that still calls ``register(name, loader)`` gets a ``DataSource`` with only
+        ``name`` and ``load`` (and a ``DeprecationWarning``).
 
     Raises:
-        PluginError: Two plugins register the same data-set name.
+        PluginError: Two plugins register the same data-set name, or a plugin registers
+            something that is neither a ``DataSource`` nor a ``(name, loader)`` pair.
     """
-    found: dict[str, tuple[Callable[..., Any], str]] = {}
+    found: dict[str, DataSource] = {}
 
     def accept(args: tuple, package: str, version: str) -> None:
-        name, loader = args
-        if name in found:
-            raise PluginError(f"data set {name!r} is registered twice: by {found[name][1]} and by {package} {version}")
-        found[name] = (loader, f"{package} {version}".strip())
+        if len(args) == 1 and isinstance(args[0], DataSource):
+            source = args[0]
+        elif len(args) == 2 and isinstance(args[0], str) and callable(args[1]):
+            warnings.warn(
+                f"plugin {f'{package} {version}'.strip()}: register({args[0]!r}, loader) is deprecated; register a "
+                f"rknas.data.DataSource(name={args[0]!r}, load=loader, ...) instead",
+                DeprecationWarning,
+                stacklevel=3,  # the plugin's call of register
+            )
+            source = DataSource(name=args[0], load=args[1])
+        else:
+            shown = ", ".join(map(repr, args))
+            raise PluginError(f"plugin {f'{package} {version}'.strip()} registered {shown}, which is not a rknas.data.DataSource")
+        source = dataclasses.replace(source, package=package, version=version)
+        if source.name in found:
+            raise PluginError(
+                f"data set {source.name!r} is registered twice: by {found[source.name].provider} and by {source.provider}"
+            )
+        found[source.name] = source
 
     _call_each("register_datasets", accept)
     return found

@@ -18,20 +18,37 @@ def _returns_something(fn) -> bool:
     return ann not in (None, "None", inspect.Signature.empty)
 
 
-@pytest.mark.parametrize("module,name", PUBLIC, ids=[f"{m.__name__}.{n}" for m, n in PUBLIC])
-def test_public_name_has_a_google_docstring(module, name):
-    obj = getattr(module, name)
-    if not callable(obj):
-        return  # constants (__version__, DEFAULT_STORAGE) document themselves by name
-    doc = inspect.getdoc(obj) or ""
+CONSTANTS = {"__version__", "DEFAULT_STORAGE", "STORAGE_ENV", "FINISHED"}  # values, documented by their names and the README
+
+
+def test_the_public_names_that_are_not_callables_are_the_known_constants():
+    assert {n for m, n in PUBLIC if not callable(getattr(m, n))} == CONSTANTS
+
+
+def _check_function(name, fn):
+    doc = inspect.getdoc(fn) or ""
     assert len(doc) > 20, f"{name} has no docstring"
-    if inspect.isclass(obj):
-        return
-    params = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+    params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
     if params:
         assert "Args:" in doc, f"{name}: no Args section"
-    if _returns_something(obj):
+    if _returns_something(fn):
         assert "Returns:" in doc, f"{name}: no Returns section"
+
+
+CALLABLES = [(m, n) for m, n in PUBLIC if n not in CONSTANTS]
+
+
+@pytest.mark.parametrize("module,name", CALLABLES, ids=[f"{m.__name__}.{n}" for m, n in CALLABLES])
+def test_public_name_has_a_google_docstring(module, name):
+    obj = getattr(module, name)
+    if not inspect.isclass(obj):
+        _check_function(name, obj)
+        return
+    assert len(inspect.getdoc(obj) or "") > 20, f"{name} has no docstring"
+    # A class's own public methods (not inherited ones, nor properties) are API too.
+    for attr, member in vars(obj).items():
+        if not attr.startswith("_") and inspect.isfunction(member):
+            _check_function(f"{name}.{attr}", member)
 
 
 def test_hookspecs_and_the_strategy_contract_are_documented():

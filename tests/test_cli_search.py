@@ -146,6 +146,7 @@ def test_size_limits_on_the_command_line_override_the_space(cli, tmp_path, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(rknas.cli, "run_search", prepare_only)
-    cli("search", "--space", "digits_quick", "--storage", f"sqlite:///{tmp_path}/s.db", "--max-params", "78410",
-        "--max-flops", "1e7")
+    code, _, _ = cli("search", "--space", "digits_quick", "--storage", f"sqlite:///{tmp_path}/s.db", "--max-params", "78410",
+                     "--max-flops", "1e7")
+    assert code == 130  # the stand-in stops the search like Ctrl-C once the options reached the space
     assert seen["constraints"] == {"max_params": 78410, "max_flops": 1e7}

@@ -33,7 +33,7 @@ def test_entry_point_plugins_are_listed_with_package_and_version(installed_plugi
     code, out, _ = cli("plugins", "--json")
     info = {r["name"]: r for r in json.loads(out)["plugins"]}
     assert "register_search_spaces" in info["baselines"]["hooks"]
-    code, out, _ = cli("describe", "--framework", "mnist", "--strategy", "preact_gn", "--stages", "1", "--k", "32", "--json")
+    code, out, _ = cli("describe", "--framework", "mnist", "--strategy", "preact", "--stages", "1", "--k", "32", "--json")
     assert code == 0 and json.loads(out)["params"] == 52_234  # paper: 52.23K
 
 
@@ -84,7 +84,7 @@ def test_broken_plugins_from_describe(cli, register_plugin, builder, fragment):
         def forward(self, y):
             raise RuntimeError("boom")
 
-    def build(k, s, w, d):
+    def build(spec):
         if builder == "raise":
             raise ValueError("bad k")
         return Boom()

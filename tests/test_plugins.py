@@ -32,7 +32,8 @@ class ThrowawayPlugin:
 
     @rknas.hookimpl
     def register_stage_strategies(self, register):
-        register(StageStrategy(name="heun_test", description="Heun test", builder=lambda k, s, w, d: Heun(k, s, w, d)))
+        register(StageStrategy(name="heun_test", description="Heun test",
+                               builder=lambda spec: Heun(spec.channels, spec.stages, spec.width, spec.dropout)))
 
 
 def test_builtins_register_through_the_hook():
@@ -47,7 +48,8 @@ def test_builtins_register_through_the_hook():
 
 def test_every_hookspec_is_documented():
     specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "rknas_spec")]
-    assert {f.__name__ for f in specs} >= {"register_stage_strategies", "register_search_spaces", "register_datasets"}
+    assert {f.__name__ for f in specs} >= {"register_stage_strategies", "register_models", "register_search_spaces",
+                                           "register_datasets"}
     for f in specs:
         assert f.__doc__ and len(f.__doc__.strip()) > 40, f"hook {f.__name__} has no real docstring"
         assert list(inspect.signature(f).parameters) == ["register"]
@@ -115,7 +117,7 @@ def _plugin(name, builder, **kw):
 
 
 def test_duplicate_name_names_both_providers(register_plugin):
-    register_plugin(_plugin("I", lambda k, s, w, d: nn.Identity()), name="impostor")
+    register_plugin(_plugin("I", lambda spec: nn.Identity()), name="impostor")
     with pytest.raises(PluginError) as err:
         list_strategies()
     assert "'I'" in str(err.value) and "rknas" in str(err.value) and "impostor" in str(err.value)
@@ -124,12 +126,12 @@ def test_duplicate_name_names_both_providers(register_plugin):
 @pytest.mark.parametrize(
     "builder,fragment",
     [
-        (lambda k, s, w, d: 1 / 0, "failed to build"),
-        (lambda k, s, w, d: "not a module", "not a torch.nn.Module"),
-        (lambda k, s, w, d: nn.Conv2d(k, k + 1, 1), "returned shape"),
-        (lambda k, s, w, d: nn.Flatten(), "returned shape"),
-        (lambda k, s, w, d: _Raises(), "raised in forward"),
-        (lambda k, s, w, d: _NoGrad(), "gradient"),
+        (lambda spec: 1 / 0, "failed to build"),
+        (lambda spec: "not a module", "not a torch.nn.Module"),
+        (lambda spec: nn.Conv2d(spec.channels, spec.channels + 1, 1), "returned shape"),
+        (lambda spec: nn.Flatten(), "returned shape"),
+        (lambda spec: _Raises(), "raised in forward"),
+        (lambda spec: _NoGrad(), "gradient"),
     ],
 )
 def test_broken_plugins_are_reported_by_name_and_package(register_plugin, builder, fragment):
@@ -181,7 +183,7 @@ def test_plugins_env_var_restricts_entry_points(monkeypatch):
 
 
 def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
-    from rknas.data import DataSpec, TensorData, load_dataset
+    from rknas.data import DataSource, DataSpec, TensorData, load_dataset
     from rknas.search.space import load_space, space_files
 
     def loader(root, n=20):
@@ -193,7 +195,7 @@ def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
     class P:
         @rknas.hookimpl
         def register_datasets(self, register):
-            register("rand8", loader)
+            register(DataSource(name="rand8", load=loader))
 
         @rknas.hookimpl
         def register_search_spaces(self, register):

@@ -30,3 +30,63 @@ def test_importances_find_the_parameter_that_matters():
 def test_plot_study_writes_a_png(tmp_path):
     path = plot_study(synthetic_study(), tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def captured_figures(monkeypatch):
+    """The figures the report module saves, kept open for inspection (matplotlib objects, not pixels)."""
+    from rknas import report
+
+    figures = []
+    real = report._save
+
+    def keep(fig, path):
+        figures.append({"axes": [(a.get_title(), a.get_xlabel(), a.get_ylabel(), a) for a in fig.axes],
+                        "suptitle": fig._suptitle.get_text() if fig._suptitle else ""})
+        return real(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def test_plot_study_shows_progress_size_curves_and_importances(tmp_path, monkeypatch):
+    import numpy as np
+
+    figures = captured_figures(monkeypatch)
+    study = synthetic_study()
+    plot_study(study, tmp_path / "r.png")
+    (fig,) = figures
+    titles = [t for t, *_ in fig["axes"]]
+    assert titles == ["search progress", "accuracy vs size", "learning curves (ASHA rungs prune early)", "what mattered"]
+    assert fig["suptitle"] == f"{study.study_name}: 12 complete"
+    progress, size, curves, importance = (a for *_, a in fig["axes"])
+    accs = [t.value for t in study.trials]
+    # one point per trial, and the best-so-far line never goes down and ends at the best trial
+    points = np.concatenate([c.get_offsets() for c in progress.collections if len(c.get_offsets())])
+    assert sorted(points[:, 1].tolist()) == sorted(accs)
+    (best_line,) = [ln for ln in progress.get_lines() if ln.get_label() == "best complete"]
+    ys = best_line.get_ydata()
+    assert all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] == max(accs)
+    assert size.get_xscale() == "log" and size.get_xlabel() == "parameters"
+    assert len(curves.get_lines()) == 12 and all(len(ln.get_xdata()) == 2 for ln in curves.get_lines())
+    bars = {t.get_text(): p.get_width() for t, p in zip(importance.get_yticklabels(), importance.patches)}
+    assert max(bars, key=bars.get) == "lr"  # the parameter that matters is the longest bar
+
+
+def test_plot_evaluation_draws_finalists_and_named_models_with_error_bars(tmp_path, monkeypatch):
+    from rknas.report import plot_evaluation
+
+    figures = captured_figures(monkeypatch)
+    models = [{"name": "trial_3", "source": "trial", "params": 1000, "mean": 0.9, "std": 0.01},
+              {"name": "trial_5", "source": "trial", "params": 3000, "mean": 0.92, "std": 0.02},
+              {"name": "rkcnn_e", "source": "model", "params": 2000, "mean": 0.91, "std": 0.0}]
+    plot_evaluation(models, tmp_path / "e.png", title="t")
+    (fig,) = figures
+    ((title, xlabel, ylabel, ax),) = fig["axes"]
+    assert (title, xlabel, ax.get_xscale()) == ("t", "parameters", "log") and "test accuracy" in ylabel
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["finalist (trial)", "named model"]
+    series = {c.get_label(): c for c in ax.containers}
+    trial_line = series["finalist (trial)"].lines[0]
+    assert list(trial_line.get_xdata()) == [1000, 3000] and list(trial_line.get_ydata()) == [0.9, 0.92]
+    assert trial_line.get_marker() == "o" and series["named model"].lines[0].get_marker() == "s"
+    assert sorted(t.get_text() for t in ax.texts) == ["rkcnn_e", "trial_3", "trial_5"]

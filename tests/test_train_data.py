@@ -127,15 +127,33 @@ def test_cifar_and_svhn_formats(tmp_path, monkeypatch):
     assert tr.x.shape == (6, 3, 32, 32) and te.y.tolist() == [0, 3]  # SVHN's label 10 is digit 0
 
 
-def test_fashion_mnist_found_without_root_when_installed():
-    from rknas.data.loaders import FASHION_MNIST_DEBIAN
+def _write_idx(folder, n_train, n_test):
+    import numpy as np
 
-    if not FASHION_MNIST_DEBIAN.is_dir():
-        with pytest.raises(ConfigError, match="Fashion-MNIST not found"):
-            fashion_mnist()
-        return
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 255, (n_train, 28, 28)), "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+              "t10k-images-idx3-ubyte": rng.integers(0, 255, (n_test, 28, 28)), "t10k-labels-idx1-ubyte": np.arange(n_test) % 10}
+    for name, arr in arrays.items():
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (folder / name).write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_is_found_without_a_root_in_debians_folder(tmp_path, monkeypatch):
+    from rknas.data import loaders
+
+    monkeypatch.setattr(loaders, "FASHION_MNIST_DEBIAN", tmp_path / "debian")
+    _write_idx(tmp_path / "debian", 6, 2)  # Debian's package lays the IDX files out flat
     train, test = fashion_mnist()
-    assert train.x.shape == (60000, 1, 28, 28) and len(test) == 10000
+    assert train.x.shape == (6, 1, 28, 28) and len(test) == 2 and train.y.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_fashion_mnist_without_debians_folder_or_a_root_says_what_to_do(tmp_path, monkeypatch):
+    from rknas.data import loaders
+
+    monkeypatch.setattr(loaders, "FASHION_MNIST_DEBIAN", tmp_path / "not-installed")
+    with pytest.raises(ConfigError, match="Fashion-MNIST not found under .*rknas data download fashion_mnist"):
+        fashion_mnist()
 
 
 def _config(tmp_path, epochs=2):

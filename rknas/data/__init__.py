@@ -7,7 +7,9 @@ a GPU the whole set lives on the device.
 
 from rknas.data.core import DataSpec, TensorData, augment, load_dataset, normalizer, split
 from rknas.data.download import download, ensure_dataset, list_datasets
+from rknas.data.source import DataSource
 
 __all__ = [
-    "DataSpec", "TensorData", "augment", "download", "ensure_dataset", "list_datasets", "load_dataset", "normalizer", "split",
+    "DataSource", "DataSpec", "TensorData", "augment", "download", "ensure_dataset", "list_datasets", "load_dataset",
+    "normalizer", "split",
 ]

@@ -67,9 +67,10 @@ def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     known = datasets()
     if spec.name not in known:
         raise ConfigError(f"unknown data set {spec.name!r}; known: {', '.join(sorted(known))}")
-    loader, provider = known[spec.name]
+    source = known[spec.name]
+    provider = source.provider
     try:
-        train, test = loader(spec.root, **spec.options)
+        train, test = source.load(spec.root, **spec.options)
     except RknasError:
         raise
     except Exception as exc:

@@ -1,4 +1,8 @@
-"""Built-in data sets, read from files already on disk (`rknas data download` fetches them: rknas.data.download)."""
+"""The built-in loaders: data sets read from files already on disk.
+
+`rknas data download` fetches the files (rknas.data.download); rknas/data/builtin.py makes each
+loader a ``DataSource``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import torch
 
 from rknas.data.core import TensorData
-from rknas.data.download import download_command
+from rknas.data.source import download_command
 from rknas.errors import ConfigError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -149,13 +153,3 @@ def image_folder(
     n_test = int(round(len(data) * test_fraction))
     return data.subset(perm[n_test:]), data.subset(perm[:n_test])
 
-
-BUILTIN = {
-    "digits": digits,
-    "mnist": mnist,
-    "fashion_mnist": fashion_mnist,
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-    "svhn": svhn,
-    "image_folder": image_folder,
-}

@@ -161,6 +161,14 @@ class PreActUnit(nn.Sequential):
         self.memory_efficient = _check_setting(memory_efficient)
 
     def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """One unit on its inputs, concatenated along channels (recomputed in backward when memory-efficient).
+
+        Args:
+            x: A tensor, or the list of feature maps the unit reads.
+
+        Returns:
+            The unit's output feature map.
+        """
         inputs = (x,) if isinstance(x, torch.Tensor) else tuple(x)  # a copy: callers append to their lists
         if self.training and torch.is_grad_enabled() and recomputes(self.memory_efficient, inputs[0].device):
             h = self._checkpointed(inputs)
@@ -271,6 +279,14 @@ class RKBlock(nn.Module):
         )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """One Runge-Kutta time step.
+
+        Args:
+            y: y_n, of shape (N, k, H, W).
+
+        Returns:
+            y_{n+1}, of the same shape.
+        """
         # Units get the stage lists and concatenate them themselves, so that a memory-efficient
         # unit can drop its concatenation after the forward pass.
         feats = [y]

@@ -17,9 +17,11 @@ from torch import nn
 from rknas.errors import ConfigError, PluginError
 from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
 from rknas.registry import get_strategy
-from rknas.strategies.base import StageStrategy
+from rknas.strategies.base import BlockSpec, StageStrategy
 
 Framework = Literal["cifar", "mnist"]  # the paper's two pre/postprocessor layouts (Tables 1 and 2)
+# The norm of each framework's feature maps (RKCNN's postprocessor and MNIST preprocessor), told to blocks as BlockSpec.norm.
+FRAMEWORK_NORM = {"cifar": "batch", "mnist": "group"}
 DEFAULTS = {
     # framework: (in_channels, image_size, attention, multiscale)
     "cifar": (3, 32, True, True),
@@ -211,16 +213,72 @@ class Period(nn.Module):
         return y if self.two_outputs else (y, y)
 
 
+def block_spec(config: NetworkConfig, period: int, step: int = 0) -> BlockSpec:
+    """What a strategy's builder is told about block ``step`` of period ``period`` (0-based).
+
+    Args:
+        config: The network's (validated) configuration.
+        period: Index of the period.
+        step: Index of the block among the period's time steps.
+
+    Returns:
+        The spec: k, s, width and dropout of the period, the framework and its norm, where
+        the block sits, and the period's feature-map size.
+    """
+    assert config.image_size is not None  # filled in by validation
+    return BlockSpec(
+        channels=config.k[period],
+        stages=config.stages[period],
+        width=config.width,
+        dropout=config.dropout,
+        framework=config.framework,
+        norm=FRAMEWORK_NORM[config.framework],
+        period=period,
+        periods=config.periods,
+        step=step,
+        steps=config.steps[period],
+        size=spatial_sizes(config.framework, config.image_size, config.periods)[period],
+    )
+
+
 @torch.inference_mode(False)
 @torch.enable_grad()  # the check runs a backward pass, whatever the caller's grad mode
-def build_stage(strategy: StageStrategy, channels: int, stages: int, width: float, dropout: float) -> nn.Module:
+def build_stage(
+    strategy: StageStrategy,
+    spec: Union[BlockSpec, int],
+    stages: Optional[int] = None,
+    width: float = 1.0,
+    dropout: float = 0.0,
+) -> nn.Module:
     """Build one block and check it honours the contract, so a broken plugin is reported
-    by strategy and package instead of surfacing as a shape error deep in training."""
+    by strategy and package instead of surfacing as a shape error deep in training.
+
+    Args:
+        strategy: The stage strategy to build.
+        spec: The block to build; or, in the older form ``build_stage(strategy, channels,
+            stages, width, dropout)``, its channels (a cifar ``BlockSpec`` is made from the rest).
+        stages: Only with ``spec`` given as channels.
+        width: Only with ``spec`` given as channels.
+        dropout: Only with ``spec`` given as channels.
+
+    Returns:
+        The checked module, in the training mode it was built in, without gradients.
+
+    Raises:
+        ConfigError: ``stages`` is below the strategy's ``min_stages``.
+        PluginError: The builder raised, returned no module, or the module broke the
+            contract (shape, dtype, gradient); the message names strategy and package.
+    """
+    if not isinstance(spec, BlockSpec):
+        if stages is None:
+            raise TypeError("build_stage(strategy, channels, stages, ...) needs stages; or pass a BlockSpec")
+        spec = BlockSpec(channels=spec, stages=stages, width=width, dropout=dropout)
+    channels, stages = spec.channels, spec.stages
     who = f"stage strategy {strategy.name!r} from {strategy.provider}"
     if stages < strategy.min_stages:
         raise ConfigError(f"{who} needs stages >= {strategy.min_stages}, got {stages}")
     try:
-        module = strategy.builder(channels, stages, width, dropout)
+        module = strategy.build(spec)
     except Exception as exc:
         raise PluginError(f"{who} failed to build (k={channels}, s={stages}): {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, nn.Module):
@@ -303,7 +361,7 @@ class RKCNN(nn.Module):
                     f"stage strategy {st.name!r} changes the width ({k[p]} -> {out_c} channels), "
                     f"so period {p + 1} can have only 1 time step, got {r}"
                 )
-            blocks = [build_stage(st, k[p], s, cfg.width, cfg.dropout) for _ in range(r)]
+            blocks = [build_stage(st, block_spec(cfg, p, step)) for step in range(r)]
             setting = cfg.memory_efficient_in(p)
             if setting:
                 for block in blocks:  # any strategy's PreActUnits, not only the built-in blocks
@@ -318,7 +376,15 @@ class RKCNN(nn.Module):
         self.classifier = nn.Linear(sum(used), cfg.classes)
         _init_weights(self)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for a batch of images.
+
+        Args:
+            x: Normalised images, (N, in_channels, image_size, image_size).
+
+        Returns:
+            Logits, (N, classes).
+        """
         y = self.pre(x)
         finals = []
         for p, period in enumerate(self.periods):

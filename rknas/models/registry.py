@@ -1,7 +1,9 @@
 """Named models, timm-style: ``list_models()`` and ``create_model("rkcnn_i_5_5_6_k150_120_120")``.
 
-Names encode the configuration: strategy, stages per period, then ``mnist`` for the MNIST
-framework, then k per period (one number when all periods share it).
+Plugins register named models through the ``register_models`` hook (the paper's RKCNNs come
+from the built-in plugin ``rknas.models.paper``); ``rknas.registry.models()`` collects them.
+Names encode the configuration unless the plugin gives one: strategy, stages per period,
+then ``mnist`` for the MNIST framework, then k per period (one number when all periods share it).
 """
 
 from __future__ import annotations
@@ -10,11 +12,18 @@ import fnmatch
 
 from rknas.models.counting import describe
 from rknas.models.network import RKCNN, NetworkConfig, build_network
-
-_REGISTRY: dict[str, dict] = {}
+from rknas.registry import models
 
 
 def model_name(config: NetworkConfig) -> str:
+    """The timm-style name of a configuration.
+
+    Args:
+        config: A validated network configuration.
+
+    Returns:
+        E.g. ``"rkcnn_i_5_5_6_k150_120_120"`` or ``"rkcnn_e_2_mnist_k24"``.
+    """
     strat = "_".join(dict.fromkeys(s.lower() for s in config.strategy))
     parts = ["rkcnn", strat, *map(str, config.stages)]
     if config.framework == "mnist":
@@ -22,16 +31,6 @@ def model_name(config: NetworkConfig) -> str:
     ks = config.k if len(set(config.k)) > 1 else config.k[:1]
     parts.append("k" + "_".join(map(str, ks)))
     return "_".join(parts)
-
-
-def register_model(config: dict, name: str | None = None) -> str:
-    """Add a named configuration; names are unique."""
-    cfg = NetworkConfig.model_validate(config)
-    name = name or model_name(cfg)
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = dict(config)
-    return name
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -43,7 +42,7 @@ def list_models(pattern: str = "*") -> list[str]:
     Returns:
         The matching names.
     """
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in models() if fnmatch.fnmatch(n, pattern))
 
 
 def model_sizes(pattern: str = "*") -> list[dict]:
@@ -68,11 +67,12 @@ def model_config(name: str, **overrides) -> NetworkConfig:
     Raises:
         ConfigError: No model has that name.
     """
-    if name not in _REGISTRY:
+    known = models()
+    if name not in known:
         from rknas.errors import ConfigError
 
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return NetworkConfig.model_validate({**_REGISTRY[name], **overrides})
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
+    return NetworkConfig.model_validate({**known[name].config, **overrides})
 
 
 def create_model(name: str, **overrides) -> RKCNN:
@@ -89,22 +89,3 @@ def create_model(name: str, **overrides) -> RKCNN:
         ConfigError: Unknown name or invalid override.
     """
     return build_network(model_config(name, **overrides))
-
-
-# The RKCNNs of the paper's Tables 2-5 (CIFAR-10 heads; pass classes=100 for CIFAR-100).
-for _s, _ks in (("E", (24, 30, 32)), ("I", (20, 26, 32)), ("R", (20, 26, 32))):
-    for _k in _ks:
-        register_model({"framework": "mnist", "strategy": _s, "stages": 2, "k": _k})
-register_model({"strategy": "E", "stages": [2, 2, 2], "k": 120})
-for _s in ("I", "R"):
-    for _kp in ([26, 28, 28], [78, 78, 80], [120]):
-        register_model({"strategy": _s, "stages": [2, 2, 2], "k": _kp})
-for _s, _stages, _kps in (
-    ("E", [5, 5, 5], ([80], [120])),
-    ("I", [5, 5, 5], ([80], [120])),
-    ("I", [5, 5, 6], ([150, 120, 120],)),
-    ("R", [5, 5, 5], ([80], [120])),
-    ("R", [3, 4, 4], ([180],)),
-):
-    for _kp in _kps:
-        register_model({"strategy": _s, "stages": _stages, "k": _kp})

@@ -74,7 +74,11 @@ class RerunResult:
         return self.recorded == self.reproduced and bool(self.recorded_diverged) == bool(self.reproduced_diverged)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as plain JSON-ready values, ``agree`` included."""
+        """The result as plain values.
+
+        Returns:
+            The fields and ``agree``, ready for JSON.
+        """
         return {**asdict(self), "agree": self.agree}
 
 

@@ -206,7 +206,11 @@ class SearchSpace(BaseModel):
         return int(self.arch.periods)
 
     def strategies(self) -> list[str]:
-        """The strategy names the space lists."""
+        """The strategy names the space lists.
+
+        Returns:
+            The names, one per list entry (a single name as a list of one).
+        """
         strategy = self.arch.strategy
         return [strategy] if isinstance(strategy, str) else list(strategy)
 
@@ -216,6 +220,9 @@ class SearchSpace(BaseModel):
     # ---- checks ------------------------------------------------------------------------------
     def check_strategies(self, where: str) -> None:
         """Every strategy must exist and fit the stage range; otherwise say which and why.
+
+        Args:
+            where: The space's name or file, for the message.
 
         Raises:
             ConfigError: An unknown strategy, or none that works with the stage range.
@@ -234,6 +241,9 @@ class SearchSpace(BaseModel):
 
         A space that could propose an invalid network or optimiser fails at load, not in
         every trial.
+
+        Args:
+            where: The space's name or file, for the message.
 
         Raises:
             ConfigError: The first value the config rejects, with section, key and reason.

@@ -6,11 +6,12 @@ from functools import partial
 
 from rknas.hookspecs import hookimpl
 from rknas.models.blocks import RKBlock
-from rknas.strategies.base import StageStrategy
+from rknas.strategies.base import BlockSpec, StageStrategy
 
 
-def _builder(mode: str, channels: int, stages: int, width: float, dropout: float) -> RKBlock:
-    return RKBlock(channels, stages, mode=mode, width=width, dropout=dropout)
+def _builder(mode: str, spec: BlockSpec) -> RKBlock:
+    # The paper's RK blocks use BatchNorm in both frameworks, so spec.norm is not read.
+    return RKBlock(spec.channels, spec.stages, mode=mode, width=spec.width, dropout=spec.dropout)
 
 
 BUILTIN = (

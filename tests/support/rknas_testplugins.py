@@ -6,7 +6,7 @@ from torch import nn
 import rknas
 from rknas import StageStrategy
 
-__version__ = "0.0.1"
+__version__ = "0.0.1"  # reported as its version: this module belongs to no installed distribution
 
 
 class Dud(nn.Module):
@@ -27,8 +27,8 @@ class WrongShape(nn.Module):
 
 @rknas.hookimpl
 def register_stage_strategies(register):
-    register(StageStrategy(name="search_dud", description="test: chance accuracy", builder=lambda k, s, w, d: Dud(k)))
-    register(StageStrategy(name="search_broken", description="test: breaks the contract", builder=lambda k, s, w, d: WrongShape()))
+    register(StageStrategy(name="search_dud", description="test: chance accuracy", builder=lambda spec: Dud(spec.channels)))
+    register(StageStrategy(name="search_broken", description="test: breaks the contract", builder=lambda spec: WrongShape()))
 
 
 class Crash(nn.Module):
@@ -44,7 +44,7 @@ class Crash(nn.Module):
 
 @rknas.hookimpl(specname="register_stage_strategies")
 def register_crash(register):
-    register(StageStrategy(name="search_crash", description="test: worker dies while training", builder=lambda k, s, w, d: Crash()))
+    register(StageStrategy(name="search_crash", description="test: worker dies while training", builder=lambda spec: Crash()))
 
 
 class Gate(nn.Module):
@@ -62,4 +62,4 @@ class Gate(nn.Module):
 
 @rknas.hookimpl(specname="register_stage_strategies")
 def register_gate(register):
-    register(StageStrategy(name="search_gate", description="test: waits for a file while training", builder=lambda k, s, w, d: Gate()))
+    register(StageStrategy(name="search_gate", description="test: waits for a file while training", builder=lambda spec: Gate()))

@@ -16,12 +16,7 @@ os.environ.setdefault("RKNAS_PLUGINS", "")
 @pytest.fixture(autouse=True)
 def baselines_plugin():
     import rknas_baselines.plugin as plugin
-    from rknas.plugins import get_plugin_manager
+    from rknas.testing import temporary_plugin
 
-    pm = get_plugin_manager()
-    added = not pm.is_registered(plugin)
-    if added:
-        pm.register(plugin, name="rknas-baselines")
-    yield plugin
-    if added:
-        pm.unregister(plugin)
+    with temporary_plugin(plugin, name="rknas-baselines"):
+        yield plugin

@@ -20,7 +20,7 @@ def run(capsys, *args):
 
 
 def test_describe_reproduces_table2(capsys):
-    code, out, _ = run(capsys, "describe", "--framework", "mnist", "--strategy", "preact_gn", "--stages", "1",
+    code, out, _ = run(capsys, "describe", "--framework", "mnist", "--strategy", "preact", "--stages", "1",
                        "--k", "32", "--json")
     info = json.loads(out)
     assert code == 0 and (info["params"], info["flops"]) == (52_234, 8_434_560)

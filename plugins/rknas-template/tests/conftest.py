@@ -2,7 +2,9 @@
 
 rknas loads installed plugins through their entry points unless ``RKNAS_PLUGINS`` says
 otherwise; the repository's own ``tests/conftest.py`` sets it to "" (no entry-point plugins).
-Tests register the plugin module directly instead, so they work installed or not.
+Tests register the plugin module directly instead (``rknas.testing.temporary_plugin``), so
+they work installed or not; a module of an installed distribution is reported as that
+distribution (package and version).
 """
 
 import os
@@ -15,12 +17,7 @@ os.environ.setdefault("RKNAS_PLUGINS", "")
 @pytest.fixture(autouse=True)
 def heun_plugin():
     import rknas_heun.plugin as plugin
-    from rknas.plugins import get_plugin_manager
+    from rknas.testing import temporary_plugin
 
-    pm = get_plugin_manager()
-    added = not pm.is_registered(plugin)  # already there if this session loaded entry points
-    if added:
-        pm.register(plugin, name="rknas-template")
-    yield plugin
-    if added:
-        pm.unregister(plugin)
+    with temporary_plugin(plugin, name="rknas-template"):  # left alone if its entry point loaded it
+        yield plugin

@@ -7,8 +7,8 @@ import torch
 
 import rknas
 from rknas import build_network, count_params
-from rknas.models.network import build_stage
-from rknas_heun.plugin import HeunBlock
+from rknas.testing import check_strategy
+from rknas_heun.plugin import HEUN, HeunBlock
 
 
 def test_registered_with_package_and_version():
@@ -36,8 +36,10 @@ def test_builds_a_network_through_rknas():
 
 
 def test_contract_holds():
-    block = build_stage(rknas.get_strategy("heun"), 4, 3, 1.0, 0.0)  # raises PluginError if broken
-    assert isinstance(block, HeunBlock)
+    block = check_strategy("heun", channels=4, stages=3)  # raises PluginError if broken
+    assert isinstance(block, HeunBlock) and len(block.correctors) == 2
+    assert isinstance(check_strategy("heun", framework="mnist", norm="group", dropout=0.2), HeunBlock)
+    assert not HEUN.positional_builder  # builder(spec): no DeprecationWarning when registered
     with pytest.raises(rknas.ConfigError, match="needs stages >= 2"):
         build_network({"strategy": "heun", "stages": 1, "k": 4, "image_size": 8})
 

@@ -2,94 +2,124 @@
 
 Entry point (pyproject.toml): ``[project.entry-points.rknas] baselines = "rknas_baselines.plugin"``.
 
-The norm layer of the ResNet and ODE blocks is part of the strategy name, because a builder
-is not told which framework it is built into: the plain names use BatchNorm (the paper's
-CIFAR/SVHN models), the ``_gn`` names GroupNorm(min(32, c), c) (the paper's MNIST models,
-as in the Neural-ODE reference code). Both have the same parameter and FLOP counts.
+The norm layer of the ResNet and ODE blocks comes from the ``rknas.BlockSpec`` a builder is
+called with: BatchNorm in the ``cifar`` framework (the paper's CIFAR/SVHN models), GroupNorm
+(min(32, c), c) in the ``mnist`` framework (the paper's MNIST models, as in the Neural-ODE
+reference code). Both have the same parameter and FLOP counts. The ``_gn`` names of earlier
+releases, which forced GroupNorm whatever the framework, remain as deprecated aliases.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from functools import partial
 from pathlib import Path
 
+from torch import nn
+
 import rknas
-from rknas import StageStrategy
-from rknas.models.blocks import batch_norm, group_norm
-from rknas_baselines import __version__  # noqa: F401  (reported when registered without an entry point)
+from rknas import BlockSpec, StageStrategy
 from rknas_baselines.dense import CliqueBlock, DenseBlock
 from rknas_baselines.ode import CLASSIC, ODEBlock, ODEFunc
 from rknas_baselines.resnet import PreActBasic, PreActBottleneck, ResidualStack
 
-NORMS = {"": (batch_norm, "BatchNorm"), "_gn": (group_norm, "GroupNorm")}
 # Paper tolerance of the Adams-Moulton corrector: 0.5 on MNIST (GroupNorm models), 0.9 on CIFAR/SVHN.
-IMPLICIT_TOL = {"": 0.9, "_gn": 0.5}
+IMPLICIT_TOL = {"batch": 0.9, "group": 0.5}
 
 
-def _residual(block, norm, k, s, w, d):
-    return ResidualStack(block, k, s, norm, w, d)
+def _residual(block: type, spec: BlockSpec) -> nn.Module:
+    return ResidualStack(block, spec.channels, spec.stages, spec.norm_layer, spec.width, spec.dropout)
 
 
-def _ode(norm, time_dependent, method, tol, k, s, w, d):
-    return ODEBlock(ODEFunc(k, norm, time_dependent, w, d), steps=s, method=method, tol=tol)
+def _ode(time_dependent: bool, method: str, spec: BlockSpec) -> nn.Module:
+    tol = IMPLICIT_TOL[spec.norm] if method == "implicit_adams" else 0.0
+    func = ODEFunc(spec.channels, spec.norm_layer, time_dependent, spec.width, spec.dropout)
+    return ODEBlock(func, steps=spec.stages, method=method, tol=tol)
+
+
+def _dense(spec: BlockSpec) -> nn.Module:
+    return DenseBlock(spec.channels, spec.stages, spec.width, spec.dropout)  # BatchNorm, like the RK blocks
+
+
+def _clique(spec: BlockSpec) -> nn.Module:
+    return CliqueBlock(spec.channels, spec.stages, spec.width, spec.dropout)
+
+
+def _group_norm_alias(name: str, target: StageStrategy, spec: BlockSpec) -> nn.Module:
+    warnings.warn(
+        f"stage strategy {name!r} is deprecated: use {target.name!r}, which takes GroupNorm in the mnist "
+        "framework (BlockSpec.norm)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return target.build(dataclasses.replace(spec, norm="group"))
 
 
 def _strategies() -> list[StageStrategy]:
-    out = []
-    for suffix, (norm, norm_name) in NORMS.items():
-        out += [
-            StageStrategy(
-                name=f"preact{suffix}",
-                description=f"pre-activation ResNet block ({norm_name}); s blocks in a row, paper: s=1",
-                builder=partial(_residual, PreActBasic, norm),
+    norm = "norm from the framework: BatchNorm (cifar), GroupNorm (mnist)"
+    main = [
+        StageStrategy(
+            name="preact",
+            description=f"pre-activation ResNet block ({norm}); s blocks in a row, paper: s=1",
+            builder=partial(_residual, PreActBasic),
+        ),
+        StageStrategy(
+            name="preact_bottleneck",
+            description=f"pre-activation ResNet bottleneck block 1x1(k/4)-3x3(k/4)-1x1(k) ({norm}); paper: s=1",
+            builder=partial(_residual, PreActBottleneck),
+        ),
+        StageStrategy(
+            name="rknn",
+            description=f"RKNN: time-invariant ODE function ({norm}), classical RK4, s steps per period; paper: s=1",
+            builder=partial(_ode, False, CLASSIC),
+        ),
+        StageStrategy(
+            name="rknet",
+            description=f"RK-Net: ODE function with a time channel ({norm}), classical RK4, s steps; paper: s=1",
+            builder=partial(_ode, True, CLASSIC),
+        ),
+        StageStrategy(
+            name="odenet",
+            description=f"ODE-Net: explicit Adams-Bashforth, RK 3/8 starter ({norm}), s steps; paper counts: s=2",
+            builder=partial(_ode, True, "explicit_adams"),
+        ),
+        StageStrategy(
+            name="odenet_implicit",
+            description=(
+                f"ODE-Net: Adams-Bashforth-Moulton, corrector iterated <=4x, tol 0.9 with BatchNorm, 0.5 with "
+                f"GroupNorm ({norm}), s >= 3 steps"
             ),
-            StageStrategy(
-                name=f"preact_bottleneck{suffix}",
-                description=f"pre-activation ResNet bottleneck block 1x1(k/4)-3x3(k/4)-1x1(k) ({norm_name}); paper: s=1",
-                builder=partial(_residual, PreActBottleneck, norm),
-            ),
-            StageStrategy(
-                name=f"rknn{suffix}",
-                description=f"RKNN: time-invariant ODE function ({norm_name}), classical RK4, s steps per period; paper: s=1",
-                builder=partial(_ode, norm, False, CLASSIC, 0.0),
-            ),
-            StageStrategy(
-                name=f"rknet{suffix}",
-                description=f"RK-Net: ODE function with a time channel ({norm_name}), classical RK4, s steps; paper: s=1",
-                builder=partial(_ode, norm, True, CLASSIC, 0.0),
-            ),
-            StageStrategy(
-                name=f"odenet{suffix}",
-                description=f"ODE-Net: explicit Adams-Bashforth, RK 3/8 starter ({norm_name}), s steps; paper counts: s=2",
-                builder=partial(_ode, norm, True, "explicit_adams", 0.0),
-            ),
-            StageStrategy(
-                name=f"odenet_implicit{suffix}",
-                description=(
-                    f"ODE-Net: Adams-Bashforth-Moulton, corrector iterated <=4x, tol {IMPLICIT_TOL[suffix]} "
-                    f"({norm_name}), s >= 3 steps"
-                ),
-                builder=partial(_ode, norm, True, "implicit_adams", IMPLICIT_TOL[suffix]),
-                min_stages=3,
-            ),
-        ]
-    out += [
+            builder=partial(_ode, True, "implicit_adams"),
+            min_stages=3,
+        ),
+    ]
+    aliases = [
+        dataclasses.replace(
+            st,
+            name=f"{st.name}_gn",
+            description=f"deprecated: {st.name} with GroupNorm in any framework; use {st.name} (GroupNorm in mnist)",
+            builder=partial(_group_norm_alias, f"{st.name}_gn", st),
+        )
+        for st in main
+    ]
+    dense = [
         StageStrategy(
             name="densenet",
             description="DenseNet dense block, T=s layers; passes input + all features on, (s+1)k channels",
-            builder=DenseBlock,
+            builder=_dense,
             out_channels=lambda k, s: (s + 1) * k,
         ),
         StageStrategy(
             name="cliquenet",
             description="CliqueNet clique block, T=s layers; s*k features to the transition, (s+1)k to the postprocessor",
-            builder=CliqueBlock,
+            builder=_clique,
             min_stages=2,
             out_channels=lambda k, s: s * k,
             post_channels=lambda k, s: (s + 1) * k,
         ),
     ]
-    return out
+    return main + aliases + dense
 
 
 STRATEGIES = tuple(_strategies())

@@ -1,9 +1,5 @@
-"""Template rknas plugin: one stage strategy, ``heun``."""
+"""Template rknas plugin: one stage strategy, ``heun``.
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
-try:
-    __version__ = _version("rknas-template")
-except PackageNotFoundError:  # imported from a source tree without install
-    __version__ = "0.0.0+unknown"
+rknas reports the package and version of the installed distribution (``rknas-template``) next
+to every strategy it registers; the package needs no ``__version__`` for that.
+"""

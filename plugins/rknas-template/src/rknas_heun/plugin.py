@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 import rknas
-from rknas import PreActUnit, StageStrategy, concat
-from rknas_heun import __version__  # noqa: F401  (reported if the module is registered without its entry point)
+from rknas import BlockSpec, PreActUnit, StageStrategy, concat
 
 
 class HeunBlock(nn.Module):
@@ -26,6 +25,11 @@ class HeunBlock(nn.Module):
         k = channels
         self.predictor = PreActUnit(k, k, width, dropout)
         self.correctors = nn.ModuleList(PreActUnit(2 * k, k, width, dropout) for _ in range(stages - 1))
+
+    @classmethod
+    def from_spec(cls, spec: BlockSpec) -> HeunBlock:
+        """The builder: k, s, width and dropout from the spec (its norm is not used: PreActUnit is BN)."""
+        return cls(spec.channels, spec.stages, spec.width, spec.dropout)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         e = self.predictor(y)
@@ -38,7 +42,7 @@ class HeunBlock(nn.Module):
 HEUN = StageStrategy(
     name="heun",
     description="Heun predictor-corrector: y + (e1 + unit(y, e1))/2; s > 2 iterates the corrector",
-    builder=HeunBlock,  # called as builder(channels, stages, width, dropout)
+    builder=HeunBlock.from_spec,  # called as builder(spec) with a rknas.BlockSpec
     min_stages=2,
 )
 

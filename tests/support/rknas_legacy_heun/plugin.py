@@ -1,0 +1,48 @@
+"""A Heun-style predictor-corrector RK block, registered as the stage strategy ``heun``.
+
+Heun's method takes an Euler step as a prediction and corrects it with the average slope:
+    y_p = y_n + h f(y_n),    y_{n+1} = y_n + h/2 (f(y_n) + f(y_p)).
+As in RKCNN, each increment is approximated by a unit of the network (its input carries y_n
+and what the increment depends on) instead of by evaluating an ODE function:
+    e_1 = unit_1(y_n)                               predictor, ~ h f(y_n)
+    d   = (e_1 + unit_2(concat(y_n, e_1))) / 2      corrector, ~ h/2 (f(y_n) + f(y_n + e_1))
+    y_{n+1} = y_n + d
+With s > 2 stages the corrector is iterated: d = (e_1 + unit_i(concat(y_n, d))) / 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import rknas
+from rknas import PreActUnit, StageStrategy, concat
+from rknas_legacy_heun import __version__  # noqa: F401  (reported if the module is registered without its entry point)
+
+
+class HeunBlock(nn.Module):
+    def __init__(self, channels: int, stages: int, width: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        k = channels
+        self.predictor = PreActUnit(k, k, width, dropout)
+        self.correctors = nn.ModuleList(PreActUnit(2 * k, k, width, dropout) for _ in range(stages - 1))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        e = self.predictor(y)
+        d = e
+        for unit in self.correctors:
+            d = 0.5 * (e + unit(concat([y, d])))
+        return y + d
+
+
+HEUN = StageStrategy(
+    name="heun",
+    description="Heun predictor-corrector: y + (e1 + unit(y, e1))/2; s > 2 iterates the corrector",
+    builder=HeunBlock,  # called as builder(channels, stages, width, dropout)
+    min_stages=2,
+)
+
+
+@rknas.hookimpl
+def register_stage_strategies(register):
+    register(HEUN)
