@@ -36,7 +36,7 @@ def test_search_with_start_from_then_evaluate(ray_local, cli, tmp_path):
     write_mnist(tmp_path / "data")
     space = {
         "name": "mini_mnist", "data": {"name": "mnist", "val_fraction": 0.25}, "framework": "mnist",
-        "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": {"low": 1, "high": 2}, "k": [8, 12]},
+        "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": {"low": 1, "high": 2}, "k": [12, 24], "attention": False, "multiscale": False},
         "training": {"lr": 0.1, "batch_size": 30, "warmup_epochs": 0},
         "fidelity": {"epochs": 1, "early_stopping": False},
     }
