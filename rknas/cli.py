@@ -3,14 +3,21 @@
 Each command parses its options, calls one library function and prints the result (tables
 come from ``rknas.display``). User errors are ``RknasError``s, printed by ``main`` as one
 line with exit code 2.
+
+Flags are declared once: ``search``, ``evaluate`` and ``train`` take their options model
+(``rknas.options``), whose fields become the flags (``rknas.cli_flags``); ``describe`` takes
+``NetworkConfig``'s fields; options several commands share are the typed aliases of
+``rknas.options`` (``Study``, ``Storage``, ``Json``, ``Device``, ``DataRoot``). A new command is a
+function registered with ``@command()``; a new flag of search/evaluate/train is a field of its model.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import optuna
 import typer
@@ -20,20 +27,33 @@ from rich.progress import Progress
 from typer.exceptions import TyperException
 
 from rknas import display
+from rknas.cli_flags import Overrides, command_flags
 from rknas.config import load_network_section
 from rknas.data.download import download, list_datasets
 from rknas.errors import RknasError
 from rknas.export import export_model
 from rknas.models.counting import describe as describe_network
-from rknas.models.network import parse_network_config
+from rknas.models.network import NetworkConfig, parse_network_config
 from rknas.models.registry import model_config, model_sizes
+from rknas.options import (
+    BenchBuildOptions,
+    BenchReplayOptions,
+    DataRoot,
+    Device,
+    EvaluateOptions,
+    Flag,
+    Json,
+    SearchOptions,
+    Storage,
+    Study,
+    TrainOptions,
+)
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
 from rknas.report import plot_study
-from rknas.search.runner import SearchOptions, run_search
+from rknas.search.runner import run_search
 from rknas.search.space import space_files
 from rknas.storage import StudyRecord, choose, export_config, open_storage, open_study, storage_url, study_names, summarize
-from rknas.storage.retry import DEFAULT_RETRY_S
 from rknas.train import train_from_config
 
 app = typer.Typer(
@@ -46,17 +66,17 @@ console = display.make_console()
 err_console = display.make_console(stderr=True)
 
 
-def _csv(value: Optional[str], cast: type = str) -> Optional[list]:
-    if value is None:
-        return None
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise RknasError(f"could not read {value!r} as a comma-separated list of {cast.__name__}") from None
+def command(name: Optional[str] = None, on: typer.Typer = app) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose flags come from its options model and the shared aliases (``rknas.cli_flags``)."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return on.command(name)(command_flags(fn))
+
+    return register
 
 
-@app.command()
-def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+@command()
+def strategies(as_json: Json = False):
     """List every registered stage strategy and the package that provides it."""
     rows = [
         {"name": s.name, "description": s.description, "min_stages": s.min_stages, "package": s.package, "version": s.version}
@@ -72,8 +92,8 @@ def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON in
     )
 
 
-@app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+@command()
+def plugins(as_json: Json = False):
     """List loaded plugins (built-in and installed) with the hooks each implements."""
     rows = plugin_info()
     if as_json:
@@ -84,10 +104,10 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
         console.print(f"[red]not loaded:[/red] {err}")
 
 
-@app.command()
+@command()
 def models(
     pattern: str = typer.Argument("*", help="Glob over model names."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: Json = False,
 ):
     """List the named paper models with params and FLOPs (use them as `--model NAME`, `--include NAME`)."""
     rows = model_sizes(pattern)
@@ -115,25 +135,37 @@ def models(
     )
 
 
-@app.command()
+# `describe` takes NetworkConfig's fields as flags; their help is here (NetworkConfig documents the network).
+DESCRIBE_FLAGS = {
+    "framework": Flag(help="cifar or mnist."),
+    "strategy": Flag(csv=str, help="One strategy, or one per period: I,I,R."),
+    "stages": Flag(csv=int, help="Stages per period: 5,5,6."),
+    "k": Flag(csv=int, help="Channels per period: 150,120,120."),
+    "steps": Flag(csv=int, help="Time steps per period (default 1)."),
+    "classes": Flag(help="Output classes (default 10)."),
+    "in_channels": Flag(help="Input channels (default: the framework's)."),
+    "image_size": Flag(help="Input height and width (default: the framework's)."),
+    "attention": Flag("--no-attention", switch=False, help="Plain transitions."),
+    "multiscale": Flag("--no-multiscale", switch=False, help="Only the last period feeds the classifier."),
+    "width": Flag(help="Bottleneck width factor w."),
+    "dropout": Flag(help="Dropout rate."),
+}
+NetworkFlags = Annotated[
+    dict[str, Any],
+    # memory_efficient changes neither params nor FLOPs
+    Overrides(NetworkConfig, exclude=frozenset({"memory_efficient"}), flags=DESCRIBE_FLAGS),
+]
+
+
+@command()
 def describe(
     config: Optional[Path] = typer.Argument(
         None, help="A config file written by `rknas best` (or any YAML with a `network:` section)."
     ),
     model: Optional[str] = typer.Option(None, "--model", help="A named model from `rknas models`."),
-    framework: Optional[str] = typer.Option(None, "--framework", help="cifar or mnist."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="One strategy, or one per period: I,I,R."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Stages per period: 5,5,6."),
-    k: Optional[str] = typer.Option(None, "--k", help="Channels per period: 150,120,120."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Time steps per period (default 1)."),
-    classes: Optional[int] = typer.Option(None, "--classes"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels"),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
-    no_attention: bool = typer.Option(False, "--no-attention", help="Plain transitions."),
-    no_multiscale: bool = typer.Option(False, "--no-multiscale", help="Only the last period feeds the classifier."),
-    width: Optional[float] = typer.Option(None, "--width", help="Bottleneck width factor w."),
-    dropout: Optional[float] = typer.Option(None, "--dropout"),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    *,
+    network: NetworkFlags,
+    as_json: Json = False,
 ):
     """Build a network and print its size (params, FLOPs in the paper's convention)."""
     data: dict = {}
@@ -141,23 +173,7 @@ def describe(
         data.update(load_network_section(config))
     if model is not None:
         data.update(model_config(model).model_dump(exclude_defaults=False))
-    overrides = {
-        "framework": framework,
-        "strategy": _csv(strategy),
-        "stages": _csv(stages, int),
-        "k": _csv(k, int),
-        "steps": _csv(steps, int),
-        "classes": classes,
-        "in_channels": in_channels,
-        "image_size": image_size,
-        "width": width,
-        "dropout": dropout,
-    }
-    data.update({key: v for key, v in overrides.items() if v is not None})
-    if no_attention:
-        data["attention"] = False
-    if no_multiscale:
-        data["multiscale"] = False
+    data.update(network)
     info = describe_network(parse_network_config(data))
     if as_json:
         print(json.dumps(info))
@@ -165,64 +181,8 @@ def describe(
     console.print(display.network_table(info))
 
 
-@app.command()
-def search(
-    space: str = typer.Option(..., "--space", help="A space name (`rknas spaces`) or a path to a YAML file."),
-    trials: int = typer.Option(20, "--trials", help="The study ends with this many finished trials (re-run to continue)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the space name)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL (default sqlite:///studies/rknas.db)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting a local one."),
-    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial"),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="Fractions share a GPU (0.5 = two trials per GPU)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Trials at once (default: what the resources allow)."),
-    seed: int = typer.Option(0, "--seed"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the space's epochs per trial."),
-    max_params: Optional[float] = typer.Option(
-        None, "--max-params", help="Size limit (overrides the space's constraints): larger networks are pruned before training."
-    ),
-    max_flops: Optional[float] = typer.Option(None, "--max-flops", help="FLOPs limit (overrides the space's constraints)."),
-    timeout: Optional[float] = typer.Option(
-        None,
-        "--timeout",
-        help="Stop starting trials this many seconds after the command started; running trials finish "
-        "and are recorded, the command exits 0, and the same command again continues the study.",
-    ),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the space)."),
-    no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Train every trial for all its epochs (no ASHA)."),
-    download: bool = typer.Option(
-        False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."
-    ),
-    start_from: Optional[list[str]] = typer.Option(
-        None, "--start-from", help="A model (`rknas models`) a new study runs first, after the space's start_from; repeatable."
-    ),
-    allow_changes: bool = typer.Option(
-        False,
-        "--allow-changes",
-        help="Continue a study although the space, --epochs, --max-params/--max-flops, --seed or --no-early-stopping differ "
-        "from the ones it was started with (refused otherwise); the change is recorded as a new space revision.",
-    ),
-    heartbeat_interval: int = typer.Option(
-        10, "--heartbeat-interval", help="Seconds between the heartbeats this process records for its running trials."
-    ),
-    stale_after: int = typer.Option(
-        60,
-        "--stale-after",
-        help="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` "
-        "is taken for dead and recovered (FAIL, interrupted; it does not count).",
-    ),
-    max_retries: int = typer.Option(
-        2,
-        "--max-retries",
-        help="Times a trial whose worker died (killed, out of memory, node lost) runs again, from its last finished "
-        "epoch. Errors inside training are not retried.",
-    ),
-    storage_retry: float = typer.Option(
-        DEFAULT_RETRY_S,
-        "--storage-retry",
-        help="Seconds to wait for a storage that went away (a database restart, a network blip, a locked SQLite file) "
-        "before stopping; results that arrive meanwhile are written when it is back.",
-    ),
-):
+@command()
+def search(opts: SearchOptions):
     """Search architectures: Ray Tune runs Optuna trials, the study is stored in SQL.
 
     Several `rknas search` processes (same --study and --storage, any machines) can share a study.
@@ -230,31 +190,7 @@ def search(
     Together they stop at --trials finished trials; a killed one's trials are recovered.
     """
     view = display.SearchProgress(console)
-    opts = SearchOptions(
-        space=space,
-        trials=trials,
-        study=study,
-        storage=storage,
-        address=address,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        concurrency=concurrency,
-        seed=seed,
-        epochs=epochs,
-        max_params=max_params,
-        max_flops=max_flops,
-        timeout=timeout,
-        data_root=data_root,
-        early_stopping=False if no_early_stopping else None,
-        download=download,
-        start_from=list(start_from or []),
-        allow_changes=allow_changes,
-        heartbeat_interval=heartbeat_interval,
-        stale_after=stale_after,
-        storage_retry=storage_retry,
-        max_retries=max_retries,
-        on_event=view,
-    )
+    opts.on_event = view
     try:
         result = run_search(opts)
     finally:
@@ -265,11 +201,11 @@ def search(
         b = result.best
         size = ", ".join(f"{b[k]:,} {name}" for k, name in (("params", "params"), ("flops", "FLOPs")) if b.get(k) is not None)
         console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}" + (f", {size}." if size else "."))
-        storage_arg = f" --storage {result.storage}" if storage else ""
+        storage_arg = f" --storage {result.storage}" if opts.storage else ""
         console.print(f"Export it: rknas best --study {result.study}{storage_arg} -o best.yaml")
     if result.timed_out:
         console.print(
-            f"Stopped starting trials after --timeout {timeout:g}s; the running ones finished and were recorded. "
+            f"Stopped starting trials after --timeout {opts.timeout or 0:g}s; the running ones finished and were recorded. "
             f"{result.finished} of {result.target} finished: run the same command again to continue the study."
         )
     if result.interrupted:
@@ -281,17 +217,17 @@ def search(
     return 0
 
 
-@app.command()
+@command()
 def best(
-    study: str = typer.Option(..., "--study"),
-    storage: Optional[str] = typer.Option(None, "--storage"),
+    study: Study,
+    storage: Storage = None,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the config here (default: print it)."),
     max_params: Optional[float] = typer.Option(
         None, "--max-params", help="Most accurate candidate with at most this many params."
     ),
     max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and at most this many FLOPs."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial number instead."),
-    as_json: bool = typer.Option(False, "--json", help="Print the config as one JSON object (ignored with -o)."),
+    as_json: Annotated[Json, Flag(help="Print the config as one JSON object (ignored with -o).")] = False,
     by: str = typer.Option(
         "trial",
         "--by",
@@ -333,18 +269,8 @@ def best(
         )
 
 
-@app.command()
-def train(
-    config: Path = typer.Option(..., "--config", help="A config written by `rknas best`."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the config's epochs."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/<config name>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    download: bool = typer.Option(
-        False, "--download", help="Download the data set first if it is missing (see `rknas data list`)."
-    ),
-):
+@command()
+def train(opts: TrainOptions):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
     with Progress(console=console) as prog:
         task = prog.add_task("training", total=None)
@@ -355,16 +281,7 @@ def train(
             )
 
         try:
-            metrics = train_from_config(
-                config,
-                epochs=epochs,
-                out=out,
-                resume=resume,
-                device=device,
-                data_root=data_root,
-                on_epoch=on_epoch,
-                download=download,
-            )
+            metrics = train_from_config(opts, on_epoch=on_epoch)
         except KeyboardInterrupt:
             prog.stop()
             print(
@@ -383,32 +300,8 @@ def train(
     )
 
 
-@app.command("evaluate")
-def evaluate_cmd(
-    study: str = typer.Option(..., "--study"),
-    epochs: int = typer.Option(..., "--epochs", help="Epochs of every run (the schedule is scaled to them)."),
-    seeds: int = typer.Option(3, "--seeds", help="Runs per model, with seeds SEED .. SEED+N-1."),
-    seed: int = typer.Option(0, "--seed", help="The first seed."),
-    top: Optional[int] = typer.Option(
-        None,
-        "--top",
-        help="The K completed trials with the best validation accuracy (default: 3; the Pareto set for a multi-objective study).",
-    ),
-    pareto: bool = typer.Option(False, "--pareto", help="The Pareto set instead of --top."),
-    max_params: Optional[float] = typer.Option(
-        None, "--max-params", help="Finalists only among trials this small (equal-size comparisons)."
-    ),
-    max_flops: Optional[float] = typer.Option(None, "--max-flops", help="... and with at most this many FLOPs."),
-    include: Optional[list[str]] = typer.Option(
-        None,
-        "--include",
-        help="Also evaluate a named model (`rknas models`) or a config file from `rknas best`; repeat it, or separate by commas.",
-    ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/evaluate/<study>)."),
-    storage: Optional[str] = typer.Option(None, "--storage"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the study)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
-):
+@command("evaluate")
+def evaluate_cmd(opts: EvaluateOptions):
     """Train finalists (and named models) from scratch with several seeds; compare them on the test split.
 
     Data: every model trains on the data set's whole training split (the search's train + validation) for --epochs.
@@ -425,25 +318,10 @@ def evaluate_cmd(
     """
     from rknas.evaluate import evaluate
 
-    refs = [r.strip() for item in include or [] for r in item.split(",") if r.strip()]
     view = display.EvaluationProgress(console)
+    opts.on_event = view
     try:
-        result = evaluate(
-            study,
-            epochs=epochs,
-            seeds=seeds,
-            seed=seed,
-            top=top,
-            pareto=pareto,
-            max_params=max_params,
-            max_flops=max_flops,
-            include=refs,
-            out=out,
-            storage=storage,
-            data_root=data_root,
-            device=device,
-            on_event=view,
-        )
+        result = evaluate(opts)
     except KeyboardInterrupt:
         view.stop()
         print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
@@ -453,20 +331,20 @@ def evaluate_cmd(
     console.print(display.evaluation_table(result.summary()))
     console.print(
         f"Trained {result.trained} run(s), skipped {result.skipped} finished earlier. "
-        f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {study!r} "
-        f"(export the best finalist: rknas best --study {study} --by evaluation -o best.yaml)"
+        f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {opts.study!r} "
+        f"(export the best finalist: rknas best --study {opts.study} --by evaluation -o best.yaml)"
     )
     return 0
 
 
-@app.command()
+@command()
 def rerun(
-    study: str = typer.Option(..., "--study"),
+    study: Study,
     trial: int = typer.Option(..., "--trial", help="The trial number (COMPLETE, or PRUNED with trained epochs)."),
-    storage: Optional[str] = typer.Option(None, "--storage"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: where the trial trained, if available)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set's files are (overrides the study)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (recorded, reproduced, agree, ...)."),
+    storage: Storage = None,
+    device: Annotated[Device, Flag(help="cpu or cuda (default: where the trial trained, if available).")] = None,
+    data_root: DataRoot = None,
+    as_json: Annotated[Json, Flag(help="Print one JSON object (recorded, reproduced, agree, ...).")] = False,
 ):
     """Retrain a trial from its stored configs and seed; compare validation accuracy per epoch (exit 1 if it differs)."""
     from rknas.search.rerun import rerun_trial
@@ -485,8 +363,8 @@ def rerun(
     return 0 if result.agree else 1
 
 
-@app.command()
-def studies(storage: Optional[str] = typer.Option(None, "--storage"), as_json: bool = typer.Option(False, "--json")):
+@command()
+def studies(storage: Storage = None, as_json: Json = False):
     """The studies in a storage with trial counts and best values."""
     url = storage_url(storage)
     st = open_storage(url, create=False)
@@ -497,10 +375,10 @@ def studies(storage: Optional[str] = typer.Option(None, "--storage"), as_json: b
     console.print(display.studies_table(rows, url))
 
 
-@app.command()
+@command()
 def report(
-    study: str = typer.Option(..., "--study"),
-    storage: Optional[str] = typer.Option(None, "--storage"),
+    study: Study,
+    storage: Storage = None,
     output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
@@ -519,7 +397,7 @@ def report(
         console.print(f"Wrote {path}")
 
 
-@app.command()
+@command()
 def spaces():
     """The known search spaces (repository, plugins, ./search_spaces)."""
     rows = [{"name": n, "provider": p, "file": str(f)} for n, (f, p) in sorted(space_files().items())]
@@ -530,7 +408,7 @@ data_app = typer.Typer(help="Download data sets and list where rknas looks for e
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("download")
+@command("download", on=data_app)
 def data_download(
     name: str = typer.Argument(..., help="A data set that `rknas data list` marks downloadable (cifar10, mnist, ...)."),
     root: Path = typer.Option(..., "--root", help="Where to put it: later the --data-root of search and train."),
@@ -549,10 +427,10 @@ def data_download(
     print(f"{len(s['files'])} files, {decimal(s['bytes'])}; use them with --data-root {s['root']}")
 
 
-@data_app.command("list")
+@command("list", on=data_app)
 def data_list(
     root: Optional[Path] = typer.Option(None, "--root", help="The folder to check (the --data-root of search and train)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: Json = False,
 ):
     """Every known data set: where rknas looks for it, whether it is there, how to get it."""
     rows = list_datasets(root)
@@ -564,7 +442,57 @@ def data_list(
     console.print(display.rows_table(rows, {"name": "data set", "is_there": "present", "where": "where", "how": "how to get it"}))
 
 
-@app.command("export")
+bench_app = typer.Typer(help="Tabulated benchmarks: build a table of trained architectures, replay searches on it.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@command("build", on=bench_app)
+def bench_build(opts: BenchBuildOptions):
+    """Train a sample of a space's architectures once (full curves, several seeds) into a table.
+
+    Runs on Ray like a search; each finished run is appended, so the same command continues
+    an interrupted build. A table built with other settings is refused.
+    """
+    from rknas.bench.build import build_table
+
+    view = display.BenchProgress(console)
+    opts.on_event = view
+    try:
+        summary = build_table(opts)
+    finally:
+        view.stop()
+    console.print(
+        f"{summary['path']}: {summary['archs']} architectures x {summary['seeds']} seeds, {summary['runs']} runs "
+        f"({summary['new_runs']} new, {summary['failed']} failed), {summary['epochs']} epochs each; "
+        f"training time {summary['train_s'] / 3600:.2f} h, wall {summary['wall_s'] / 60:.1f} min."
+    )
+
+
+@command("replay", on=bench_app)
+def bench_replay(opts: BenchReplayOptions):
+    """Replay search strategies against a table in simulated time: anytime regret over many repeats.
+
+    Uses the samplers and the ASHA scheduler of `rknas search`; a proposal is looked up in the
+    table (one of its seeds drawn per trial), its recorded epoch times make the clock.
+    """
+    from rknas.bench.replay import run_replay
+
+    view = display.ReplayProgress(console, quiet=opts.as_json)
+    opts.on_event = view
+    try:
+        result = run_replay(opts)
+    finally:
+        view.stop()
+    if opts.as_json:
+        print(json.dumps({**result, "summaries": [s.to_json() for s in result["summaries"]]}, indent=1))
+        return
+    console.print(display.replay_table(result, opts.target))
+    for f in result["files"]:
+        console.print(f"Wrote {f}")
+
+
+@command("export")
 def export_cmd(
     model_pt: Path = typer.Argument(..., help="RUN/model.pt written by `rknas train`."),
     fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),

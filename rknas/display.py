@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from rknas.events import BenchListener, EvaluationListener, SearchListener
 from rknas.storage import StudyRecord, TrialRecord, candidates
 
 PIPE_WIDTH = 200  # a pipe or file has no width: rich would assume 80 and cut names short
@@ -50,7 +51,7 @@ def _progress(console: Console, field: str) -> Progress:
     )
 
 
-class SearchProgress:
+class SearchProgress(SearchListener):
     """Live terminal view of a search: counts, best so far, ETA, one line per finished trial.
 
     Pass it as ``SearchOptions.on_event``; call ``stop()`` when the search returns.
@@ -58,84 +59,107 @@ class SearchProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = _progress(console, "stats")
+        self.bar = _progress(console, "stats")
         self.task: Optional[Any] = None
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.running: set[str] = set()
+        self.epochs: dict[str, int] = {}  # the last epoch each running trial reported
         self.best: Optional[float] = None
         self.t0 = 0.0
         self.done_now = 0
         self.remaining = 0
         self.waiting_for: Optional[int] = None
 
-    def __call__(self, kind: str, data: dict) -> None:
-        if kind == "already_done":
-            self.console.print(
-                f"The study already has {data['finished']} finished trials (target {data['target']}); nothing to run."
-            )
-        elif kind == "start":
-            if data["stale"]:
-                self.console.print(
-                    f"[yellow]{data['stale']} trial(s) of a search that stopped recording heartbeats (killed) "
-                    "were recovered: FAIL, interrupted, not counted."
-                )
-            if data.get("changes"):
-                changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in data["changes"].items())
-                self.console.print(f"[yellow]Continuing as space revision {data['revision']} (--allow-changes): {changed}")
-            if data.get("warm_start"):
-                self.console.print(f"Warm start: the first {data['warm_start']} trial(s) are the known designs of start_from.")
-            self.console.print(
-                f"Study [bold]{data['study']}[/] in {data['storage']}: {data['finished']} of {data['target']} trials finished, "
-                f"running {data['remaining']} more, {data['concurrency']} at a time."
-            )
-            self.t0, self.remaining = time.time(), data["remaining"]
-            self.progress.start()
-            self.task = self.progress.add_task(
-                data["space"], total=data["target"], completed=data["finished"], stats="starting Ray"
-            )
-        elif kind == "trial_start":
-            self.running.add(data["trial_id"])
-        elif kind == "trial_end":
-            self._trial_end(data)
-        elif kind == "trial_retry":
-            self.progress.console.print(
-                f"  [yellow]trial {data['number']}: {data['reason']}; running it again from its last finished epoch "
-                f"(attempt {data['attempt']})"
-            )
-        elif kind == "recovered":
-            self.progress.console.print(
-                f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} of a search that stopped "
-                "recording heartbeats were recovered (FAIL, interrupted)"
-            )
-        elif kind == "interrupted_trials":
-            self.progress.console.print(
-                f"  [yellow]trial(s) {', '.join(map(str, data['numbers']))} were stopped before "
-                "they finished (FAIL, interrupted, not counted)"
-            )
-        elif kind == "progress":  # the study's count, other searches' trials included
-            if self.task is not None:
-                self.progress.update(self.task, completed=data["finished"])
-        elif kind == "waiting":
-            if data["running"] != self.waiting_for:
-                self.waiting_for = data["running"]
-                self.progress.console.print(
-                    f"  waiting for {data['running']} trial(s) running in other searches of this study "
-                    f"({data['finished']} of {data['target']} finished); trials of a killed search are recovered "
-                    "once its heartbeats are stale"
-                )
-        if self.task is not None:
-            self.progress.update(self.task, advance=1 if kind == "trial_end" else 0, stats=self._stats())
+    def already_done(self, *, finished: int, target: int) -> None:
+        self.console.print(f"The study already has {finished} finished trials (target {target}); nothing to run.")
 
-    def _trial_end(self, data: dict) -> None:
-        state, record = data["state"], data["record"]
+    def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
+              stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None) -> None:
+        if stale:
+            self.console.print(
+                f"[yellow]{stale} trial(s) of a search that stopped recording heartbeats (killed) "
+                "were recovered: FAIL, interrupted, not counted."
+            )
+        if changes:
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            self.console.print(f"[yellow]Continuing as space revision {revision} (--allow-changes): {changed}")
+        if warm_start:
+            self.console.print(f"Warm start: the first {warm_start} trial(s) are the known designs of start_from.")
+        self.console.print(
+            f"Study [bold]{study}[/] in {storage}: {finished} of {target} trials finished, "
+            f"running {remaining} more, {concurrency} at a time."
+        )
+        self.t0, self.remaining = time.time(), remaining
+        self.bar.start()
+        self.task = self.bar.add_task(space, total=target, completed=finished, stats="starting Ray")
+        self._refresh()
+
+    def trial_start(self, *, trial_id: str) -> None:
+        self.running.add(trial_id)
+        self._refresh()
+
+    def trial_result(self, *, trial_id: str, result: dict[str, Any]) -> None:
+        if isinstance(result.get("epoch"), int) and trial_id in self.running:
+            self.epochs[trial_id] = result["epoch"]
+            self._refresh()
+
+    def trial_end(self, *, trial_id: str, number: int, state: str, record: TrialRecord, values: Any,
+                  note: Optional[str] = None) -> None:
+        self._trial_line(trial_id, number, state, record, values, note)
+        self._refresh(advance=1)
+
+    def trial_retry(self, *, trial_id: str, number: int, reason: str, attempt: int) -> None:
+        self.bar.console.print(
+            f"  [yellow]trial {number}: {reason}; running it again from its last finished epoch (attempt {attempt})"
+        )
+        self._refresh()
+
+    def recovered(self, *, numbers: list[int]) -> None:
+        self.bar.console.print(
+            f"  [yellow]trial(s) {', '.join(map(str, numbers))} of a search that stopped "
+            "recording heartbeats were recovered (FAIL, interrupted)"
+        )
+        self._refresh()
+
+    def interrupted_trials(self, *, numbers: list[int]) -> None:
+        self.bar.console.print(
+            f"  [yellow]trial(s) {', '.join(map(str, numbers))} were stopped before "
+            "they finished (FAIL, interrupted, not counted)"
+        )
+        self._refresh()
+
+    def progress(self, *, finished: int, running: int, target: int) -> None:
+        # The study's count, other searches' trials included.
+        if self.task is not None:
+            self.bar.update(self.task, completed=finished)
+        self._refresh()
+
+    def waiting(self, *, running: int, finished: int, target: int) -> None:
+        if running != self.waiting_for:
+            self.waiting_for = running
+            self.bar.console.print(
+                f"  waiting for {running} trial(s) running in other searches of this study "
+                f"({finished} of {target} finished); trials of a killed search are recovered "
+                "once its heartbeats are stale"
+            )
+        self._refresh()
+
+    def _refresh(self, advance: int = 0) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, advance=advance, stats=self._stats())
+
+    def _trial_line(self, trial_id: str, number: int, state: str, record: TrialRecord, values: Any,
+                    note: Optional[str]) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
-        self.running.discard(data.get("trial_id", ""))
+        self.running.discard(trial_id)
+        self.epochs.pop(trial_id, None)
         self.done_now += 1
         size = f"{record.params / 1e3:.1f}K params" if record.params else ""
         if record.gpu_memory_mib is not None:
             size += f", GPU {record.gpu_memory_mib:,.0f} MiB"
         if state == "COMPLETE":
-            acc = data["values"][0] if isinstance(data["values"], list) else data["values"]
+            acc = values[0] if isinstance(values, list) else values
             self.best = acc if self.best is None else max(self.best, acc)
             what = f"[green]COMPLETE[/] val {acc:.4f}"
         elif state == "PRUNED":
@@ -144,9 +168,9 @@ class SearchProgress:
             what = f"[yellow]PRUNED[/] {why}" + (f", val {last:.4f}" if last is not None else "")
         else:
             what = f"[red]FAIL[/] {record.fail_reason or ''}"
-        if data.get("note"):
-            what = f"[red]{state}[/] {data['note']}"
-        self.progress.console.print(f"  trial {data['number']:>4}  {what}  {architecture(record.network)}  {size}")
+        if note:
+            what = f"[red]{state}[/] {note}"
+        self.bar.console.print(f"  trial {number:>4}  {what}  {architecture(record.network)}  {size}")
 
     def _stats(self) -> str:
         eta = ""
@@ -154,13 +178,16 @@ class SearchProgress:
             left = (time.time() - self.t0) / self.done_now * max(0, self.remaining - self.done_now)
             eta = f" | ETA {int(left // 60)}m{int(left % 60):02d}s"
         best = f"{self.best:.4f}" if self.best is not None else "-"
+        epochs = sorted(self.epochs.values(), reverse=True)
+        at = f" at epoch {', '.join(map(str, epochs[:8]))}{', ...' if len(epochs) > 8 else ''}" if epochs else ""
         return (
-            f"running {len(self.running)} | pruned {self.counts['PRUNED']} | failed {self.counts['FAIL']} | best val {best}{eta}"
+            f"running {len(self.running)}{at} | pruned {self.counts['PRUNED']} | failed {self.counts['FAIL']} "
+            f"| best val {best}{eta}"
         )
 
     def stop(self) -> None:
         """End the live display (leaves the printed lines)."""
-        self.progress.stop()
+        self.bar.stop()
 
 
 def pareto_table(study: optuna.Study) -> Table:
@@ -260,7 +287,14 @@ def evaluation_table(summary: dict[str, Any], title: Optional[str] = None) -> Ta
             f"test accuracy after {summary.get('epochs')} epochs{on} (recipe of trial {summary.get('recipe_trial')}), "
             f"seeds {', '.join(map(str, summary.get('seeds', [])))}"
         )
-    out = table("#", "model", "source", "params", "FLOPs", "test accuracy per seed", "mean ± std", title=title)
+    noise = summary.get("noise") or {}
+    vs_best = noise.get("vs_best") or {}
+    caption = None
+    if noise.get("sigma") is not None:
+        caption = (f"seed spread (pooled std) {noise['sigma'] * 100:.2f} points: telling 0.3 points apart takes "
+                   f"about {noise['seeds_for_delta']} seeds per model; 'within spread': not significant at 5%")
+    out = table("#", "model", "source", "params", "FLOPs", "test accuracy per seed", "mean ± std", "vs best", title=title)
+    out.caption = caption
     ranked = sorted(summary.get("models", []), key=lambda m: -m["mean"])
     for i, m in enumerate(ranked, 1):
         source = f"trial {m['trial']}" if m.get("trial") is not None else m["source"]
@@ -272,47 +306,152 @@ def evaluation_table(summary: dict[str, Any], title: Optional[str] = None) -> Ta
             f"{m['flops']:,}",
             ", ".join(f"{a:.4f}" for a in m["test_accuracy"]),
             f"{m['mean']:.4f} ± {m['std']:.4f}",
+            _vs_best(vs_best.get(m["name"]), i == 1),
         )
     return out
 
 
-class EvaluationProgress:
+def _vs_best(entry: Optional[dict[str, Any]], first: bool) -> str:
+    if entry is None:
+        return ""
+    if first:
+        return "best"
+    diff = f"{entry['difference'] * 100:+.2f} pts"
+    return {True: f"{diff}, within spread", False: diff, None: f"{diff}, spread unknown (1 seed)"}[entry["within_noise"]]
+
+
+class EvaluationProgress(EvaluationListener):
     """Live view of ``rknas evaluate``: runs done of all, and the current model, seed and epoch.
 
-    Pass it as ``on_event`` of ``rknas.evaluate.evaluate``; call ``stop()`` when it returns.
+    Pass it as ``EvaluateOptions.on_event``; call ``stop()`` when the evaluation returns.
     """
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = _progress(console, "info")
+        self.bar = _progress(console, "info")
         self.runs: Optional[Any] = None
         self.epochs: Optional[Any] = None
 
-    def __call__(self, kind: str, data: dict) -> None:
-        if kind == "start":
-            self.console.print(
-                f"Evaluating {data['models']} model(s) x {len(data['seeds'])} seed(s), {data['epochs']} epochs each, "
-                f"recipe of trial {data['recipe_trial']}, on {data['device']}; runs in {data['out']}"
-                + (f" ({data['done']} finished earlier, skipped)" if data["done"] else "")
-            )
-            self.progress.start()
-            self.runs = self.progress.add_task("runs", total=data["runs"], completed=data["done"], info="")
-        elif kind == "run_start":
-            if self.epochs is not None:
-                self.progress.remove_task(self.epochs)
-            self.epochs = self.progress.add_task(f"{data['name']} seed {data['seed']}", total=data["epochs"], info="epoch 0")
-        elif kind == "epoch" and self.epochs is not None:
-            m = data["metrics"]
-            info = f"epoch {data['epoch']}/{data['epochs']}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}"
-            self.progress.update(self.epochs, completed=data["epoch"], info=info)
-        elif kind == "run_end" and not data["skipped"]:
-            if self.epochs is not None:
-                self.progress.remove_task(self.epochs)
-                self.epochs = None
-            if self.runs is not None:
-                self.progress.update(self.runs, advance=1)
-            self.progress.console.print(f"  {data['name']} seed {data['seed']}: test accuracy {data['test_accuracy']:.4f}")
+    def start(self, *, study: str, runs: int, done: int, models: int, seeds: list[int], epochs: int, out: str,
+              recipe_trial: int, device: str) -> None:
+        self.console.print(
+            f"Evaluating {models} model(s) x {len(seeds)} seed(s), {epochs} epochs each, "
+            f"recipe of trial {recipe_trial}, on {device}; runs in {out}"
+            + (f" ({done} finished earlier, skipped)" if done else "")
+        )
+        self.bar.start()
+        self.runs = self.bar.add_task("runs", total=runs, completed=done, info="")
+
+    def run_start(self, *, name: str, seed: int, epochs: int) -> None:
+        if self.epochs is not None:
+            self.bar.remove_task(self.epochs)
+        self.epochs = self.bar.add_task(f"{name} seed {seed}", total=epochs, info="epoch 0")
+
+    def epoch(self, *, name: str, seed: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
+        if self.epochs is not None:
+            info = f"epoch {epoch}/{epochs}: loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}"
+            self.bar.update(self.epochs, completed=epoch, info=info)
+
+    def run_end(self, *, name: str, seed: int, test_accuracy: float, skipped: bool) -> None:
+        if skipped:
+            return
+        if self.epochs is not None:
+            self.bar.remove_task(self.epochs)
+            self.epochs = None
+        if self.runs is not None:
+            self.bar.update(self.runs, advance=1)
+        self.bar.console.print(f"  {name} seed {seed}: test accuracy {test_accuracy:.4f}")
 
     def stop(self) -> None:
         """End the live display (leaves the printed lines)."""
-        self.progress.stop()
+        self.bar.stop()
+
+
+class BenchProgress(BenchListener):
+    """Live view of ``rknas bench build``: runs done of all, with an ETA from this session's pace.
+
+    Pass it as ``BenchBuildOptions.on_event``; call ``stop()`` when the build returns.
+    """
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = _progress(console, "info")
+        self.task: Optional[Any] = None
+        self.t0 = 0.0
+        self.done_now = 0
+        self.left = 0
+        self.concurrency = 1
+
+    def start(self, *, table: str, archs: int, seeds: int, epochs: int, runs: int, done: int, concurrency: int) -> None:
+        self.console.print(
+            f"Table {table}: {archs} architectures x {seeds} seeds, {epochs} epochs per run, {concurrency} at a time"
+            + (f"; {done} of {runs} runs recorded earlier" if done else "")
+        )
+        self.t0, self.left, self.concurrency = time.time(), runs - done, concurrency
+        self.bar.start()
+        self.task = self.bar.add_task("runs", total=runs, completed=done, info="ETA after the first run")
+
+    def run_end(self, *, arch: int, seed: int, params: int, status: str, test_accuracy: float, train_s: float) -> None:
+        self.done_now += 1
+        self.left -= 1
+        pace = (time.time() - self.t0) / self.done_now
+        info = f"ETA {self.left * pace / 60:.0f} min" if self.left else "done"
+        if self.task is not None:
+            self.bar.update(self.task, advance=1, info=info)
+        what = f"test accuracy {test_accuracy:.4f}" if status == "ok" else status
+        self.bar.console.print(f"  arch {arch} ({params:,} params) seed {seed}: {what}, {train_s:.0f} s")
+
+    def stop(self) -> None:
+        """End the live display (leaves the printed lines)."""
+        self.bar.stop()
+
+
+class ReplayProgress:
+    """Live view of ``rknas bench replay``: repeats done per strategy.
+
+    Pass it as ``BenchReplayOptions.on_event``; call ``stop()`` when the replay returns.
+    """
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.bar = _progress(console, "info")
+        self.tasks: dict[str, Any] = {}
+        self.quiet = quiet
+
+    def __call__(self, strategy: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if not self.tasks:
+            self.bar.start()
+        if strategy not in self.tasks:
+            self.tasks[strategy] = self.bar.add_task(strategy, total=total, info="repeats")
+        self.bar.update(self.tasks[strategy], completed=done)
+
+    def stop(self) -> None:
+        """End the live display."""
+        self.bar.stop()
+
+
+def replay_table(result: dict[str, Any], target: float) -> Table:
+    """Per strategy: median time to the target regret, regret at the budget, trials per search."""
+    summaries = result["summaries"]
+    first = summaries[0]
+    out = table("strategy", f"median time to within {target * 100:.1f} points", "reached", "regret at budget (median [IQR])",
+                "trials per search", title=f"{result['table']}: {result['archs']} architectures, best {result['best']:.4f}; "
+                f"{first.repeats} replays of {first.budget_s / 60:.0f} simulated min on {first.workers} workers")
+    random_t = next((s.median_time_to_target() for s in summaries if s.strategy == "random"), None)
+    for s in summaries:
+        t = s.median_time_to_target()
+        shown = "not within budget" if t is None else f"{t / 60:.1f} min"
+        if t is not None and random_t is not None and s.strategy != "random":
+            shown += f" ({random_t / t:.1f}x random)"
+        reached = sum(x is not None for x in s.time_to_target)
+        final = sorted(s.final_regret)
+        q = [final[int(p * (len(final) - 1))] * 100 for p in (0.5, 0.25, 0.75)]
+        out.add_row(s.strategy, shown, f"{reached}/{s.repeats}", f"{q[0]:.2f} [{q[1]:.2f}, {q[2]:.2f}] points",
+                    f"{sorted(s.trials)[len(s.trials) // 2]}")
+    noise = result.get("noise") or {}
+    if noise.get("sigma") is not None:
+        out.caption = (f"the table's seed spread (pooled std over {noise['networks']} architectures): "
+                       f"{noise['sigma'] * 100:.2f} points; telling {target * 100:.1f} points apart takes about "
+                       f"{noise['seeds_for_delta']} seeds per network")
+    return out

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,14 +39,16 @@ from rknas._version import __version__
 from rknas.config import load_network_section
 from rknas.data.core import DataSpec, TensorData, load_dataset
 from rknas.errors import ConfigError, RknasError
+from rknas.events import EvaluationEvents, EventSink, evaluation_listener
 from rknas.models.counting import SizeLimit, count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network, format_validation_error, parse_network_config
 from rknas.models.registry import list_models, model_config
+from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import TrainConfig, fit, resolve_channels_last
 from rknas.train import evaluate as evaluate_model
-from rknas.util import EventSink, default_device, differences, write_json_atomic
+from rknas.util import default_device, differences, write_json_atomic
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -147,18 +149,35 @@ class Evaluation:
     plot_path: Optional[Path] = None
     evaluated_at: str = ""
 
+    def noise(self) -> dict[str, Any]:
+        """The seed spread pooled over the models, and each model's distance from the best.
+
+        Returns:
+            ``sigma`` (pooled seed std of test accuracy; None with one seed), ``df``,
+            ``seeds_for_delta`` (seeds to tell 0.3 points apart) and ``vs_best``: per model
+            name, its mean minus the best mean and whether that is inside the seed spread.
+        """
+        from rknas.bench.noise import noise_summary, within_noise
+
+        out = noise_summary([m.test_accuracy for m in self.models])
+        best = max((m.mean for m in self.models if m.test_accuracy), default=None)
+        out["vs_best"] = {m.name: {"difference": m.mean - best,
+                                   "within_noise": within_noise(m.mean - best, out["sigma"], len(m.test_accuracy))}
+                          for m in self.models if m.test_accuracy and best is not None}
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The small summary stored with the study (``StudyRecord.evaluation``)."""
         return {"epochs": self.epochs, "seeds": self.seeds, "recipe_trial": self.recipe_trial,
                 "data": self.data, "out": str(self.out), "evaluated_at": self.evaluated_at,
-                "models": [m.summary() for m in self.models]}
+                "models": [m.summary() for m in self.models], "noise": self.noise()}
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``evaluation.json``."""
         return {"study": self.study, "storage": self.storage, "data": self.data, "epochs": self.epochs,
                 "seeds": self.seeds, "recipe": {"from_trial": self.recipe_trial, "training": self.recipe, "note": RECIPE_NOTE},
                 "evaluated_at": self.evaluated_at, "rknas_version": __version__,
-                "models": [m.to_json() for m in self.models]}
+                "models": [m.to_json() for m in self.models], "noise": self.noise()}
 
 
 @dataclass
@@ -310,24 +329,7 @@ def _front(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
     return {t.number for t in trials if not any(dominates(o, t) for o in trials)}
 
 
-def evaluate(
-    study: str,
-    *,
-    epochs: int,
-    seeds: int = 3,
-    seed: int = 0,
-    top: Optional[int] = None,
-    pareto: bool = False,
-    max_params: Optional[float] = None,
-    max_flops: Optional[float] = None,
-    include: Sequence[str] = (),
-    out: Optional[Path] = None,
-    storage: Optional[str] = None,
-    data_root: Optional[str] = None,
-    device: Optional[str] = None,
-    store: bool = True,
-    on_event: Optional[EventSink] = None,
-) -> Evaluation:
+def evaluate(options: EvaluateOptions) -> Evaluation:
     """Train finalists and named models from scratch with several seeds and score them on the test split.
 
     Every check (study, trials, names, fit to the data, options, earlier runs in ``out``) passes
@@ -335,21 +337,9 @@ def evaluate(
     skipped; an unfinished one resumes from its last epoch.
 
     Args:
-        study: The study's name.
-        epochs: Epochs of every run (the schedule is scaled to them).
-        seeds: Runs per model, with seeds ``seed .. seed + seeds - 1``.
-        seed: The first seed.
-        top: Evaluate the ``top`` most accurate completed trials (see ``select_finalists``).
-        pareto: Evaluate the Pareto set instead.
-        max_params: Finalists only among trials with at most this many parameters.
-        max_flops: Finalists only among trials with at most this many FLOPs.
-        include: Registered model names or config files to evaluate as well.
-        out: Output folder (default ``runs/evaluate/<study>``).
-        storage: The storage URL (default: ``storage_url()``).
-        data_root: Where the data set's files are (overrides the study's space).
-        device: ``cpu`` or ``cuda`` (default: cuda if available).
-        store: Store the summary in the study (``StudyRecord.evaluation``).
-        on_event: Called with ``(kind, data)``: ``start``, ``run_start``, ``epoch``, ``run_end``.
+        options: The evaluation's options (``rknas.options.EvaluateOptions``: study, epochs, seeds,
+            finalists, includes, output folder, storage, data root, device, ``store`` the summary
+            in the study, ``on_event``: an ``rknas.events.EvaluationListener`` or a callable ``(kind, data)``).
 
     Returns:
         The evaluation; ``OUT/evaluation.json`` and ``OUT/evaluation.png`` are written.
@@ -358,11 +348,9 @@ def evaluate(
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
-    plan = plan_evaluation(study, epochs=epochs, seeds=seeds, seed=seed, top=top, pareto=pareto,
-                           max_params=max_params, max_flops=max_flops, include=include, out=out, storage=storage,
-                           data_root=data_root)
-    trained = run_evaluation(plan, device or default_device(), on_event or (lambda kind, data: None))
-    return publish_evaluation(plan, trained, store=store)
+    plan = plan_evaluation(options)
+    trained = run_evaluation(plan, options.device or default_device(), options.on_event)
+    return publish_evaluation(plan, trained, store=options.store)
 
 
 @dataclass
@@ -473,36 +461,11 @@ def _runs(entries: list[_Entry], seed_list: list[int], recipe: TrainConfig, epoc
     return runs
 
 
-def plan_evaluation(
-    study: str,
-    *,
-    epochs: int,
-    seeds: int = 3,
-    seed: int = 0,
-    top: Optional[int] = None,
-    pareto: bool = False,
-    max_params: Optional[float] = None,
-    max_flops: Optional[float] = None,
-    include: Sequence[str] = (),
-    out: Optional[Path] = None,
-    storage: Optional[str] = None,
-    data_root: Optional[str] = None,
-) -> EvaluationPlan:
+def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
     """Check everything ``evaluate`` needs and say what it will run; nothing is written.
 
     Args:
-        study: The study's name.
-        epochs: Epochs of every run.
-        seeds: Runs per model.
-        seed: The first seed.
-        top: The ``top`` most accurate completed trials (see ``select_finalists``).
-        pareto: The Pareto set instead.
-        max_params: Finalists only among trials with at most this many parameters.
-        max_flops: Finalists only among trials with at most this many FLOPs.
-        include: Registered model names or config files to evaluate as well.
-        out: Output folder (default ``runs/evaluate/<study>``).
-        storage: The storage URL (default: ``storage_url()``).
-        data_root: Where the data set's files are (overrides the study's space).
+        options: The evaluation's options (``device``, ``store`` and ``on_event`` are not used here).
 
     Returns:
         The plan (see ``EvaluationPlan``).
@@ -511,19 +474,17 @@ def plan_evaluation(
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
-    if seeds < 1:
-        raise RknasError(f"--seeds must be at least 1, got {seeds}")
-    if epochs < 1:
-        raise RknasError(f"--epochs must be at least 1, got {epochs}")
-    url = storage_url(storage)
+    study, epochs, seeds, seed = options.study, options.epochs, options.seeds, options.seed
+    url = storage_url(options.storage)
     st = open_study(study, url)
-    finalists = select_finalists(st, top=top, pareto=pareto, max_params=max_params, max_flops=max_flops)
+    finalists = select_finalists(st, top=options.top, pareto=options.pareto, max_params=options.max_params,
+                                 max_flops=options.max_flops)
     recipe_trial, recipe = _recipe(st)
-    data_spec = _data_spec(st, data_root)
+    data_spec = _data_spec(st, options.data_root)
     train, test = load_dataset(data_spec)
     data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
-    entries = _entries(st, finalists, include, train, data_spec.name)
-    out = Path(out or Path("runs") / "evaluate" / _safe(study))
+    entries = _entries(st, finalists, options.include, train, data_spec.name)
+    out = Path(options.out or Path("runs") / "evaluate" / _safe(study))
     seed_list = [seed + i for i in range(seeds)]
     runs = _runs(entries, seed_list, recipe, epochs, data, out)
     results: dict[str, ModelResult] = {}
@@ -538,31 +499,32 @@ def plan_evaluation(
                           data=data, train=train, test=test, out=out, runs=runs, results=results)
 
 
-def run_evaluation(plan: EvaluationPlan, device: str, emit: EventSink) -> int:
+def run_evaluation(plan: EvaluationPlan, device: str,
+                   events: Union[EvaluationEvents, EventSink, None] = None) -> int:
     """Train every unfinished run of the plan (finished ones are read back); test accuracies go into ``plan.results``.
 
     Args:
         plan: What ``plan_evaluation`` returned.
         device: Where to train.
-        emit: Called with ``(kind, data)``: ``start``, ``run_start``, ``epoch``, ``run_end``.
+        events: Told ``start``, ``run_start``, ``epoch``, ``run_end`` (``rknas.events.EvaluationEvents``):
+            a listener, a callable ``(kind, data)``, or None.
 
     Returns:
         How many runs were trained now.
     """
-    emit("start", {"study": plan.study.study_name, "runs": len(plan.runs),
-                   "done": sum(r.finished is not None for r in plan.runs), "models": len(plan.results),
-                   "seeds": plan.seeds, "epochs": plan.epochs, "out": str(plan.out), "recipe_trial": plan.recipe_trial,
-                   "device": device})
+    emit = evaluation_listener(events)
+    emit.start(study=plan.study.study_name, runs=len(plan.runs), done=sum(r.finished is not None for r in plan.runs),
+               models=len(plan.results), seeds=plan.seeds, epochs=plan.epochs, out=str(plan.out),
+               recipe_trial=plan.recipe_trial, device=device)
     trained = 0
     for run in plan.runs:
         e, metrics = run.entry, run.finished
         if metrics is None:
-            emit("run_start", {"name": e.name, "seed": run.seed, "epochs": plan.epochs})
+            emit.run_start(name=e.name, seed=run.seed, epochs=plan.epochs)
             metrics = _train_run(e, run.cfg, run.spec, run.run_dir, plan.train, plan.test, device, emit)
             trained += 1
         plan.results[e.name].test_accuracy.append(float(metrics["test_accuracy"]))
-        emit("run_end", {"name": e.name, "seed": run.seed, "test_accuracy": metrics["test_accuracy"],
-                         "skipped": run.finished is not None})
+        emit.run_end(name=e.name, seed=run.seed, test_accuracy=metrics["test_accuracy"], skipped=run.finished is not None)
     return trained
 
 
@@ -594,7 +556,7 @@ def publish_evaluation(plan: EvaluationPlan, trained: int, store: bool = True) -
 
 
 def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: TensorData, test: TensorData,
-               device: str, emit: EventSink) -> dict[str, Any]:
+               device: str, emit: EvaluationEvents) -> dict[str, Any]:
     """Train one model with one seed; checkpoint each epoch; write metrics.json at the end."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
@@ -604,7 +566,7 @@ def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: Te
     t0 = time.perf_counter()
 
     def on_epoch(epoch: int, m: dict) -> None:
-        emit("epoch", {"name": e.name, "seed": cfg.seed, "epoch": epoch, "epochs": cfg.epochs, "metrics": m})
+        emit.epoch(name=e.name, seed=cfg.seed, epoch=epoch, epochs=cfg.epochs, metrics=m)
 
     model, history, (mean, std) = fit(e.network, cfg, train, None, device=device, on_epoch=on_epoch,
                                       checkpoint=ckpt, resume=True)
@@ -644,5 +606,5 @@ def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_
     return max(pool, key=lambda m: (m["mean"], -m["std"], -m["trial"]))
 
 
-__all__ = ["Evaluation", "EvaluationPlan", "ModelResult", "best_evaluated", "evaluate", "plan_evaluation", "publish_evaluation",
-           "resolve_include", "run_evaluation", "select_finalists"]
+__all__ = ["EvaluateOptions", "Evaluation", "EvaluationPlan", "ModelResult", "best_evaluated", "evaluate", "plan_evaluation",
+           "publish_evaluation", "resolve_include", "run_evaluation", "select_finalists"]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from rknas.data.source import DataSource
+    from rknas.search.samplers import SamplerSpec
     from rknas.strategies.base import StageStrategy
 
 PROJECT = "rknas"
@@ -81,4 +82,19 @@ def register_datasets(register: Callable[[DataSource], None]) -> None:
 
     Args:
         register: Called with one ``rknas.data.DataSource`` per data set the plugin provides.
+    """
+
+
+@hookspec
+def register_samplers(register: Callable[[SamplerSpec], None]) -> None:
+    """Register search samplers: call ``register(SamplerSpec(name, make, ...))`` once per sampler.
+
+    ``make(seed, objectives)`` returns a fresh ``optuna.samplers.BaseSampler``. A registered
+    sampler is used by a search space's ``sampler: NAME`` and replayed against a benchmark
+    table by ``rknas bench replay --strategy NAME`` (``NAME+asha``, ``NAME+asha+warm``), so
+    it is judged against random search before anyone spends a GPU budget on it. Names must be
+    unique across all plugins.
+
+    Args:
+        register: Called with one ``rknas.search.samplers.SamplerSpec`` per sampler.
     """

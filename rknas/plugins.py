@@ -41,6 +41,7 @@ DEFAULT_PLUGINS = (
     "rknas.models.paper",
     "rknas.search.builtin_spaces",
     "rknas.data.builtin",
+    "rknas.search.samplers",
 )
 
 _pm: Optional[RknasPluginManager] = None

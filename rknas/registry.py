@@ -1,4 +1,4 @@
-"""Look-ups over what plugins registered: stage strategies, named models, search-space files, data sets.
+"""Look-ups over what plugins registered: stage strategies, named models, search-space files, data sets, samplers.
 
 Each hook is called through ``pm.hook`` one plugin at a time (a pluggy subset caller), so
 tracing, ``tryfirst`` and wrappers behave as pluggy documents, and whatever a plugin
@@ -15,12 +15,15 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from rknas.data.source import DataSource
 from rknas.errors import ConfigError, PluginError
 from rknas.plugins import PLUGINS_ENV, get_plugin_manager, load_errors, provider_of
 from rknas.strategies.base import StageStrategy
+
+if TYPE_CHECKING:
+    from rknas.search.samplers import SamplerSpec
 
 T = TypeVar("T")
 _cache: dict[str, tuple[int, Any]] = {}  # look-up -> (manager generation, result)
@@ -196,6 +199,41 @@ def search_space_sources() -> list[tuple[Path, str]]:
     """(path, package) for every search-space file or directory a plugin registered."""
     found: list[tuple[Path, str]] = []
     _call_each("register_search_spaces", lambda args, p, v: found.append((Path(args[0]), p)))
+    return found
+
+
+def samplers() -> dict[str, SamplerSpec]:
+    """Every registered search sampler by name, built-ins first (cached until the plugin set changes).
+
+    Returns:
+        Samplers keyed by name, each stamped with the package and version that registered it.
+
+    Raises:
+        PluginError: Two plugins register the same name, a name is ``auto`` or holds ``+``, or
+            a plugin registers something that is not a ``SamplerSpec``.
+    """
+    return dict(_cached("samplers", _collect_samplers))
+
+
+def _collect_samplers() -> dict[str, SamplerSpec]:
+    from rknas.search.samplers import AUTO, SamplerSpec
+
+    found: dict[str, SamplerSpec] = {}
+
+    def accept(args: tuple, package: str, version: str) -> None:
+        (spec,) = args
+        who = f"{package} {version}".strip()
+        if not isinstance(spec, SamplerSpec):
+            raise PluginError(f"plugin {who} registered {spec!r}, which is not a rknas.search.samplers.SamplerSpec")
+        if spec.name == AUTO or "+" in spec.name or not spec.name:
+            raise PluginError(f"plugin {who} registered a sampler named {spec.name!r}: names are not empty, not "
+                              f"{AUTO!r} and hold no '+' (it joins a sampler to +asha and +warm)")
+        spec = dataclasses.replace(spec, package=package, version=version)
+        if spec.name in found:
+            raise PluginError(f"sampler {spec.name!r} is registered twice: by {found[spec.name].provider} and by {spec.provider}")
+        found[spec.name] = spec
+
+    _call_each("register_samplers", accept)
     return found
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, cast
+from typing import Any, Literal, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, NetworkConfig, build_network, format_validation_error, parse_network_config
+from rknas.options import TrainOptions
 from rknas.util import atomic_write, default_device
 
 
@@ -411,20 +412,31 @@ def fit(
 
 
 def train_from_config(
-    path: Path,
-    epochs: Optional[int] = None,
-    out: Optional[Path] = None,
-    resume: bool = False,
-    device: Optional[str] = None,
-    data_root: Optional[str] = None,
+    options: Union[TrainOptions, Path, str],
     on_epoch: Optional[Callable[[int, dict], None]] = None,
-    download: bool = False,
+    **fields: Any,
 ) -> dict:
     """Full training of an exported config on train+validation; test accuracy at the end.
 
     Writes ``checkpoint.pt`` after each epoch (``resume`` continues from it), then
     ``model.pt`` (weights + configs) and ``metrics.json`` into ``out``.
+
+    Args:
+        options: The run's options (``rknas.options.TrainOptions``: config, epochs, out, resume,
+            device, data_root, download), or the config file, with the other options as ``fields``.
+        on_epoch: Called with ``(epoch, metrics)`` after each epoch.
+        **fields: ``TrainOptions`` fields, when ``options`` is the config file.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        ConfigError: Bad options or config, an existing checkpoint without ``resume``, or a
+            network that does not fit the data.
     """
+    opts = options if isinstance(options, TrainOptions) else TrainOptions(config=Path(options), **fields)
+    path, epochs, out, resume = opts.config, opts.epochs, opts.out, opts.resume
+    device, data_root, download = opts.device, opts.data_root, opts.download
     raw = read_yaml(path)
     for key in ("network", "training", "data"):
         if not isinstance(raw.get(key), dict):
@@ -436,8 +448,6 @@ def train_from_config(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
     if epochs is not None:
-        if epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {epochs}")
         training.epochs = epochs
     if data_root:
         data_spec.root = data_root

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 UNSET = "(unset)"
-
-EventSink = Callable[[str, dict], None]  # progress events of a search or an evaluation: (kind, data)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -25,8 +25,25 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError:
+        raise
+    except Exception as exc:
+        # torch.save reports a full disk as a RuntimeError ("file write failed"): say what it is.
+        if _nearly_full(path.parent):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

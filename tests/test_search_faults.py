@@ -7,7 +7,6 @@ the kill always lands inside that trial, whatever the machine's speed.
 import os
 import signal
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,23 +14,13 @@ import yaml
 from gated import GOOD, HELD, SPACE  # tests/support is on sys.path
 from optuna.trial import TrialState
 
+from rknas.search.ray_env import trial_worker_pids
 from rknas.search.runner import SearchOptions, run_search
 from rknas.storage import TrialRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")]
 
 
-def trial_workers() -> list[int]:
-    """Pids of the Ray worker processes running a trial (Ray titles them after the trainable's actor)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            title = (proc / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if title.startswith(b"ray::ImplicitFunc"):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, tmp_path, gate):
@@ -53,7 +42,7 @@ def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, 
     while killed is None and time.time() < deadline:
         trials = optuna.load_study(study_name="tiny", storage=url).trials
         if len(trials) >= 2 and trials[1].state == TrialState.RUNNING:
-            workers = trial_workers()
+            workers = trial_worker_pids()
             if workers:
                 killed = workers[0]
                 os.kill(killed, signal.SIGKILL)

@@ -20,7 +20,7 @@ from rknas.data.core import TensorData
 from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import NetworkConfig, build_network
-from rknas.search.outcome import EpochResult
+from rknas.search.outcome import EpochResult, resource_reason
 from rknas.search.space import SearchSpace
 from rknas.train import TrainConfig, fit, seed_everything
 from rknas.util import default_device
@@ -168,11 +168,16 @@ def _is_stop(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
+    """One line: a full disk or memory said plainly, else the error with where it was raised."""
     if isinstance(exc, RknasError):
         return str(exc)
+    plain = resource_reason(exc)
+    if plain is not None:
+        return plain
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}{where}"
 
 
 def pick_device(gpus: float) -> str:

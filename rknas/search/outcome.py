@@ -10,6 +10,7 @@ measurement is one line here and one field in ``TrialRecord``.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,6 +166,52 @@ def optuna_state(outcome: Outcome) -> tuple[TrialState, Values, dict[str, Any]]:
         case Failed(reason) | WorkerDied(reason):
             return TrialState.FAIL, None, {"fail_reason": reason}
     raise TypeError(f"not an Outcome: {outcome!r}")  # pragma: no cover - the match is exhaustive
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Only what Ray writes when its memory monitor really killed the worker. Ray's generic
+# "actor died" text lists "(1) the process was killed by the OOM killer" among possible causes
+# of any death, so "OOM killer" alone says nothing.
+MEMORY_MARKERS = ("outofmemoryerror", "running low on memory")
+
+
+def resource_reason(exc: BaseException) -> Optional[str]:
+    """A one-line reason for an error that says the machine ran out of something, else None.
+
+    Args:
+        exc: An error raised inside a trial (or while writing its checkpoint).
+
+    Returns:
+        "no space left on the device ..." for a full disk, "out of memory ..." for a memory
+        error (host or GPU), with the first line of the error; None for any other error.
+    """
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:200]
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on the device{where}: free some space (or set TMPDIR to a larger disk) and run again"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return f"out of memory ({type(exc).__name__}: {first}): use a smaller batch or model, or fewer trials per GPU"
+    return None
+
+
+def worker_death_reason(error_text: str) -> str:
+    """Why a trial's worker died, in one line, from the error Ray saved for it.
+
+    Args:
+        error_text: The text of Tune's error file for the trial (may be empty).
+
+    Returns:
+        "the trial's worker was killed for lack of memory: ..." when Ray or the kernel killed
+        it for memory, else "the trial's worker crashed: <the most telling line>".
+    """
+    lines = [ln.strip() for ln in error_text.splitlines() if ln.strip()]
+    memory = next((ln for ln in lines if any(m in ln.lower() for m in MEMORY_MARKERS)), None)
+    if memory is not None:
+        return f"the trial's worker was killed for lack of memory: {memory[:300]}"
+    for ln in lines:
+        if "died" in ln.lower() or "exit" in ln.lower() or "killed" in ln.lower():
+            return f"the trial's worker crashed: {ln[:300]}"
+    return f"the trial's worker crashed: {lines[-1][:300]}" if lines else WORKER_CRASHED
 
 
 def failure_reason(result: Mapping[str, Any]) -> Optional[str]:

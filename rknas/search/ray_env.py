@@ -293,3 +293,22 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> int:
     by_cpu = int(cpus // cpus_per_trial)
     by_gpu = int(gpus // gpus_per_trial) if gpus_per_trial > 0 else by_cpu
     return max(1, min(by_cpu, by_gpu))
+
+
+def trial_worker_pids() -> list[int]:
+    """Pids of this machine's Ray worker processes running a trial (Ray titles them after the trainable's actor).
+
+    For fault injection (``benchmarks/chaos.py``, the worker-death tests): Linux only.
+
+    Returns:
+        The pids, possibly none.
+    """
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::ImplicitFunc"):
+            pids.append(int(proc.name))
+    return pids

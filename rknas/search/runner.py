@@ -1,4 +1,4 @@
-"""Run a search: check the options, load the data, start Ray, let Tune run the trials.
+"""Run a search: load the data, start Ray, let Tune run the trials (options: ``rknas.options.SearchOptions``).
 
 The Optuna study in storage is the single source of truth: ``--trials N`` means "until the
 study holds N finished trials", so re-running an interrupted command continues where it
@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,12 +34,15 @@ import torch
 from rknas.data.core import TensorData, load_dataset, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
+from rknas.events import SearchEvents, search_listener
+from rknas.options import SearchOptions
 from rknas.plugins import apply_plugin_env, plugin_env
 from rknas.registry import list_strategies
 from rknas.search import ray_env
 from rknas.search.objective import pick_device, run_trial
 from rknas.search.outcome import EpochResult
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
+from rknas.search.samplers import make_sampler
 from rknas.search.searcher import Driver
 from rknas.search.space import SearchSpace, load_space
 from rknas.search.warmstart import enqueue_starts, start_params
@@ -60,72 +63,7 @@ from rknas.storage import (
     summarize,
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
-from rknas.storage.retry import DEFAULT_RETRY_S, StorageUnavailable
-from rknas.util import EventSink
-
-
-@dataclass
-class SearchOptions:
-    """Everything ``rknas search`` takes; the library entry point is ``run_search(options)``.
-
-    Attributes:
-        space: A space name (``rknas spaces``) or a path to a YAML file.
-        trials: The study ends with this many finished trials (interrupted ones do not count).
-        study: Study name (default: the space's name).
-        storage: SQLAlchemy URL (default: ``storage_url()``).
-        address: Join this Ray cluster instead of starting a local one.
-        cpus_per_trial: CPUs each trial holds.
-        gpus_per_trial: GPUs each trial holds; fractions share a GPU.
-        concurrency: Trials at once (default: what the resources allow).
-        seed: Base seed: trial N trains with ``seed + N``; the sampler is seeded from it.
-        epochs: Override the space's epochs per trial.
-        max_params: Override the space's size limit (``constraints.max_params``): larger
-            samples are PRUNED before training.
-        max_flops: Override the space's ``constraints.max_flops`` likewise.
-        timeout: Seconds (from the start of the run) after which no new trial starts; the
-            running ones finish and are recorded, and the run ends normally
-            (``SearchResult.timed_out``). The same command again continues the study.
-        data_root: Where the data set's files are (overrides the space).
-        early_stopping: Override the space's ASHA switch.
-        download: Download the data set first when it is missing (torchvision's sets).
-        start_from: Model names a new study runs first, after the space's ``start_from``.
-        allow_changes: Continue a study although the space or seed differ from the ones it
-            was started with (else refused); the change becomes a new space revision.
-        heartbeat_interval: Seconds between the heartbeats this driver records for its
-            running trials.
-        stale_after: Seconds without a heartbeat after which another driver's RUNNING trial
-            is taken for dead and recovered (FAIL, interrupted).
-        storage_retry: Seconds the search waits for a storage that went away (a database
-            restart, a network blip, a locked SQLite file) before it stops with
-            ``StorageUnavailable``; the same command then continues.
-        max_retries: Times a trial whose worker died (killed, out of memory, node lost) runs
-            again, from its last finished epoch; the record keeps its ``attempts``.
-        on_event: Called with ``(kind, data)`` as the search goes (progress displays).
-    """
-
-    space: str
-    trials: int
-    study: Optional[str] = None
-    storage: Optional[str] = None
-    address: Optional[str] = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    concurrency: Optional[int] = None
-    seed: int = 0
-    epochs: Optional[int] = None
-    max_params: Optional[float] = None
-    max_flops: Optional[float] = None
-    timeout: Optional[float] = None
-    data_root: Optional[str] = None
-    early_stopping: Optional[bool] = None
-    download: bool = False
-    start_from: list[str] = field(default_factory=list)
-    allow_changes: bool = False
-    heartbeat_interval: int = 10
-    stale_after: int = 60
-    storage_retry: float = DEFAULT_RETRY_S
-    max_retries: int = 2
-    on_event: Optional[EventSink] = field(default=None, repr=False)
+from rknas.storage.retry import StorageUnavailable
 
 
 @dataclass
@@ -156,55 +94,9 @@ class SearchResult:
     timed_out: bool = False
 
 
-class _Sink:
-    """An event callback that pickles to a no-op (Tune pickles its callbacks and searcher to disk)."""
-
-    def __init__(self, fn: Optional[EventSink]):
-        self.fn = fn
-
-    def __call__(self, kind: str, data: dict) -> None:
-        if self.fn is not None:
-            self.fn(kind, data)
-
-    def __getstate__(self) -> dict:
-        return {"fn": None}
-
-
 # ---- preparation (everything that can fail fast, before Ray starts or storage changes) ------
-def check_options(opts: SearchOptions) -> None:
-    """Reject impossible options with the flag's name.
-
-    Raises:
-        ConfigError: The first impossible option.
-    """
-    if opts.trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {opts.trials}")
-    if opts.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial must be positive, got {opts.cpus_per_trial}")
-    if opts.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
-    if opts.concurrency is not None and opts.concurrency < 1:
-        raise ConfigError(f"--concurrency must be at least 1, got {opts.concurrency}")
-    if opts.epochs is not None and opts.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {opts.epochs}")
-    for flag, limit in (("--max-params", opts.max_params), ("--max-flops", opts.max_flops)):
-        if limit is not None and not limit > 0:
-            raise ConfigError(f"{flag} must be positive, got {limit:g}")
-    if opts.timeout is not None and not opts.timeout > 0:
-        raise ConfigError(f"--timeout must be positive, got {opts.timeout:g}")
-    if opts.heartbeat_interval < 1:
-        raise ConfigError(f"--heartbeat-interval must be at least 1 (seconds), got {opts.heartbeat_interval}")
-    if opts.stale_after <= opts.heartbeat_interval:
-        raise ConfigError(f"--stale-after ({opts.stale_after}) must be longer than --heartbeat-interval "
-                          f"({opts.heartbeat_interval}), or live trials would be taken for dead")
-    if opts.max_retries < 0:
-        raise ConfigError(f"--max-retries must be 0 or more, got {opts.max_retries}")
-    if opts.storage_retry < 0:
-        raise ConfigError(f"--storage-retry must be 0 or more (seconds), got {opts.storage_retry:g}")
-
-
 def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages.BaseStorage, Optional[optuna.Study]]:
-    """Check options, load the space with the command's overrides, open the storage.
+    """Load the space with the command's overrides, open the storage (the options are valid by construction).
 
     Returns:
         ``(space, study name, storage URL, storage, existing study or None)``.
@@ -212,7 +104,6 @@ def prepare(opts: SearchOptions) -> tuple[SearchSpace, str, str, optuna.storages
     Raises:
         ConfigError: Bad options or space, or an existing study with other objectives.
     """
-    check_options(opts)
     space = load_space(opts.space)
     if opts.data_root:
         space.data.root = opts.data_root
@@ -293,9 +184,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    if len(space.objectives) > 1:
-        return optuna.samplers.NSGAIISampler(population_size=10, seed=seed)
-    return optuna.samplers.TPESampler(n_startup_trials=5, seed=seed)
+    sampler: optuna.samplers.BaseSampler = make_sampler(space.sampler, seed, len(space.objectives))
+    return sampler
 
 
 def _scheduler(space: SearchSpace) -> Any:
@@ -322,14 +212,14 @@ def run_search(opts: SearchOptions) -> SearchResult:
             before anything is written to the storage.
     """
     started_at = Driver.now()  # --timeout counts from here
-    events = _Sink(opts.on_event)
+    events = search_listener(opts.on_event)
     new_file = sqlite_file(storage_url(opts.storage))
     new_file = None if new_file is None or new_file.exists() else new_file
     space, study_name, url, storage, existing = prepare(opts)
     if existing is not None:
         done = len(finished_trials(existing))
         if done >= opts.trials:
-            events("already_done", {"finished": done, "target": opts.trials})
+            events.already_done(finished=done, target=opts.trials)
             return _result(existing, url, opts.trials, 0, False)
     try:
         # A study continues only with what its trials meant so far, unless --allow-changes.
@@ -362,10 +252,9 @@ def run_search(opts: SearchOptions) -> SearchResult:
     )
     driver = Driver(driver_id(), opts.trials, Heartbeats(storage, opts.heartbeat_interval), revision=plan.revision,
                     deadline=None if opts.timeout is None else started_at + opts.timeout, events=events)
-    events("start", {"study": study_name, "storage": safe_url(url), "finished": done, "target": opts.trials,
-                     "remaining": remaining, "concurrency": concurrency, "stale": len(stale), "space": space.name,
-                     "warm_start": warm, "driver": driver.name, "revision": plan.revision,
-                     "changes": {k: list(v) for k, v in plan.changes.items()}, "deadline": driver.deadline})
+    events.start(study=study_name, storage=safe_url(url), finished=done, target=opts.trials, remaining=remaining,
+                 concurrency=concurrency, stale=len(stale), space=space.name, warm_start=warm, driver=driver.name,
+                 revision=plan.revision, changes={k: list(v) for k, v in plan.changes.items()}, deadline=driver.deadline)
     interrupted = False
     try:
         with _GracefulSignals() as signals:
@@ -374,13 +263,13 @@ def run_search(opts: SearchOptions) -> SearchResult:
                     driver.stop_reason = "timeout"
                     break
                 finished, running = driver.counts(study)
-                events("progress", {"finished": finished, "running": running, "target": opts.trials})
+                events.progress(finished=finished, running=running, target=opts.trials)
                 if finished >= opts.trials:
                     break
                 if finished + running >= opts.trials:
                     # Other drivers' trials are in flight (or a dead driver's, until they go
                     # stale): wait for them outside Tune, then run what is still missing.
-                    events("waiting", {"running": running, "finished": finished, "target": opts.trials})
+                    events.waiting(running=running, finished=finished, target=opts.trials)
                     time.sleep(WAIT_POLL_S)
                     continue
                 with signals.tune():
@@ -395,9 +284,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
     finally:
         driver.heartbeats.stop()
     finished = len(finished_trials(study))
-    timed_out = driver.stop_reason == "timeout" and finished < opts.trials
-    if timed_out:
-        events("timeout", {"finished": finished, "target": opts.trials, "timeout": opts.timeout})
+    timed_out = driver.stop_reason == "timeout" and finished < opts.trials  # SearchResult.timed_out says it
     return _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)
 
 
@@ -406,7 +293,7 @@ OWN_LEFT = "interrupted: the search that ran it stopped before the trial finishe
 
 
 def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, storage: optuna.storages.BaseStorage,
-                trainable: Any, driver: Driver, concurrency: int, events: _Sink) -> bool:
+                trainable: Any, driver: Driver, concurrency: int, events: SearchEvents) -> bool:
     """Let Tune run trials until the driver admits no more and this driver's trials ended.
 
     The searcher asks the study before each trial (``Driver.admit``), so Tune's sample count
@@ -482,7 +369,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
             for trial_id in searcher.unfinished():
                 driver.heartbeats.remove(trial_id)
             if left:
-                events("interrupted_trials", {"numbers": left})
+                events.interrupted_trials(numbers=left)
     # With an unbounded sample count Tune ends a round only when the searcher says so, or on a signal.
     return driver.stop_reason is None
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState
 
+from rknas.events import SearchEvents
 from rknas.search.outcome import Values, optuna_state, outcome_of
 from rknas.search.space import SearchSpace
 from rknas.storage.liveness import Heartbeats, recover_stale
@@ -37,13 +38,14 @@ class Driver:
         deadline: ``clock()`` time after which no trial starts (``--timeout``), or None.
         revision: The space revision this driver's trials record.
         heartbeats: The heartbeats of this driver's running trials.
+        events: The search's listener (told of recovered trials), if any.
         stop_reason: Why ``admit`` last refused: "timeout", "done" (the study holds ``target``
             finished trials) or "busy" (finished and running trials, of all drivers, reach
             ``target``); None while it admits.
     """
 
     def __init__(self, name: str, target: int, heartbeats: Heartbeats, revision: int = 0,
-                 deadline: Optional[float] = None, events: Optional[Callable[[str, dict], None]] = None):
+                 deadline: Optional[float] = None, events: Optional[SearchEvents] = None):
         self.name = name
         self.target = target
         self.heartbeats = heartbeats
@@ -72,8 +74,8 @@ class Driver:
             ``(finished, running)``: trials that count towards the target, and RUNNING ones.
         """
         recovered = recover_stale(study)
-        if recovered and self.events:
-            self.events("recovered", {"numbers": recovered})
+        if recovered and self.events is not None:
+            self.events.recovered(numbers=recovered)
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         return len(finished_trials(study)), running
 

@@ -22,7 +22,7 @@ from rknas.data.core import DataSpec
 from rknas.errors import ConfigError
 from rknas.models.counting import SizeLimit
 from rknas.models.network import Framework, NetworkConfig, format_validation_error
-from rknas.registry import search_space_sources, strategies
+from rknas.registry import samplers, search_space_sources, strategies
 from rknas.train import TrainConfig
 
 
@@ -160,6 +160,10 @@ class SearchSpace(BaseModel):
     training: Training = Field(default_factory=Training)  # type: ignore[valid-type]
     fidelity: Fidelity = Fidelity()
     objectives: list[Objective] = [Objective(metric="val_accuracy", direction="maximize")]
+    sampler: str = Field(
+        "auto",
+        description="The search's Optuna sampler: a registered name (rknas.search.samplers) or auto (the default).",
+    )
     constraints: Constraints = Constraints()
     start_from: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list,
@@ -219,7 +223,7 @@ class SearchSpace(BaseModel):
 
     # ---- checks ------------------------------------------------------------------------------
     def check_strategies(self, where: str) -> None:
-        """Every strategy must exist and fit the stage range; otherwise say which and why.
+        """Every strategy must exist and fit the stage range, and the sampler must exist; otherwise say which and why.
 
         Args:
             where: The space's name or file, for the message.
@@ -235,6 +239,13 @@ class SearchSpace(BaseModel):
         max_s = max(int(v) for v in _values(self.arch.stages))
         if not [n for n in names if known[n].min_stages <= max_s]:
             raise ConfigError(f"{where}: no listed strategy works with at most {max_s} stages (architecture.stages)")
+        from rknas.search.samplers import AUTO
+
+        known_samplers = samplers()
+        if self.sampler != AUTO and self.sampler not in known_samplers:
+            raise ConfigError(f"{where}: sampler: unknown sampler {self.sampler!r}; known: {', '.join([AUTO, *known_samplers])}")
+        if self.sampler != AUTO and len(self.objectives) > 1 and not known_samplers[self.sampler].multi_objective:
+            raise ConfigError(f"{where}: sampler {self.sampler!r} handles one objective; the space has {len(self.objectives)}")
 
     def check_values(self, where: str) -> None:
         """Validate every listed value and range end with the config class's own rules.

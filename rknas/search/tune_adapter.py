@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import optuna
 from optuna.trial import TrialState
@@ -25,13 +24,16 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from rknas.errors import ConfigError
-from rknas.search.outcome import MEASUREMENTS, WORKER_CRASHED, Values, ended_early
+from rknas.events import EventSink, SearchEvents, search_listener
+from rknas.search.outcome import MEASUREMENTS, WORKER_CRASHED, Values, ended_early, worker_death_reason
 from rknas.search.searcher import Driver, already_finished, trial_state, unless_finished
 from rknas.search.space import SearchSpace
 from rknas.storage.record import TrialRecord
+from rknas.storage.retry import StorageUnavailable
 
 # What a StudySearch holds that lives in this process only: left out of its pickle.
-LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_rk_driver", "_rk_events", "_pending_errors")
+LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_rk_driver", "_rk_events", "_pending_errors",
+        "_rk_storage_error")
 
 
 class DetachedSearcherError(RuntimeError):
@@ -46,18 +48,21 @@ class StudySearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, rk_space: SearchSpace, rk_versions: dict[str, str],
-                 rk_events: Optional[Callable[[str, dict], None]] = None, rk_driver: Optional[Driver] = None,
+                 rk_events: Union[SearchEvents, EventSink, None] = None, rk_driver: Optional[Driver] = None,
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._rk_space = rk_space
         self._rk_versions = rk_versions
         self._rk_history: dict[str, list[float]] = defaultdict(list)
-        self._rk_events = rk_events
+        self._rk_events: Optional[SearchEvents] = search_listener(rk_events)
         self._rk_driver = rk_driver
         self._rk_configs: dict[str, dict] = {}
         self._pending_errors: dict[str, tuple[Any, TrialRecord]] = {}
         self._rk_retries: dict[str, list[str]] = defaultdict(list)
         self._rk_detached = False
+        # A storage failure while recording a result: Tune logs and swallows errors raised in
+        # on_trial_complete, so the next suggest raises it and fit ends (see _record).
+        self._rk_storage_error: Optional[StorageUnavailable] = None
 
     # ---- pickling (see the module docstring) ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -73,17 +78,17 @@ class StudySearch(OptunaSearch):
         self._pending_errors = {}
 
     def attach(self, study: optuna.Study, driver: Optional[Driver] = None,
-               events: Optional[Callable[[str, dict], None]] = None) -> None:
+               events: Union[SearchEvents, EventSink, None] = None) -> None:
         """Reconnect an unpickled copy to a study, its storage and sampler.
 
         Args:
             study: The study this searcher records into (its storage and sampler are used).
             driver: The driver whose share of the study this searcher runs, if any.
-            events: Where trial ends are reported, if anywhere.
+            events: The search's listener (or a callable ``(kind, data)``), if any.
         """
         self._ot_study = study  # type: ignore[assignment]  # Ray declares it as None until _setup_study
         self._storage, self._sampler = study._storage, study.sampler
-        self._rk_driver, self._rk_events = driver, events
+        self._rk_driver, self._rk_events = driver, search_listener(events)
         self._rk_detached = False
 
     def _check_attached(self) -> None:
@@ -95,6 +100,8 @@ class StudySearch(OptunaSearch):
     # ---- Tune's searcher interface ---------------------------------------------------------
     def suggest(self, trial_id: str) -> Optional[dict]:
         self._check_attached()
+        if self._rk_storage_error is not None:
+            raise self._rk_storage_error
         driver = self._rk_driver
         if driver is not None and trial_id not in self._ot_trials:
             # The study, not Tune's sample count, decides: no new trial once the finished
@@ -176,9 +183,9 @@ class StudySearch(OptunaSearch):
         """
         self._rk_retries[trial_id].append(reason)
         ot = self._ot_trials.get(trial_id)
-        if self._rk_events and ot is not None:
-            self._rk_events("trial_retry", {"trial_id": trial_id, "number": ot.number, "reason": reason,
-                                            "attempt": 1 + len(self._rk_retries[trial_id])})
+        if self._rk_events is not None and ot is not None:
+            self._rk_events.trial_retry(trial_id=trial_id, number=ot.number, reason=reason,
+                                        attempt=1 + len(self._rk_retries[trial_id]))
 
     def record_error(self, trial_id: str, reason: str) -> None:
         """Record a trial whose worker died, now that the reason is known."""
@@ -202,6 +209,9 @@ class StudySearch(OptunaSearch):
             for k, v in record.user_attrs().items():
                 ot.set_user_attr(k, v)
             self._ot_study.tell(ot, values, state=state)
+        except StorageUnavailable as exc:
+            self._rk_storage_error = exc
+            raise
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             # Another driver recovered the trial (it took our heartbeats for a dead
             # driver's): its record stands, this result is dropped, the search goes on.
@@ -215,9 +225,9 @@ class StudySearch(OptunaSearch):
         finally:
             if driver is not None:
                 driver.heartbeats.remove(ot._trial_id)
-        if self._rk_events:
-            self._rk_events("trial_end", {"trial_id": trial_id, "number": ot.number, "state": shown,
-                                          "record": record, "values": values, "note": note})
+        if self._rk_events is not None:
+            self._rk_events.trial_end(trial_id=trial_id, number=ot.number, state=shown, record=record, values=values,
+                                      note=note)
 
     def unfinished(self) -> list[int]:
         """Optuna ids of the trials this searcher asked for and has not told yet."""
@@ -231,28 +241,26 @@ def error_line(error_file: Optional[str]) -> str:
         text = open(error_file).read() if error_file else ""
     except OSError:
         text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "died" in ln.lower() or "exit" in ln.lower() or "killed" in ln.lower():
-            return f"the trial's worker crashed: {ln[:300]}"
-    return f"the trial's worker crashed: {lines[-1][:300]}" if lines else WORKER_CRASHED
+    return worker_death_reason(text)
 
 
 class TrialEvents(Callback):
     """Forwards trial starts and results to the progress sink, and worker deaths' reasons to the searcher."""
 
-    def __init__(self, events: Callable[[str, dict], None], searcher: StudySearch):
-        self.events = events
+    def __init__(self, events: Union[SearchEvents, EventSink, None], searcher: StudySearch):
+        self.events: Optional[SearchEvents] = search_listener(events)
         self.searcher = searcher
 
     def __getstate__(self) -> dict[str, Any]:
         return {"events": None, "searcher": None}  # live objects of this process (see the module docstring)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.events("trial_start", {"trial_id": trial.trial_id})
+        if self.events is not None:
+            self.events.trial_start(trial_id=trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.events("trial_result", {"trial_id": trial.trial_id, "result": result})
+        if self.events is not None:
+            self.events.trial_result(trial_id=trial.trial_id, result=result)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.note_retry(trial.trial_id, error_line(trial.error_file))

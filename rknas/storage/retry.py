@@ -12,6 +12,7 @@ retried: lost or refused connections, and "database is locked" on SQLite; anythi
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import threading
@@ -50,6 +51,41 @@ RETRIED = (
 
 class StorageUnavailable(RknasError):
     """The storage stayed unreachable for longer than the retry limit."""
+
+
+class StorageFull(StorageUnavailable):
+    """The database cannot write: its disk is full. Nothing is retried; the study is intact."""
+
+
+DISK_FULL_MARKERS = ("database or disk is full", "no space left on device", "disk full", "could not extend file")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says the database's disk is full.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        True for SQLite's "database or disk is full", PostgreSQL's DiskFull (SQLSTATE 53100)
+        and ENOSPC.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        orig = getattr(e, "orig", None)
+        for x in (e, orig):
+            if x is None:
+                continue
+            if type(x).__name__ == "DiskFull" or getattr(x, "sqlstate", None) == "53100":
+                return True
+            if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+                return True
+            if any(m in str(x).lower() for m in DISK_FULL_MARKERS):
+                return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -102,6 +138,11 @@ def call_with_retry(call: Callable[[], T], *, limit_s: float, where: str, reset:
         try:
             return call()
         except Exception as exc:
+            if is_disk_full(exc):
+                raise StorageFull(
+                    f"storage {where} is out of disk space ({_one_line(exc)}); the study is intact: free space on the "
+                    "database's disk, then run the same command again to continue"
+                ) from None
             if not is_transient(exc):
                 raise
             waited = time.monotonic() - started

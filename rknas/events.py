@@ -1,0 +1,382 @@
+"""Progress of a search and of an evaluation, as typed listeners.
+
+``run_search`` and ``evaluate`` tell a *listener* what they do: an object with one method per
+event, keyword arguments only (``SearchEvents``, ``EvaluationEvents``). ``SearchListener`` and
+``EvaluationListener`` do nothing on every event: subclass one and override the events you
+show (``rknas.display.SearchProgress`` does). A listener's ``__call__(kind, data)`` calls the
+method named ``kind`` with ``data`` as its arguments.
+
+The older form, a callable ``(kind, data)``, works wherever a listener does:
+``CallbackEvents`` turns each method call into ``fn(kind, data)``, the method's name and its
+keyword arguments (``search_listener`` and ``evaluation_listener`` wrap a callable in it).
+
+Listeners live in the process that started the search. Ray pickles the searcher and the Tune
+callbacks; the holders of a listener leave it out of their pickles (``StudySearch.LIVE``,
+``TrialEvents.__getstate__``), and ``CallbackEvents`` pickles to one that does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from rknas.storage.record import TrialRecord
+
+EventSink = Callable[[str, dict], None]
+"""The callable form of a listener: ``fn(kind, data)`` with an event's name and its arguments."""
+
+
+@runtime_checkable
+class SearchEvents(Protocol):
+    """What a search tells its listener (``SearchOptions.on_event``), in the order it happens.
+
+    Each method's default does nothing: ``SearchListener`` is the protocol as a base class.
+    """
+
+    def already_done(self, *, finished: int, target: int) -> None:
+        """The study holds the target already: nothing runs.
+
+        Args:
+            finished: Finished trials in the study.
+            target: The requested number (``--trials``).
+        """
+        return None
+
+    def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
+              stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None) -> None:
+        """Every check passed, the study exists: trials start now.
+
+        Args:
+            study: The study's name.
+            storage: Its storage URL, without password.
+            finished: Finished trials in the study.
+            target: The requested number of finished trials.
+            remaining: ``target - finished``.
+            concurrency: Trials at once.
+            stale: Trials of dead drivers recovered at the start.
+            space: The space's name.
+            warm_start: Trials enqueued from ``start_from`` (a new study's first ones).
+            driver: This driver's id.
+            revision: The space revision this driver's trials record.
+            changes: What changed since the study started (``--allow-changes``): key -> [before, after].
+            deadline: ``--timeout``'s deadline on the driver's clock, if any.
+        """
+        return None
+
+    def progress(self, *, finished: int, running: int, target: int) -> None:
+        """The study's counts, all drivers together, before each Tune round or wait.
+
+        Args:
+            finished: Finished trials.
+            running: RUNNING trials (of all drivers).
+            target: The requested number.
+        """
+        return None
+
+    def waiting(self, *, running: int, finished: int, target: int) -> None:
+        """Other drivers' running trials fill the target: this driver waits for them.
+
+        Args:
+            running: RUNNING trials.
+            finished: Finished trials.
+            target: The requested number.
+        """
+        return None
+
+    def trial_start(self, *, trial_id: str) -> None:
+        """Tune started a trial.
+
+        Args:
+            trial_id: Tune's trial id.
+        """
+        return None
+
+    def trial_result(self, *, trial_id: str, result: dict[str, Any]) -> None:
+        """A trial reported an epoch.
+
+        Args:
+            trial_id: Tune's trial id.
+            result: Tune's result: the trial's ``EpochResult`` (``epoch``, ``val_accuracy``, ...) and Tune's keys.
+        """
+        return None
+
+    def trial_retry(self, *, trial_id: str, number: int, reason: str, attempt: int) -> None:
+        """A trial's worker died; Tune runs the trial again from its last finished epoch.
+
+        Args:
+            trial_id: Tune's trial id.
+            number: The Optuna trial number.
+            reason: Why the worker died.
+            attempt: The attempt that starts now (2 for the first retry).
+        """
+        return None
+
+    def trial_end(self, *, trial_id: str, number: int, state: str, record: TrialRecord, values: Any,
+                  note: Optional[str] = None) -> None:
+        """A trial was recorded.
+
+        Args:
+            trial_id: Tune's trial id.
+            number: The Optuna trial number.
+            state: COMPLETE, PRUNED or FAIL, as recorded.
+            record: The trial's record.
+            values: The objective values (a float, a list, or None).
+            note: Why the recorded state is not this driver's result (another driver finished the trial), if so.
+        """
+        return None
+
+    def recovered(self, *, numbers: list[int]) -> None:
+        """Trials of a driver that stopped recording heartbeats were recovered (FAIL, interrupted).
+
+        Args:
+            numbers: Their trial numbers.
+        """
+        return None
+
+    def interrupted_trials(self, *, numbers: list[int]) -> None:
+        """This driver's trials that a signal stopped before they finished (FAIL, interrupted).
+
+        Args:
+            numbers: Their trial numbers.
+        """
+        return None
+
+
+@runtime_checkable
+class EvaluationEvents(Protocol):
+    """What ``rknas.evaluate.evaluate`` tells its listener; each default does nothing."""
+
+    def start(self, *, study: str, runs: int, done: int, models: int, seeds: list[int], epochs: int, out: str,
+              recipe_trial: int, device: str) -> None:
+        """Every check passed; training starts.
+
+        Args:
+            study: The study's name.
+            runs: Runs in all (models x seeds).
+            done: Runs finished earlier (skipped).
+            models: Models evaluated.
+            seeds: The seeds of every model.
+            epochs: Epochs of every run.
+            out: The output folder.
+            recipe_trial: The trial whose training settings every run uses.
+            device: Where the runs train.
+        """
+        return None
+
+    def run_start(self, *, name: str, seed: int, epochs: int) -> None:
+        """A run starts training (or resumes).
+
+        Args:
+            name: The model's name.
+            seed: The run's seed.
+            epochs: Its epochs.
+        """
+        return None
+
+    def epoch(self, *, name: str, seed: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
+        """A run finished an epoch.
+
+        Args:
+            name: The model's name.
+            seed: The run's seed.
+            epoch: The epoch just finished (from 1).
+            epochs: The run's epochs.
+            metrics: ``train_loss``, ``train_accuracy``, ...
+        """
+        return None
+
+    def run_end(self, *, name: str, seed: int, test_accuracy: float, skipped: bool) -> None:
+        """A run ended (or was found finished).
+
+        Args:
+            name: The model's name.
+            seed: The run's seed.
+            test_accuracy: Its test accuracy.
+            skipped: It finished earlier and was read back, not trained.
+        """
+        return None
+
+
+@runtime_checkable
+class BenchEvents(Protocol):
+    """What ``rknas.bench.build.build_table`` tells its listener; each default does nothing."""
+
+    def start(self, *, table: str, archs: int, seeds: int, epochs: int, runs: int, done: int, concurrency: int) -> None:
+        """The architectures are drawn and recorded; training starts.
+
+        Args:
+            table: The table file.
+            archs: Architectures in the table.
+            seeds: Seeds per architecture.
+            epochs: Epochs per run.
+            runs: Runs in all (archs x seeds).
+            done: Runs recorded earlier (not trained again).
+            concurrency: Runs at once.
+        """
+        return None
+
+    def run_end(self, *, arch: int, seed: int, params: int, status: str, test_accuracy: float, train_s: float) -> None:
+        """A run finished and was appended to the table.
+
+        Args:
+            arch: The architecture's id in the table.
+            seed: The run's seed.
+            params: The architecture's parameters.
+            status: ``ok``, ``diverged`` or ``failed``.
+            test_accuracy: Its final test accuracy (0 unless ok).
+            train_s: Its training time.
+        """
+        return None
+
+
+def _dispatch(listener: Any, names: frozenset[str], kind: str, data: dict) -> None:
+    if kind in names:
+        getattr(listener, kind)(**data)
+
+
+def _methods(protocol: type) -> frozenset[str]:
+    return frozenset(n for n, v in vars(protocol).items() if not n.startswith("_") and callable(v))
+
+
+SEARCH_EVENTS = _methods(SearchEvents)
+EVALUATION_EVENTS = _methods(EvaluationEvents)
+BENCH_EVENTS = _methods(BenchEvents)
+
+
+class _Dispatching:
+    """The callable form of a listener: ``listener(kind, data)`` calls the method named ``kind``."""
+
+    _events: frozenset[str] = frozenset()
+
+    def __call__(self, kind: str, data: dict) -> None:
+        """Call the method named ``kind`` with ``data`` (unknown kinds are ignored).
+
+        Args:
+            kind: The event's name.
+            data: Its keyword arguments.
+        """
+        _dispatch(self, self._events, kind, data)
+
+
+class SearchListener(_Dispatching, SearchEvents):
+    """A search listener that does nothing: override the events you show."""
+
+    _events = SEARCH_EVENTS
+
+
+class EvaluationListener(_Dispatching, EvaluationEvents):
+    """An evaluation listener that does nothing: override the events you show."""
+
+    _events = EVALUATION_EVENTS
+
+
+class BenchListener(_Dispatching, BenchEvents):
+    """A bench-build listener that does nothing: override the events you show."""
+
+    _events = BENCH_EVENTS
+
+
+class CallbackEvents:
+    """A listener (search and evaluation) that calls ``fn(kind, data)``: the method's name and its arguments.
+
+    It pickles to one that does nothing: the callable stays in this process.
+    """
+
+    def __init__(self, fn: Optional[EventSink]):
+        self.fn = fn
+
+    def __getstate__(self) -> dict:
+        return {"fn": None}
+
+    def _emit(self, kind: str, data: dict) -> None:
+        if self.fn is not None:
+            self.fn(kind, data)
+
+    # both
+    def start(self, **data: Any) -> None:
+        """``fn("start", data)`` (search and evaluation)."""
+        self._emit("start", data)
+
+    # search
+    def already_done(self, **data: Any) -> None:
+        """``fn("already_done", data)``."""
+        self._emit("already_done", data)
+
+    def progress(self, **data: Any) -> None:
+        """``fn("progress", data)``."""
+        self._emit("progress", data)
+
+    def waiting(self, **data: Any) -> None:
+        """``fn("waiting", data)``."""
+        self._emit("waiting", data)
+
+    def trial_start(self, **data: Any) -> None:
+        """``fn("trial_start", data)``."""
+        self._emit("trial_start", data)
+
+    def trial_result(self, **data: Any) -> None:
+        """``fn("trial_result", data)``."""
+        self._emit("trial_result", data)
+
+    def trial_retry(self, **data: Any) -> None:
+        """``fn("trial_retry", data)``."""
+        self._emit("trial_retry", data)
+
+    def trial_end(self, **data: Any) -> None:
+        """``fn("trial_end", data)``."""
+        self._emit("trial_end", data)
+
+    def recovered(self, **data: Any) -> None:
+        """``fn("recovered", data)``."""
+        self._emit("recovered", data)
+
+    def interrupted_trials(self, **data: Any) -> None:
+        """``fn("interrupted_trials", data)``."""
+        self._emit("interrupted_trials", data)
+
+    # evaluation
+    def run_start(self, **data: Any) -> None:
+        """``fn("run_start", data)``."""
+        self._emit("run_start", data)
+
+    def epoch(self, **data: Any) -> None:
+        """``fn("epoch", data)``."""
+        self._emit("epoch", data)
+
+    def run_end(self, **data: Any) -> None:
+        """``fn("run_end", data)``."""
+        self._emit("run_end", data)
+
+
+def search_listener(sink: Union[SearchEvents, EventSink, None]) -> SearchEvents:
+    """The listener for what ``SearchOptions.on_event`` holds.
+
+    Args:
+        sink: A listener (used as it is), a callable ``(kind, data)`` (wrapped in ``CallbackEvents``), or None.
+
+    Returns:
+        A listener; ``SearchListener()`` (nothing) for None.
+    """
+    if sink is None:
+        return SearchListener()
+    if isinstance(sink, SearchEvents):
+        return sink
+    return CallbackEvents(sink)
+
+
+def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> EvaluationEvents:
+    """The listener for what ``EvaluateOptions.on_event`` holds.
+
+    Args:
+        sink: A listener (used as it is), a callable ``(kind, data)`` (wrapped in ``CallbackEvents``), or None.
+
+    Returns:
+        A listener; ``EvaluationListener()`` (nothing) for None.
+    """
+    if sink is None:
+        return EvaluationListener()
+    if isinstance(sink, EvaluationEvents):
+        return sink
+    return CallbackEvents(sink)

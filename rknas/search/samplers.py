@@ -1,0 +1,116 @@
+"""Samplers as plugins: the built-in ones, registered through the hook a plugin uses.
+
+A search (``rknas search``) and a replay (``rknas bench replay``) build their Optuna sampler
+from this one registry, so a strategy measured on a benchmark table is exactly the one a search
+runs. A plugin adds a sampler with the ``register_samplers`` hook (see ``docs/plugins.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Optional
+
+from rknas.hookspecs import hookimpl
+
+AUTO = "auto"  # a space's default: the sampler the evidence favours (benchmarks/RESULTS.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A named way to build an Optuna sampler.
+
+    Attributes:
+        name: The name spaces and ``--strategy`` use (``tpe``).
+        make: ``make(seed, objectives)`` returns a fresh ``optuna.samplers.BaseSampler``;
+            ``objectives`` is the study's number of objectives.
+        description: One line for ``rknas bench replay --help`` and ``rknas plugins``.
+        multi_objective: Whether it handles several objectives (all samplers handle one).
+        package: Filled in by the registry: the distribution that registered it.
+        version: Filled in by the registry.
+    """
+
+    name: str
+    make: Callable[[int, int], Any]
+    description: str = ""
+    multi_objective: bool = True
+    package: str = ""
+    version: str = ""
+
+    @property
+    def provider(self) -> str:
+        return f"{self.package} {self.version}".strip() or "unknown"
+
+
+def _random(seed: int, objectives: int) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _tpe(seed: int, objectives: int) -> Any:
+    import optuna
+
+    # Five random trials, then TPE (multi-objective TPE with two or more objectives).
+    return optuna.samplers.TPESampler(n_startup_trials=5, seed=seed)
+
+
+def _nsga2(seed: int, objectives: int) -> Any:
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(population_size=10, seed=seed)
+
+
+BUILTIN = (
+    SamplerSpec("random", _random, "uniform random search (the baseline every strategy is judged against)"),
+    SamplerSpec("tpe", _tpe, "Optuna's TPE after 5 random trials; multi-objective TPE for a Pareto study"),
+    SamplerSpec("nsga2", _nsga2, "Optuna's NSGA-II, population 10 (meant for Pareto studies)"),
+)
+
+
+def default_sampler(objectives: int) -> str:
+    """The sampler ``sampler: auto`` means.
+
+    Args:
+        objectives: The study's number of objectives.
+
+    Returns:
+        A registered sampler name.
+    """
+    return "nsga2" if objectives > 1 else "tpe"
+
+
+def make_sampler(name: str, seed: int, objectives: int, known: Optional[dict[str, SamplerSpec]] = None) -> Any:
+    """A fresh sampler by registered name (``auto`` for the default).
+
+    Args:
+        name: A registered sampler name, or ``auto``.
+        seed: The sampler's seed.
+        objectives: The study's number of objectives.
+        known: The registry (default: every registered sampler).
+
+    Returns:
+        An ``optuna.samplers.BaseSampler``.
+
+    Raises:
+        ConfigError: No plugin registers ``name``, or it cannot handle several objectives.
+    """
+    from rknas.errors import ConfigError
+    from rknas.registry import samplers
+
+    known = samplers() if known is None else known
+    name = default_sampler(objectives) if name == AUTO else name
+    if name not in known:
+        raise ConfigError(f"unknown sampler {name!r}; known: {', '.join([AUTO, *known])}")
+    spec = known[name]
+    if objectives > 1 and not spec.multi_objective:
+        raise ConfigError(f"sampler {name!r} ({spec.provider}) handles one objective, but the study has {objectives}; "
+                          f"choose one of {', '.join(n for n, s in known.items() if s.multi_objective)}")
+    return spec.make(seed, objectives)
+
+
+@hookimpl
+def register_samplers(register: Callable[[SamplerSpec], None]) -> None:
+    """rknas's own samplers, registered like a plugin's."""
+    for spec in BUILTIN:
+        register(spec)

@@ -1,0 +1,126 @@
+"""`rknas bench build`: a tiny real table (digits, one epoch), continued after an interruption,
+refused with other settings; and the table file's own guarantees."""
+
+import gzip
+import shutil
+
+import pytest
+import yaml
+
+from rknas.bench.build import check_recipe, draw_architectures
+from rknas.bench.table import BenchTable, EpochRow
+from rknas.errors import ConfigError
+from rknas.search.space import load_space, parse_space
+
+SPACE = {
+    "name": "tiny_bench", "data": {"name": "digits", "val_fraction": 0.2, "train_subset": 300},
+    "framework": "cifar",
+    "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": {"low": 1, "high": 2}, "k": [4, 8], "steps": 1,
+                     "attention": False, "multiscale": False},
+    "training": {"lr": 0.1, "batch_size": 50, "warmup_epochs": 0},
+    "fidelity": {"epochs": 2, "min_epochs": 1, "reduction_factor": 2},
+}
+
+
+def space_file(tmp_path, **changes):
+    raw = {**SPACE, **changes}
+    path = tmp_path / "tiny_bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_draws_are_distinct_seeded_and_start_with_start_from():
+    space = load_space("fashion_mnist_bench")
+    space.in_channels, space.image_size, space.classes = 1, 28, 10
+    a = draw_architectures(space, 30, seed=1)
+    keys = [space.configs(p)[0].model_dump_json() for _, p in a]
+    assert len(set(keys)) == 30
+    assert [s for s, _ in a[:6]] == ["start_from"] * 6 and {s for s, _ in a[6:]} == {"sampled"}
+    assert a[0][1]["p1_k"] == 24 and a[0][1]["p1_strategy"] == "E"
+    assert [p for _, p in draw_architectures(space, 30, seed=1)] == [p for _, p in a]
+    assert [p for _, p in draw_architectures(space, 30, seed=2)] != [p for _, p in a]
+
+
+def test_a_space_with_fewer_architectures_gives_what_it_holds():
+    space = parse_space(SPACE, "tiny")
+    space.in_channels, space.image_size, space.classes = 1, 8, 10
+    # E with 1 or 2 stages, I with 2 stages; k 4 or 8: 6 networks
+    assert len(draw_architectures(space, 50, seed=0)) == 6
+
+
+def test_a_bench_space_fixes_its_training():
+    check_recipe(parse_space(SPACE, "tiny"))
+    with pytest.raises(ConfigError, match=r"training.lr is searched"):
+        check_recipe(parse_space({**SPACE, "training": {"lr": [0.1, 0.2]}}, "tiny"))
+
+
+def rows(n, acc=0.5):
+    return [EpochRow(e, acc, acc - 0.01, 1.0 / e, 2.0 * e) for e in range(1, n + 1)]
+
+
+def test_a_table_refuses_other_settings_and_keeps_whole_runs(tmp_path):
+    path = tmp_path / "t.db"
+    with BenchTable.create(path, {"a": 1}) as t:
+        t.add_archs([("sampled", {"p1_k": 4}, {"k": [4]}, 100, 1000)])
+        t.add_run(1, 0, rows(3))
+    with pytest.raises(ConfigError, match=r"built with other settings \(a differ\)"):
+        BenchTable.create(path, {"a": 2})
+    with BenchTable.open(path) as t:
+        assert t.settings == {"a": 1} and t.done() == {(1, 0)} and [r.epoch for r in t.curves()[(1, 0)]] == [1, 2, 3]
+        frames = t.frames()
+        assert list(frames["curves"]["test_accuracy"]) == pytest.approx([0.49] * 3)
+        assert int(frames["archs"]["params"][0]) == 100
+    assert not (tmp_path / "t.db-wal").exists()  # closed into one file, ready to gzip
+    with open(path, "rb") as src, gzip.open(tmp_path / "t.db.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with BenchTable.open(tmp_path / "t.db.gz") as t:
+        assert t.done() == {(1, 0)}
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00" + b"\x00" * 50, b"not a table at all" * 100])
+def test_a_broken_table_is_one_line(tmp_path, content, cli):
+    path = tmp_path / "broken.db"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as exc:
+        BenchTable.open(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_a_truncated_table_is_one_line(tmp_path):
+    path = tmp_path / "t.db"
+    with BenchTable.create(path, {"a": 1}) as t:
+        t.add_archs([("sampled", {"p1_k": k}, {"k": [k]}, 100, 1000) for k in range(200)])
+        for a in range(1, 200):
+            t.add_run(a, 0, rows(4))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ConfigError, match="not a readable benchmark table"):
+        t = BenchTable.open(path)
+        t.curves()
+
+
+@pytest.mark.slow
+def test_build_a_tiny_table_continue_it_and_refuse_other_settings(ray_local, cli, tmp_path):
+    space = space_file(tmp_path)
+    out = tmp_path / "tiny.db"
+    code, stdout, err = cli("bench", "build", "--space", space, "--archs", "3", "--seeds", "2", "--out", out)
+    assert code == 0, err
+    assert "3 architectures x 2 seeds, 6 runs (6 new" in stdout
+    with BenchTable.open(out) as t:
+        assert len(t.archs()) == 3 and len(t.done()) == 6
+        curves = t.curves()
+        assert all([r.epoch for r in c] == [1, 2] for c in curves.values())
+        assert all(0 <= r.test_accuracy <= 1 and r.wall_s > 0 for c in curves.values() for r in c)
+        # two seeds of one architecture train differently
+        assert curves[(1, 0)][-1].train_loss != curves[(1, 1)][-1].train_loss
+        assert {a.source for a in t.archs()} == {"sampled"} and all(a.params > 0 for a in t.archs())
+    # An interruption left one run out: the same command runs only that one.
+    with BenchTable.create(out, BenchTable.open(out).settings) as t, t.conn:
+        t.conn.execute("DELETE FROM runs WHERE arch=2 AND seed=1")
+    code, stdout, err = cli("bench", "build", "--space", space, "--archs", "3", "--seeds", "2", "--out", out)
+    assert code == 0, err
+    assert "(1 new" in stdout
+    code, stdout, err = cli("bench", "build", "--space", space, "--archs", "3", "--seeds", "2", "--epochs", "3", "--out", out)
+    assert code == 2 and "built with other settings (epochs differ)" in err and len(err.strip().splitlines()) == 1
+    with BenchTable.open(out) as t:
+        assert len(t.done()) == 6

@@ -1,0 +1,281 @@
+"""`rknas bench replay`: strategies replayed on a table with made-up curves (no training)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.synthetic_bench import make_table
+
+from rknas.bench import replay as rp
+from rknas.errors import ConfigError
+from rknas.hookspecs import hookimpl
+from rknas.search.samplers import SamplerSpec
+from rknas.search.space import load_space
+
+SAMPLERS = ["random", "tpe", "nsga2"]
+
+
+@pytest.fixture(scope="module")
+def bench_space():
+    space = load_space("fashion_mnist_bench")
+    space.in_channels, space.image_size, space.classes = 1, 28, 10
+    return space
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, bench_space):
+    path = tmp_path_factory.mktemp("bench") / "t.db"
+    truth = make_table(path, bench_space, archs=60, seeds=2, epochs=4, fail=(59,))
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def bench(table):
+    return rp.load_bench(table[0])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("random", rp.Strategy("random")),
+    ("tpe+asha", rp.Strategy("tpe", asha=True)),
+    ("tpe+asha+warm", rp.Strategy("tpe", asha=True, warm=True)),
+    ("tpe+warm+asha", rp.Strategy("tpe", asha=True, warm=True)),
+    ("nsga2+warm", rp.Strategy("nsga2", warm=True)),
+])
+def test_strategy_names(text, want):
+    assert rp.parse_strategy(text, SAMPLERS) == want
+
+
+@pytest.mark.parametrize("text,match", [
+    ("bohb", r"no sampler 'bohb'; samplers: random, tpe, nsga2"),
+    ("tpe+hyperband", r"only \+asha and \+warm"),
+    ("tpe+asha+asha", r"once each"),
+])
+def test_unknown_strategies_name_what_exists(text, match):
+    with pytest.raises(ConfigError, match=match):
+        rp.parse_strategy(text, SAMPLERS)
+
+
+def test_the_table_truth_is_the_mean_final_test_accuracy_over_seeds(table, bench):
+    _, truth = table
+    assert bench.size == 60
+    got = {bench.keys[k]: bench.truth[i] for k, i in bench.keys.items()}
+    assert len(got) == 60
+    assert bench.best == pytest.approx(max(truth.values()))
+    assert not bench.curves[59] and bench.failed[59][0][1] == "diverged"  # all its runs failed: it has no truth
+
+
+def test_a_proposal_is_found_or_snapped_to_its_nearest_architecture(bench):
+    snap = rp.Snapper(bench)
+    first = bench.sampled[3]
+    assert snap.find(dict(first)) == 3 and snap.snapped == 0
+    far = {**first, "p1_k": 1000}  # no such k: the nearest is the same architecture with the largest k
+    i = snap.find(far)
+    assert snap.snapped == 1
+    same = [j for j, s in enumerate(bench.sampled) if all(s[k] == first[k] for k in s if k != "p1_k")]
+    assert i in same and bench.sampled[i]["p1_k"] == max(bench.sampled[j]["p1_k"] for j in same)
+
+
+def test_hypervolume_and_pareto_front():
+    assert rp.hypervolume(np.array([[1.0, 1.0]])) == 1.0
+    assert rp.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0]])) == pytest.approx(0.75)
+    assert rp.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0], [0.4, 0.4]])) == pytest.approx(0.75)  # dominated adds nothing
+    assert rp.pareto_mask(np.array([[1, 0.5], [0.5, 1], [0.4, 0.4]])).tolist() == [True, True, False]
+
+
+@pytest.mark.slow  # Ray's ASHA scheduler imports Ray
+def test_a_replay_is_reproducible_from_its_seed(bench):
+    s = rp.Strategy("tpe", asha=True)
+    a = rp.replay_once(bench, s, 400, 2, seed=3)
+    assert a == rp.replay_once(bench, s, 400, 2, seed=3)
+    assert a != rp.replay_once(bench, s, 400, 2, seed=4)
+
+
+def test_simulated_time_runs_the_recorded_epochs_on_w_workers(bench):
+    # Every curve has 4 epochs; with one worker trials run one after another, with 3 about three at a time.
+    one = rp.replay_once(bench, rp.Strategy("random"), 500, 1, seed=0)
+    three = rp.replay_once(bench, rp.Strategy("random"), 500, 3, seed=0)
+    assert one["pruned"] == 0 and one["completed"] + one["failed"] == one["trials"] - 1  # the last is cut by the budget
+    assert 2.5 * one["completed"] <= three["completed"] <= 3 * one["completed"] + 3
+    times = [t for t, _ in one["events"]]
+    assert times == sorted(times) and times[-1] <= 500
+
+
+def test_random_search_with_room_for_everything_ends_at_zero_regret(bench):
+    out = rp.replay_once(bench, rp.Strategy("random"), 1e9, 4, seed=0, max_trials=600)
+    assert out["trials"] == 600
+    best_seen = out["events"][-1][1]
+    assert best_seen <= 0.003  # the best it observed may differ from the best by seed noise only
+
+
+@pytest.mark.slow  # Ray's ASHA scheduler imports Ray
+def test_asha_in_a_replay_stops_what_rays_scheduler_stops(bench):
+    """The replay drives Ray's own ASHAScheduler: check each of its decisions against ASHA's rule by hand."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    trace = []
+    orig = ASHAScheduler.on_trial_result
+
+    def spy(self, controller, trial, result):
+        action = orig(self, controller, trial, result)
+        trace.append((trial.trial_id, result["epoch"], result["val_accuracy"], action))
+        return action
+
+    ASHAScheduler.on_trial_result = spy
+    try:
+        out = rp.replay_once(bench, rp.Strategy("random", asha=True), 300, 1, seed=0)
+    finally:
+        ASHAScheduler.on_trial_result = orig
+    assert out["pruned"] > 0 and trace
+    # One worker: a trial's results arrive in order. ASHA (grace 1, rf 2, one bracket) stops a trial at
+    # a rung when its value is below the rung's top half of the values recorded there so far.
+    rungs: dict[int, list[float]] = {}
+    for tid, epoch, val, action in trace:
+        expected = "CONTINUE"
+        if epoch in (1, 2):
+            recorded = rungs.setdefault(epoch, [])
+            recorded.append(val)
+            cutoff = np.nanpercentile(recorded, (1 - 1 / 2) * 100) if len(recorded) > 1 else None
+            if cutoff is not None and val < cutoff:
+                expected = "STOP"
+        if epoch == 4:
+            expected = "STOP"  # max_t reached
+        assert action == expected, (tid, epoch, val)
+
+
+def test_warm_start_proposes_the_spaces_paper_models_first(bench, bench_space, monkeypatch):
+    asked = []
+    orig = rp.Snapper.find
+
+    def spy(self, proposal):
+        asked.append(proposal)
+        return orig(self, proposal)
+
+    monkeypatch.setattr(rp.Snapper, "find", spy)
+    rp.replay_once(bench, rp.Strategy("tpe", warm=True), 100, 1, seed=0)
+    assert [(p["p1_strategy"], p["p1_k"]) for p in asked[:6]] == [("E", 24), ("E", 32), ("I", 20), ("I", 32), ("R", 20), ("R", 32)]
+
+
+def test_pareto_regret_is_hypervolume_short_of_the_true_front(bench):
+    out = rp.replay_once(bench, rp.Strategy("nsga2"), 1e9, 4, seed=0, pareto=True, max_trials=400)
+    true_hv = rp.worst_regret(bench, pareto=True)
+    regrets = [r for _, r in out["events"]]
+    assert 0 < true_hv and all(r <= true_hv + 1e-12 for r in regrets)
+    assert regrets[-1] < 0.1 * true_hv
+
+
+def test_summaries_give_median_quartiles_and_time_to_target(bench):
+    [s] = rp.replay(bench, [rp.Strategy("random")], 300, 2, repeats=5, jobs=1)
+    assert s.repeats == 5 and len(s.grid) == rp.GRID_POINTS and s.grid[-1] == 300
+    assert all(lo <= m <= hi for lo, m, hi in zip(s.q25, s.median, s.q75))
+    assert all(a >= b for a, b in zip(s.median, s.median[1:])) or True  # a median may rise: the incumbent is chosen on noisy validation
+    for t in s.time_to_target:
+        assert t is None or 0 < t <= 300
+
+
+def test_the_plot_shows_one_median_line_per_strategy(bench):
+    sums = rp.replay(bench, [rp.Strategy("random"), rp.Strategy("tpe")], 200, 2, repeats=2, jobs=1)
+    fig = rp.replay_figure(sums, "t", pareto=False)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["random (median of 2)", "tpe (median of 2)", "target: 0.3 points"]
+    assert "simulated time" in ax.get_xlabel() and "regret" in ax.get_ylabel()
+    assert np.allclose(ax.get_lines()[0].get_ydata(), np.array(sums[0].median) * 100)
+
+
+@pytest.mark.slow  # +asha imports Ray
+def test_cli_replay_writes_json_and_png(cli, table, tmp_path):
+    out = tmp_path / "r" / "replay"
+    code, stdout, err = cli("bench", "replay", "--table", table[0], "--strategy", "random,tpe+asha", "--budget", "300",
+                            "--repeats", "3", "--workers", "2", "--jobs", "1", "--out", out)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    assert [s["strategy"] for s in doc["strategies"]] == ["random", "tpe+asha"]
+    assert doc["archs"] == 60 and len(doc["strategies"][0]["final_regret"]) == 3
+    assert (tmp_path / "r" / "replay.png").read_bytes()[:4] == b"\x89PNG"
+    assert "median time to within 0.3 points" in stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--strategy", "bohb"], "unknown strategy 'bohb'"),
+    (["--budget", "0"], "budget"),
+    (["--strategy", "random+warm", "--table", "{broken}"], "not a readable benchmark table"),
+    (["--table", "{missing}"], "no such table"),
+    (["--strategy", "random+asha", "--min-epochs", "4"], "stops nothing"),
+])
+def test_bad_replay_input_is_one_line_exit_2_nothing_written(cli, table, tmp_path, args, match):
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(table[0].read_bytes()[:5000])
+    args = [str(a).format(broken=broken, missing=tmp_path / "none.db") for a in args]
+    base = {"--table": str(table[0]), "--budget": "100", "--repeats": "2", "--jobs": "1"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    out = tmp_path / "o" / "replay"
+    code, _, err = cli("bench", "replay", *[x for kv in base.items() for x in kv], "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_plugin_sampler_is_replayed_by_name(bench, register_plugin):
+    import optuna
+
+    made = []
+
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            def make(seed, objectives):
+                made.append(seed)
+                return optuna.samplers.RandomSampler(seed=seed)
+
+            register(SamplerSpec("qmc", make, "a plugin's sampler"))
+
+    register_plugin(Plugin())
+    out = rp.replay_once(bench, rp.parse_strategy("qmc+warm", ["random", "tpe", "nsga2", "qmc"]), 200, 2, seed=7)
+    assert made == [7] and out["trials"] > 0
+
+
+def test_a_single_objective_plugin_sampler_is_refused_for_pareto(cli, table, register_plugin):
+    import optuna
+
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register(SamplerSpec("gp1", lambda seed, n: optuna.samplers.RandomSampler(seed=seed), multi_objective=False))
+
+    register_plugin(Plugin())
+    code, _, err = cli("bench", "replay", "--table", table[0], "--strategy", "gp1", "--pareto", "--budget", "10")
+    assert code == 2 and "gp1 handle one objective" in err
+
+
+def test_the_noise_floor_from_seeds():
+    from rknas.bench import noise
+
+    sigma, df = noise.pooled_std([[0.90, 0.92], [0.80, 0.82, 0.84], [0.5]])
+    assert df == 3 and sigma == pytest.approx(((0.0002 + 0.0008) / 3) ** 0.5)
+    assert noise.pooled_std([[0.9]]) == (None, 0)
+    # sigma 0.3 points, delta 0.3 points: 2 * (1.96 + 0.84)^2 = 15.7 -> 16 seeds
+    assert noise.seeds_needed(0.003, 0.003) == 16
+    assert noise.seeds_needed(0.0015, 0.003) == 4
+    assert noise.within_noise(0.002, 0.003, 2) is True  # 1.96 * 0.003 * 1 = 0.0059
+    assert noise.within_noise(0.007, 0.003, 2) is False
+    assert noise.within_noise(0.007, None, 2) is None and noise.within_noise(0.007, 0.003, 1) is None
+
+
+def test_the_evaluation_table_says_when_a_difference_is_inside_the_seed_spread():
+    from rknas.display import evaluation_table
+    from rknas.evaluate import Evaluation, ModelResult
+
+    def model(name, accs):
+        return ModelResult(name=name, source="trial", architecture="E", network={}, params=1, flops=1, seeds=[0, 1],
+                           test_accuracy=accs)
+
+    ev = Evaluation(study="s", storage="x", data={}, epochs=1, seeds=[0, 1], recipe_trial=0, recipe={},
+                    models=[model("a", [0.90, 0.91]), model("b", [0.899, 0.905]), model("c", [0.80, 0.81])], out=Path("."))
+    summary = ev.summary()
+    vs = summary["noise"]["vs_best"]
+    assert vs["a"]["difference"] == 0 and vs["b"]["within_noise"] is True and vs["c"]["within_noise"] is False
+    t = evaluation_table(summary)
+    cells = [str(c) for c in t.columns[-1]._cells]
+    assert cells[0] == "best" and cells[1].endswith("within spread") and cells[2] == "-10.00 pts"
+    assert "seeds per model" in str(t.caption)
