@@ -37,6 +37,7 @@ from rknas.models.network import NetworkConfig, parse_network_config
 from rknas.models.registry import model_config, model_sizes
 from rknas.options import (
     BenchBuildOptions,
+    BenchProxiesOptions,
     BenchReplayOptions,
     DataRoot,
     Device,
@@ -490,6 +491,28 @@ def bench_replay(opts: BenchReplayOptions):
     console.print(display.replay_table(result, opts.target))
     for f in result["files"]:
         console.print(f"Wrote {f}")
+
+
+@command("proxies", on=bench_app)
+def bench_proxies(opts: BenchProxiesOptions):
+    """Zero-cost proxies (synflow, naswot, grad_norm; params as the baseline) against the table's accuracy."""
+    from rknas.bench.proxies import measure_proxies
+    from rknas.util import write_json_atomic
+
+    result = measure_proxies(opts.table, batch=opts.batch, data_root=opts.data_root, download=opts.download)
+    if opts.out is not None:
+        write_json_atomic(opts.out, result)
+    if opts.as_json:
+        print(json.dumps(result["ranking"], indent=1))
+        return
+    n = result["ranking"][0]["n"] if result["ranking"] else 0
+    rows = [{**r, "spearman": f"{r['spearman']:+.3f}", "kendall": f"{r['kendall']:+.3f}",
+             "cost": f"{r['seconds_per_arch'] * 1000:.0f} ms"} for r in result["ranking"]]
+    title = f"{opts.table}: proxies at initialisation against mean test accuracy, {n} architectures"
+    columns = {"proxy": "proxy", "kendall": "Kendall tau", "spearman": "Spearman", "cost": "cost per architecture"}
+    console.print(display.rows_table(rows, columns, title=title))
+    if opts.out is not None:
+        console.print(f"Wrote {opts.out}")
 
 
 @command("export")

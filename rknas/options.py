@@ -342,6 +342,17 @@ class BenchReplayOptions(CommandOptions):
         return split_commas(value)
 
 
-__all__ = ["BenchBuildOptions", "BenchReplayOptions",
+class BenchProxiesOptions(CommandOptions):
+    """Everything ``rknas bench proxies`` takes; the library entry point is ``rknas.bench.proxies.measure_proxies``."""
+
+    table: Path = Field(description="A table written by `rknas bench build` (.db or .db.gz).")
+    batch: int = Field(64, ge=2, description="Images in the minibatch naswot and grad_norm see.")
+    out: Optional[Path] = Field(None, description="Write every score and the ranking to this JSON file.")
+    data_root: DataRoot = None
+    download: Download = False
+    as_json: Json = False
+
+
+__all__ = ["BenchBuildOptions", "BenchProxiesOptions", "BenchReplayOptions",
            "CommandOptions", "DataRoot", "Device", "Download", "EvaluateOptions", "Flag", "Json", "SearchOptions", "Storage",
            "Study", "TrainOptions", "flag_name", "merge_flags", "option_error"]

@@ -49,6 +49,23 @@ def table_settings(space: SearchSpace, opts: BenchBuildOptions, epochs: int) -> 
             "draw_seed": opts.seed}
 
 
+def space_data(space: SearchSpace, data_root: Optional[str], download: bool) -> tuple[TensorData, TensorData, TensorData]:
+    """The space's training, validation and test sets; fills in the space's classes, channels and image size.
+
+    Raises:
+        RknasError: The data set is missing (and not downloaded).
+    """
+    if data_root is not None:
+        space.data.root = data_root
+    ensure_dataset(space.data, download=download)
+    full, test = load_dataset(space.data)
+    train, val = split(full, space.data.val_fraction, space.data.split_seed, space.data.train_subset)
+    space.classes = space.classes or full.classes
+    space.in_channels = space.in_channels or full.in_channels
+    space.image_size = space.image_size or full.image_size
+    return train, val, test
+
+
 def draw_architectures(space: SearchSpace, n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
     """``n`` distinct architectures of ``space``: its start_from models, then uniform draws.
 
@@ -154,15 +171,8 @@ def build_table(opts: BenchBuildOptions) -> dict[str, Any]:
     events: BenchEvents = opts.on_event if isinstance(opts.on_event, BenchEvents) else BenchListener()
     space = load_space(opts.space)
     check_recipe(space)
-    if opts.data_root is not None:
-        space.data.root = opts.data_root
     epochs = opts.epochs or space.fidelity.epochs
-    ensure_dataset(space.data, download=opts.download)
-    full, test = load_dataset(space.data)
-    train, val = split(full, space.data.val_fraction, space.data.split_seed, space.data.train_subset)
-    space.classes = space.classes or full.classes
-    space.in_channels = space.in_channels or full.in_channels
-    space.image_size = space.image_size or full.image_size
+    train, val, test = space_data(space, opts.data_root, opts.download)
     drawn = draw_architectures(space, opts.archs, opts.seed)
     if len(drawn) < opts.archs:
         raise ConfigError(f"space {space.name!r} holds only {len(drawn)} distinct architectures (within its constraints); "

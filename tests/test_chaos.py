@@ -1,0 +1,42 @@
+"""benchmarks/chaos.py, short: a few seeded faults on a small search, and its invariants hold.
+
+The faults are injected at points of the study's progress (counts of finished trials), not
+at times, so the run does not depend on the machine's speed.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("chaos", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["chaos"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_schedule_is_seeded_and_a_driver_joins_before_it_leaves():
+    chaos = load()
+    a = chaos.schedule(40, 3, ["driver", "worker", "database", "join", "leave"])
+    assert [f.at_finished for f in a] == sorted(f.at_finished for f in a) and 4 <= a[0].at_finished and a[-1].at_finished < 34
+    kinds = [f.kind for f in a]
+    assert sorted(kinds) == sorted(["driver", "worker", "database", "join", "leave"]) and kinds.index("join") < kinds.index("leave")
+    assert [(f.kind, f.at_finished) for f in chaos.schedule(40, 3, ["driver", "worker", "database", "join", "leave"])] == \
+        [(f.kind, f.at_finished) for f in a]
+
+
+def test_a_short_chaos_run_loses_nothing(tmp_path):
+    chaos = load()
+    report = chaos.main(["--backend", "sqlite", "--trials", "8", "--faults", "worker,driver,database", "--outage", "2",
+                         "--no-baseline", "--deadline", "900", "--out", str(tmp_path / "chaos.json")])
+    assert len(report.faults) == 3
+    assert report.invariants and all(report.invariants.values()), report
+    assert report.counted == 8 and report.running == 0 and report.driver_starts >= 2
