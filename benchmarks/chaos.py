@@ -211,6 +211,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
         second: Optional[Search] = None
         kills: list[float] = []
         pending = list(plan)
+        last_exit_count = -1
         outage_thread: Optional[threading.Thread] = None
         while True:
             if time.time() - t0 > deadline_s:
@@ -251,8 +252,15 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                 if fault.injected_at is not None:
                     say(f"  t={fault.injected_at - t0:5.0f} s  {fault.kind:8s} after {done} trials: {fault.detail}")
             if not main.alive():
-                if main.proc.returncode == 0 and len(counted(db.url)) >= trials:
+                now_counted = len(counted(db.url))
+                if main.proc.returncode == 0 and now_counted >= trials:
                     break
+                if main.proc.returncode == 0 and now_counted == last_exit_count:
+                    # rknas says the target is reached, but some trials it counts are not good ones
+                    # (say, a FAIL with no real error): an invariant below fails; restarting would loop.
+                    say(f"  the driver exited 0 twice at {now_counted}/{trials} good trials: it counts others; stopping")
+                    break
+                last_exit_count = now_counted
                 say(f"  the driver exited {main.proc.returncode} early: starting the same command again")
                 main = Search(args(db.url), work / "driver.log")
                 report.driver_starts += 1

@@ -50,3 +50,36 @@ def test_a_searcher_pickles_without_its_live_objects_and_comes_back_by_attach(tm
         assert len(study.trials) == 3 and study.trials[2].state == TrialState.RUNNING
     finally:
         beats.stop()
+
+
+@pytest.mark.parametrize("deaths,counted", [(2, False), (3, True)], ids=["tune-gave-up-early", "retries-spent"])
+def test_a_worker_death_counts_only_once_the_retries_are_spent(tmp_path, deaths, counted):
+    """Ray 2.60 errors a PENDING trial when a second future of its dead worker fails: not the space's fault."""
+    from rknas.search.tune_adapter import StudySearch
+    from rknas.storage import TrialRecord, finished_trials
+
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db")
+    space = parse_space({**SPACE, "objectives": [{"metric": "val_accuracy", "direction": "maximize"}]}, "t")
+    beats = Heartbeats(storage, interval=3600)
+    search = StudySearch(space=space.sample, metric="val_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1),
+                         study_name="s", storage=storage, rk_space=space, rk_versions={}, rk_max_retries=2,
+                         rk_driver=Driver("me", target=5, heartbeats=beats))
+    try:
+        config = search.suggest("tune-1")
+        for _ in range(deaths - 1):  # on_trial_recover: Tune runs it again
+            search.note_retry("tune-1", "the trial's worker crashed: ActorDiedError")
+        search.on_trial_complete("tune-1", error=True)  # then Tune gives up
+        search.record_error("tune-1", "the trial's worker crashed: ActorDiedError")
+        study = optuna.load_study(study_name="s", storage=storage)
+        first = study.trials[0]
+        record = TrialRecord.of(first)
+        assert first.state == TrialState.FAIL and record.attempts == deaths
+        assert record.interrupted is not counted and (len(finished_trials(study)) == 1) is counted
+        waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+        if counted:
+            assert record.fail_reason == "the trial's worker crashed: ActorDiedError" and not waiting
+        else:
+            assert "Ray Tune gave up after 2 of 3 attempts" in record.fail_reason
+            assert [t.system_attrs["fixed_params"] for t in waiting] == [first.params] and config is not None
+    finally:
+        beats.stop()

@@ -331,6 +331,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
         rk_versions=strategy_versions(),
         rk_events=events,
         rk_driver=driver,
+        rk_max_retries=opts.max_retries,
     )
     scheduler = _scheduler(space)
     seed_rungs(scheduler, study, space)

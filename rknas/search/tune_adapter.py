@@ -49,13 +49,14 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, *args: Any, rk_space: SearchSpace, rk_versions: dict[str, str],
                  rk_events: Union[SearchEvents, EventSink, None] = None, rk_driver: Optional[Driver] = None,
-                 **kwargs: Any):
+                 rk_max_retries: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._rk_space = rk_space
         self._rk_versions = rk_versions
         self._rk_history: dict[str, list[float]] = defaultdict(list)
         self._rk_events: Optional[SearchEvents] = search_listener(rk_events)
         self._rk_driver = rk_driver
+        self._rk_max_retries = rk_max_retries
         self._rk_configs: dict[str, dict] = {}
         self._pending_errors: dict[str, tuple[Any, TrialRecord]] = {}
         self._rk_retries: dict[str, list[str]] = defaultdict(list)
@@ -188,10 +189,26 @@ class StudySearch(OptunaSearch):
                                         attempt=1 + len(self._rk_retries[trial_id]))
 
     def record_error(self, trial_id: str, reason: str) -> None:
-        """Record a trial whose worker died, now that the reason is known."""
+        """Record a trial whose worker died, now that the reason is known.
+
+        A worker death is an infrastructure failure, never counted against the space while
+        retries are left. Tune gives up on a trial early when a second future of the same dead
+        worker fails after the trial was set to PENDING for its retry (Ray 2.60's
+        ``_process_trial_failure`` errors a PENDING trial without checking its failure count);
+        such a trial is recorded as interrupted (not counted, the sampler does not learn from
+        it) and its configuration, seed included, is enqueued to run again as a new trial.
+        """
         if trial_id in self._pending_errors:
             ot, record = self._pending_errors.pop(trial_id)
-            record.fail_reason = reason
+            attempts = record.attempts or 1
+            if attempts <= self._rk_max_retries and self._ot_study is not None:
+                record.interrupted = True
+                record.fail_reason = (f"{reason}; Ray Tune gave up after {attempts} of {1 + self._rk_max_retries} attempts "
+                                      "(a second error from the same dead worker): not counted, its configuration runs "
+                                      "again as a new trial")
+                self._ot_study.enqueue_trial(dict(ot.params), skip_if_exists=False)
+            else:
+                record.fail_reason = reason
             self._record(trial_id, ot, record, TrialState.FAIL, None)
 
     def flush_errors(self) -> None:
