@@ -17,7 +17,9 @@ Tables (``frames()`` gives them as DataFrames):
 - ``runs``: one row per (arch, seed): ``status`` (``ok``, ``diverged``, ``failed``), ``error``,
   ``wall_s`` (training time of the whole run).
 - ``curves``: one row per (arch, seed, epoch): ``val_accuracy``, ``test_accuracy``,
-  ``train_loss``, ``wall_s`` (cumulative training time at the end of that epoch).
+  ``train_loss``, ``wall_s`` (cumulative training time at the end of that epoch, validation
+  included, the table's own test evaluation not: on a CPU with one thread per run the worker's
+  CPU time, so that other work on the machine does not distort it; on a GPU, wall time).
 """
 
 from __future__ import annotations
