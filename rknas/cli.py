@@ -493,6 +493,18 @@ def bench_replay(opts: BenchReplayOptions):
         console.print(f"Wrote {f}")
 
 
+@command("pack", on=bench_app)
+def bench_pack(
+    table_path: Path = typer.Option(..., "--table", help="A table (.db), possibly still being built."),
+    out: Path = typer.Option(..., "--out", help="The gzipped copy to write (.db.gz), e.g. to commit or share."),
+):
+    """A consistent gzipped copy of a table (whole runs only), safe while a build appends to it."""
+    from rknas.bench.table import pack
+
+    info = pack(table_path, out)
+    console.print(f"Wrote {out}: {info['archs']} architectures with runs, {info['runs']} runs, {decimal(info['bytes'])}")
+
+
 @command("proxies", on=bench_app)
 def bench_proxies(opts: BenchProxiesOptions):
     """Zero-cost proxies (synflow, naswot, grad_norm; params as the baseline) against the table's accuracy."""

@@ -124,3 +124,20 @@ def test_build_a_tiny_table_continue_it_and_refuse_other_settings(ray_local, cli
     assert code == 2 and "built with other settings (epochs differ)" in err and len(err.strip().splitlines()) == 1
     with BenchTable.open(out) as t:
         assert len(t.done()) == 6
+
+
+def test_pack_copies_a_table_a_build_is_still_writing(tmp_path, cli):
+    path = tmp_path / "t.db"
+    writer = BenchTable.create(path, {"a": 1})  # left open: its runs sit in the WAL, not yet in the file
+    writer.add_archs([("sampled", {"p1_k": k}, {"k": [k]}, 100, 1000) for k in (4, 8)])
+    writer.add_run(1, 0, rows(3))
+    writer.add_run(2, 0, rows(3))
+    assert (tmp_path / "t.db-wal").exists()
+    code, stdout, err = cli("bench", "pack", "--table", path, "--out", tmp_path / "out" / "t.db.gz")
+    assert code == 0, err
+    assert "2 architectures with runs, 2 runs" in stdout
+    writer.add_run(2, 1, rows(3))  # the build goes on; the copy is the snapshot
+    writer.close()
+    with BenchTable.open(tmp_path / "out" / "t.db.gz") as t:
+        assert t.done() == {(1, 0), (2, 0)} and t.settings == {"a": 1}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t.db.gz"]  # no temporary left

@@ -244,6 +244,48 @@ class BenchTable:
         return {name: pd.read_sql(f"SELECT * FROM {name}", self.conn) for name in ("meta", "archs", "runs", "curves")}
 
 
+def pack(path: Path, out: Path) -> dict[str, Any]:
+    """Write a consistent gzipped copy of a table, even while a build is appending to it.
+
+    SQLite's backup API copies a snapshot (whole runs only, whatever sits in the WAL
+    included); the copy is folded into one file, gzipped next to ``out`` and moved into place,
+    so ``out`` is either the old file or the new one.
+
+    Args:
+        path: The table (``.db``).
+        out: The ``.db.gz`` to write.
+
+    Returns:
+        ``archs`` and ``runs`` in the copy, and its ``bytes``.
+
+    Raises:
+        ConfigError: ``path`` is not a readable table.
+    """
+    import os
+
+    with BenchTable.open(path) as table:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(suffix=".db", prefix="rknas-pack-", dir=out.parent)
+        os.close(fd)
+        temp, gz = Path(name), Path(name + ".gz")
+        try:
+            dst = sqlite3.connect(temp)
+            table.conn.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+            dst.execute("VACUUM")
+            archs = dst.execute("SELECT count(*) FROM archs WHERE arch IN (SELECT arch FROM runs)").fetchone()[0]
+            runs = dst.execute("SELECT count(*) FROM runs").fetchone()[0]
+            dst.close()
+            with open(temp, "rb") as src, gzip.open(gz, "wb", compresslevel=9) as z:
+                shutil.copyfileobj(src, z)
+            os.replace(gz, out)
+        finally:
+            temp.unlink(missing_ok=True)
+            gz.unlink(missing_ok=True)
+    return {"archs": int(archs), "runs": int(runs), "bytes": out.stat().st_size}
+
+
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
