@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from support.synthetic_bench import make_table
 
 from rknas.bench import proxies
 from rknas.models.network import NetworkConfig, build_network
 from rknas.search.space import parse_space
-from support.synthetic_bench import make_table
 
 TINY = dict(framework="cifar", strategy=["E"], stages=[1], k=[4], classes=10, in_channels=1, image_size=8,
             attention=False, multiscale=False)
