@@ -40,3 +40,18 @@ def test_no_broad_exception_is_silenced_in_rknas():
     found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
              for line in silenced_broad_handlers(path.read_text())]
     assert not found, f"catch the specific exception and say why it is safe to ignore: {found}"
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_in_rknas_is_over_100_lines():
+    """Long functions mix phases; split them (issue 16: evaluate, the Tune adapter and fit were)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long

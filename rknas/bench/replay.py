@@ -236,110 +236,128 @@ def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int,
         fidelity: ``min_epochs`` / ``reduction_factor`` overriding the table space's (with +asha).
 
     Returns:
-        ``trials`` (started), ``completed``, ``pruned``, ``snapped`` and ``events``: a list of
-        ``(time, regret)`` at each change of what the search would return.
+        ``trials`` (started), ``completed``, ``pruned``, ``failed``, ``snapped`` and ``events``:
+        a list of ``(time, regret)`` at each change of what the search would return.
+
+    Raises:
+        ConfigError: ``+asha`` on a space whose fidelity stops nothing.
     """
-    import heapq
-    from types import SimpleNamespace
+    sim = _Simulation(bench, strategy, budget_s, seed, pareto, max_trials, fidelity)
+    done = sim.run(workers)
+    return {**sim.counts, "snapped": sim.snap.snapped, "events": _regret_events(bench, done, pareto)}
 
-    import optuna
-    from optuna.trial import TrialState
 
-    from rknas.search.samplers import make_sampler
-    from rknas.search.space import SearchSpace
-    from rknas.search.warmstart import start_params
+class _Simulation:
+    """The event loop of one replay: workers free up at recorded epoch times, in simulated seconds."""
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rng = random.Random(seed)
-    np.random.seed(seed % 2**32)  # Ray's ASHA picks brackets with numpy's global generator
-    raw = dict(bench.space)
-    if pareto:
-        raw["objectives"] = [{"metric": m, "direction": d} for m, d in PARETO_OBJECTIVES]
-    if fidelity:
-        raw["fidelity"] = {**raw.get("fidelity", {}), **fidelity, "early_stopping": True}
-    space = SearchSpace.model_validate(raw)
-    n_obj = len(space.objectives)
-    directions = [optuna.study.StudyDirection[d.upper()] for d in space.directions]
-    study = optuna.create_study(directions=directions, sampler=make_sampler(strategy.sampler, seed, n_obj))
-    if strategy.warm:
-        for p in start_params(space):
-            study.enqueue_trial(p, skip_if_exists=True)
-    scheduler = None
-    if strategy.asha:
-        from rknas.search.runner import _scheduler  # imports Ray's scheduler module (not a Ray cluster)
+    def __init__(self, bench: Bench, strategy: Strategy, budget_s: float, seed: int, pareto: bool,
+                 max_trials: Optional[int], fidelity: Optional[dict[str, int]]):
+        import optuna
 
-        scheduler = _scheduler(space)
-    if strategy.asha and type(scheduler).__name__ == "FIFOScheduler":
-        raise ConfigError("the table's space has no early stopping to replay (fidelity.epochs must exceed min_epochs)")
-    snap = Snapper(bench)
-    heap: list[tuple[float, int, int]] = []  # (time, tie, running id)
-    running: dict[int, _Running] = {}
-    done: list[tuple[float, int, float]] = []  # (time, arch, observed final val accuracy)
-    counts = {"trials": 0, "completed": 0, "pruned": 0, "failed": 0}
-    tie = 0
+        from rknas.search.samplers import make_sampler
+        from rknas.search.space import SearchSpace
+        from rknas.search.warmstart import start_params
 
-    def start(now: float) -> None:
-        nonlocal tie
-        if now >= budget_s or (max_trials is not None and counts["trials"] >= max_trials):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.bench, self.budget_s, self.max_trials = bench, budget_s, max_trials
+        self.rng = random.Random(seed)
+        np.random.seed(seed % 2**32)  # Ray's ASHA picks brackets with numpy's global generator
+        raw = dict(bench.space)
+        if pareto:
+            raw["objectives"] = [{"metric": m, "direction": d} for m, d in PARETO_OBJECTIVES]
+        if fidelity:
+            raw["fidelity"] = {**raw.get("fidelity", {}), **fidelity, "early_stopping": True}
+        self.space = SearchSpace.model_validate(raw)
+        self.n_obj = len(self.space.objectives)
+        directions = [optuna.study.StudyDirection[d.upper()] for d in self.space.directions]
+        self.study = optuna.create_study(directions=directions, sampler=make_sampler(strategy.sampler, seed, self.n_obj))
+        if strategy.warm:
+            for p in start_params(self.space):
+                self.study.enqueue_trial(p, skip_if_exists=True)
+        self.scheduler: Any = None
+        if strategy.asha:
+            from rknas.search.runner import _scheduler  # imports Ray's scheduler module (not a Ray cluster)
+
+            self.scheduler = _scheduler(self.space)
+            if type(self.scheduler).__name__ == "FIFOScheduler":
+                raise ConfigError("the table's space has no early stopping to replay (fidelity.epochs must exceed min_epochs)")
+        self.snap = Snapper(bench)
+        self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
+        self.running: dict[int, _Running] = {}
+        self.epoch_of: dict[int, int] = {}
+        self.counts = {"trials": 0, "completed": 0, "pruned": 0, "failed": 0}
+        self.tie = 0
+
+    def _push(self, t: float, rid: int) -> None:
+        import heapq
+
+        self.tie += 1
+        heapq.heappush(self.heap, (t, self.tie, rid))
+
+    def start(self, now: float) -> None:
+        """A worker is free at ``now``: ask the sampler, find the architecture, draw one of its seeds."""
+        from types import SimpleNamespace
+
+        from optuna.trial import TrialState
+
+        if now >= self.budget_s or (self.max_trials is not None and self.counts["trials"] >= self.max_trials):
             return
-        ot = study.ask()
-        proposal = {**space.sample(ot), **ot.params}
-        arch = snap.find(proposal)
-        counts["trials"] += 1
-        runs = bench.curves[arch]
+        ot = self.study.ask()
+        arch = self.snap.find({**self.space.sample(ot), **ot.params})
+        self.counts["trials"] += 1
+        runs = self.bench.curves[arch]
         if not runs:  # every run of this architecture failed: the trial fails after its recorded time
-            failed_s, _ = rng.choice(bench.failed[arch])
-            study.tell(ot, state=TrialState.FAIL)
-            counts["failed"] += 1
-            tie += 1
-            heapq.heappush(heap, (now + max(failed_s, 1e-9), tie, -1))
+            failed_s, _ = self.rng.choice(self.bench.failed[arch])
+            self.study.tell(ot, state=TrialState.FAIL)
+            self.counts["failed"] += 1
+            self._push(now + max(failed_s, 1e-9), -1)
             return
-        val, wall = runs[rng.randrange(len(runs))]
+        val, wall = runs[self.rng.randrange(len(runs))]
         fake = SimpleNamespace(trial_id=f"t{ot.number}")
-        if scheduler is not None:
-            scheduler.on_trial_add(None, fake)
-        running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake)
-        tie += 1
-        heapq.heappush(heap, (now + float(wall[0]), tie, ot.number))
+        if self.scheduler is not None:
+            self.scheduler.on_trial_add(None, fake)
+        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake)
+        self._push(now + float(wall[0]), ot.number)
 
-    for _ in range(workers):
-        start(0.0)
-    epoch_of: dict[int, int] = {}
-    while heap:
-        now, _, rid = heapq.heappop(heap)
-        if now > budget_s:
-            break
-        if rid < 0:  # a failed trial's worker is free again
-            start(now)
-            continue
-        r = running[rid]
-        e = epoch_of.get(rid, 0) + 1
-        epoch_of[rid] = e
-        v = float(r.val[e - 1])
-        if n_obj == 1:
-            r.ot.report(v, e)
-        action = "CONTINUE"
-        result = {"epoch": e, "val_accuracy": v}
-        if scheduler is not None:
-            action = scheduler.on_trial_result(None, r.fake, result)
-        last = e == len(r.val)
-        if last or action == "STOP":
-            if scheduler is not None:
-                scheduler.on_trial_complete(None, r.fake, result)
-            del running[rid]
+    def run(self, workers: int) -> list[tuple[float, int, float]]:
+        """Play the search out; returns its completed trials as ``(time, arch, final val accuracy)``."""
+        import heapq
+
+        from optuna.trial import TrialState
+
+        done: list[tuple[float, int, float]] = []
+        for _ in range(workers):
+            self.start(0.0)
+        while self.heap:
+            now, _, rid = heapq.heappop(self.heap)
+            if now > self.budget_s:
+                break
+            if rid < 0:
+                self.start(now)
+                continue
+            r = self.running[rid]
+            e = self.epoch_of[rid] = self.epoch_of.get(rid, 0) + 1
+            v = float(r.val[e - 1])
+            if self.n_obj == 1:
+                r.ot.report(v, e)
+            result = {"epoch": e, "val_accuracy": v}
+            action = self.scheduler.on_trial_result(None, r.fake, result) if self.scheduler is not None else "CONTINUE"
+            last = e == len(r.val)
+            if not (last or action == "STOP"):
+                self._push(r.start + float(r.wall[e]), rid)
+                continue
+            if self.scheduler is not None:
+                self.scheduler.on_trial_complete(None, r.fake, result)
+            del self.running[rid]
             if last:
-                values = [v, float(bench.params[r.arch])] if n_obj == 2 else v
-                study.tell(r.ot, values)
-                counts["completed"] += 1
+                self.study.tell(r.ot, [v, float(self.bench.params[r.arch])] if self.n_obj == 2 else v)
+                self.counts["completed"] += 1
                 done.append((now, r.arch, v))
             else:
-                study.tell(r.ot, state=TrialState.PRUNED)
-                counts["pruned"] += 1
-            start(now)
-        else:
-            tie += 1
-            heapq.heappush(heap, (r.start + float(r.wall[e]), tie, rid))
-    return {**counts, "snapped": snap.snapped, "events": _regret_events(bench, done, pareto)}
+                self.study.tell(r.ot, state=TrialState.PRUNED)
+                self.counts["pruned"] += 1
+            self.start(now)
+        return done
 
 
 def _regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bool) -> list[tuple[float, float]]:
