@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The replays behind benchmarks/RESULTS.md's "Search strategies on the Fashion-MNIST table":
-# every built-in strategy at three budgets, the ASHA settings, and the Pareto variant.
-# Usage: benchmarks/bench_replays.sh [TABLE] [OUT_DIR]   (about 15 minutes on 2 cores)
+# every built-in strategy at two budgets (and with a 1-point target), two ASHA settings, the
+# Pareto variant, and the zero-cost proxies. About 15 minutes on 2 idle cores.
+# Usage: benchmarks/bench_replays.sh [TABLE] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TABLE=${1:-benchmarks/tables/fashion_mnist_bench.db.gz}
 OUT=${2:-benchmarks/replay}
 RKNAS=${RKNAS:-.venv/bin/rknas}
 mkdir -p "$OUT"
-for budget in 900 1800 3600; do
+for budget in 900 3600; do
   "$RKNAS" bench replay --table "$TABLE" --budget $budget --workers 2 --repeats 50 --out "$OUT/strategies_${budget}s"
 done
-for mr in "1 2" "1 3" "2 2"; do
+"$RKNAS" bench replay --table "$TABLE" --budget 3600 --workers 2 --repeats 50 --target 0.01 --out "$OUT/strategies_3600s_1pt"
+for mr in "1 3" "2 2"; do
   set -- $mr
-  "$RKNAS" bench replay --table "$TABLE" --budget 1800 --workers 2 --repeats 50 --strategy random+asha,tpe+asha,tpe+asha+warm \
-    --min-epochs "$1" --reduction-factor "$2" --out "$OUT/asha_min$1_rf$2"
+  "$RKNAS" bench replay --table "$TABLE" --budget 900 --workers 2 --repeats 50 --strategy random+asha,tpe+asha \
+    --min-epochs "$1" --reduction-factor "$2" --out "$OUT/asha_min$1_rf$2_900s"
 done
-"$RKNAS" bench replay --table "$TABLE" --budget 1800 --workers 2 --repeats 50 --pareto --out "$OUT/pareto_1800s"
+"$RKNAS" bench replay --table "$TABLE" --budget 900 --workers 2 --repeats 50 --pareto --out "$OUT/pareto_900s"
 "$RKNAS" bench proxies --table "$TABLE" --out "$OUT/proxies.json"
