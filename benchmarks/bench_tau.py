@@ -12,6 +12,7 @@ checkpoints every epoch beside it, so the same command continues after an interr
 Usage:
     python benchmarks/bench_tau.py --table benchmarks/tables/fashion_mnist_bench.db.gz --archs 10 \
         --long-epochs 10 --results benchmarks/bench_tau_fashion_mnist.jsonl
+    (two cores: the same with ``--threads 1 --shard 0/2`` and ``--threads 1 --shard 1/2``, side by side)
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--long-epochs", type=int, default=10)
     ap.add_argument("--long-subset", type=int, default=None, help="train on this many images (default: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shard", default="0/1", help="I/N: train only every N-th chosen architecture from the I-th "
+                    "(run N processes with one thread each to use N cores; they share --results)")
     ap.add_argument("--results", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        ap.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     bench = load_bench(args.table)
     rated = [i for i in range(bench.size) if bench.curves[i]]
     chosen = [rated[j] for j in pick(bench.truth[rated], args.archs)]
@@ -68,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         full = type(full)(full.x[keep], full.y[keep], full.classes)
     space.classes, space.in_channels, space.image_size = full.classes, full.in_channels, full.image_size
     done = read_results(args.results)
-    for i in chosen:
+    for i in chosen[shard::shards]:
         key = f"{bench.sampled[i]}|{args.long_epochs}|{args.long_subset}"
         if key in done:
             continue
@@ -84,6 +92,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         ckpt.unlink(missing_ok=True)
         print(json.dumps(rec), flush=True)
         done[key] = rec
+    done = read_results(args.results)  # other shards' runs too
     pairs = [done[k] for k in done if k.endswith(f"|{args.long_epochs}|{args.long_subset}")]
     a, b = [p["table"] for p in pairs], [p["long"] for p in pairs]
     out = {"n": len(pairs), "kendall_tau": float(kendalltau(a, b).statistic) if len(pairs) > 1 else None,

@@ -454,4 +454,7 @@ def replay_table(result: dict[str, Any], target: float) -> Table:
         out.caption = (f"the table's seed spread (pooled std over {noise['networks']} architectures): "
                        f"{noise['sigma'] * 100:.2f} points; telling {target * 100:.1f} points apart takes about "
                        f"{noise['seeds_for_delta']} seeds per network")
+        if noise.get("sigma_typical") is not None:
+            out.caption += (f"; a typical architecture's spread {noise['sigma_typical'] * 100:.2f} points "
+                            f"({noise['seeds_for_delta_typical']} seeds; {noise['unstable']} unstable architectures)")
     return out

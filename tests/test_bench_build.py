@@ -6,20 +6,12 @@ import shutil
 
 import pytest
 import yaml
+from support.synthetic_bench import TINY_SPACE as SPACE
 
 from rknas.bench.build import check_recipe, draw_architectures
 from rknas.bench.table import BenchTable, EpochRow
 from rknas.errors import ConfigError
 from rknas.search.space import load_space, parse_space
-
-SPACE = {
-    "name": "tiny_bench", "data": {"name": "digits", "val_fraction": 0.2, "train_subset": 300},
-    "framework": "cifar",
-    "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": {"low": 1, "high": 2}, "k": [4, 8], "steps": 1,
-                     "attention": False, "multiscale": False},
-    "training": {"lr": 0.1, "batch_size": 50, "warmup_epochs": 0},
-    "fidelity": {"epochs": 2, "min_epochs": 1, "reduction_factor": 2},
-}
 
 
 def space_file(tmp_path, **changes):

@@ -262,6 +262,24 @@ def test_the_noise_floor_from_seeds():
     assert noise.within_noise(0.007, None, 2) is None and noise.within_noise(0.007, 0.003, 1) is None
 
 
+def test_the_typical_spread_ignores_an_unstable_network():
+    from rknas.bench import noise
+
+    # two seeds: |a - b| / sqrt 2 per seed deviation scaled; median |a - b| = 0.02 -> 0.02 / (0.6745 * sqrt 2)
+    calm = [[0.80, 0.82], [0.70, 0.72], [0.60, 0.62], [0.75, 0.77]]
+    want = 1.4826 * 0.02 / 2 ** 0.5
+    assert noise.typical_std(calm) == pytest.approx(want)
+    wild = [*calm, [0.85, 0.20]]
+    assert noise.typical_std(wild) == pytest.approx(want)
+    assert noise.pooled_std(wild)[0] > 5 * want
+    assert noise.unstable(wild, want) == 1 and noise.unstable(calm, want) == 0
+    # three seeds: deviations from the mean scaled by sqrt(3 / 2)
+    assert noise.typical_std([[0.1, 0.2, 0.3]]) == pytest.approx(1.4826 * 0.1 * 1.5 ** 0.5)
+    assert noise.typical_std([[0.9]]) is None and noise.unstable([[0.9]], None) == 0
+    out = noise.noise_summary(wild)
+    assert out["unstable"] == 1 and out["seeds_for_delta_typical"] < out["seeds_for_delta"]
+
+
 def test_the_evaluation_table_says_when_a_difference_is_inside_the_seed_spread():
     from rknas.display import evaluation_table
     from rknas.evaluate import Evaluation, ModelResult

@@ -1,29 +1,15 @@
 """benchmarks/fidelity_tau.py at a tiny size: its Kendall tau, its JSONL, and that it resumes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from scipy.stats import kendalltau
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_tau.py"
+from support.scripts import load_counting
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("fidelity_tau", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.calls = []
-    real = module.fit
-
-    def counting_fit(network, cfg, train, *args, **kwargs):
-        module.calls.append((network.name, cfg.epochs, len(train)))
-        return real(network, cfg, train, *args, **kwargs)
-
-    monkeypatch.setattr(module, "fit", counting_fit)
-    return module
+    return load_counting("fidelity_tau", monkeypatch)
 
 
 @pytest.mark.slow

@@ -14,6 +14,16 @@ from rknas.bench.build import arch_rows, draw_architectures, table_settings
 from rknas.bench.table import BenchTable, EpochRow
 from rknas.options import BenchBuildOptions
 
+# A tiny real bench space (digits, two knobs, two epochs) for tests that train.
+TINY_SPACE = {
+    "name": "tiny_bench", "data": {"name": "digits", "val_fraction": 0.2, "train_subset": 300},
+    "framework": "cifar",
+    "architecture": {"periods": 1, "strategy": ["E", "I"], "stages": {"low": 1, "high": 2}, "k": [4, 8], "steps": 1,
+                     "attention": False, "multiscale": False},
+    "training": {"lr": 0.1, "batch_size": 50, "warmup_epochs": 0},
+    "fidelity": {"epochs": 2, "min_epochs": 1, "reduction_factor": 2},
+}
+
 
 def make_table(path, space, archs=60, seeds=2, epochs=4, noise=0.002, seed=0, fail=()):
     """Write a table for ``space`` (classes, channels, image size set) and return {arch: true mean test}."""
