@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The replays behind benchmarks/RESULTS.md's "Search strategies on the Fashion-MNIST table":
 # every built-in strategy at two budgets (and with a 1-point target), two ASHA settings, the
-# Pareto variant, and the zero-cost proxies. About 15 minutes on 2 idle cores.
+# Pareto variant at two budgets, an independent confirmation of the default against random search
+# (other seeds, 100 repeats), and the zero-cost proxies. About 30 minutes on 2 idle cores.
 # Usage: benchmarks/bench_replays.sh [TABLE] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +20,8 @@ for mr in "1 3" "2 2"; do
     --min-epochs "$1" --reduction-factor "$2" --out "$OUT/asha_min$1_rf$2_900s"
 done
 "$RKNAS" bench replay --table "$TABLE" --budget 900 --workers 2 --repeats 50 --pareto --out "$OUT/pareto_900s"
+"$RKNAS" bench replay --table "$TABLE" --budget 3600 --workers 2 --repeats 50 --pareto \
+  --strategy random,tpe,nsga2,tpe+warm,nsga2+warm --out "$OUT/pareto_3600s"
+"$RKNAS" bench replay --table "$TABLE" --budget 3600 --workers 2 --repeats 100 --seed 1000 \
+  --strategy random,tpe+asha+warm --out "$OUT/confirm_3600s_seed1000"
 "$RKNAS" bench proxies --table "$TABLE" --out "$OUT/proxies.json"

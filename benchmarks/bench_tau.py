@@ -8,18 +8,23 @@ tau (and Spearman's rho) between the table's score and the long run's as JSON.
 
 Each finished long run is appended to ``--results`` (JSONL) at once and a running one
 checkpoints every epoch beside it, so the same command continues after an interruption.
+Several copies of the command share the work: each claims the next architecture (the longest
+recorded runs first) with a claim file holding its process id, and takes over the claim of a
+process that is no longer alive.
 
 Usage:
     python benchmarks/bench_tau.py --table benchmarks/tables/fashion_mnist_bench.db.gz --archs 10 \
         --long-epochs 10 --results benchmarks/bench_tau_fashion_mnist.jsonl
-    (two cores: the same with ``--threads 1 --shard 0/2`` and ``--threads 1 --shard 1/2``, side by side)
+    (two cores: start the same command twice with ``--threads 1``)
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +52,31 @@ def pick(truth: np.ndarray, n: int) -> list[int]:
     return [int(order[round(j * (len(order) - 1) / (n - 1))]) for j in range(n)]
 
 
+def alive(pid: int) -> bool:
+    """Whether a process of this machine is running (a zombie or a recycled id counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(path: Path) -> bool:
+    """Claim a piece of work for this process: True when it is ours (new, ours already, or its claimant died)."""
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # claims are checked and written one process at a time
+        try:
+            owner = int(path.read_text() or 0)
+        except (OSError, ValueError):
+            owner = 0
+        if owner and owner != os.getpid() and alive(owner):
+            return False
+        path.write_text(str(os.getpid()))
+        return True
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", type=Path, required=True)
@@ -54,16 +84,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--long-epochs", type=int, default=10)
     ap.add_argument("--long-subset", type=int, default=None, help="train on this many images (default: all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--shard", default="0/1", help="I/N: train only every N-th chosen architecture from the I-th "
-                    "(run N processes with one thread each to use N cores; they share --results)")
     ap.add_argument("--results", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        assert 0 <= shard < shards
-    except (ValueError, AssertionError):
-        ap.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     bench = load_bench(args.table)
     rated = [i for i in range(bench.size) if bench.curves[i]]
     chosen = [rated[j] for j in pick(bench.truth[rated], args.archs)]
@@ -75,14 +98,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         keep = torch.randperm(len(full.y), generator=g)[: args.long_subset]
         full = type(full)(full.x[keep], full.y[keep], full.classes)
     space.classes, space.in_channels, space.image_size = full.classes, full.in_channels, full.image_size
-    done = read_results(args.results)
-    for i in chosen[shard::shards]:
+    chosen.sort(key=lambda i: -max(float(w[-1]) for _, w in bench.curves[i]))  # longest first: even shares
+    for i in chosen:
         key = f"{bench.sampled[i]}|{args.long_epochs}|{args.long_subset}"
-        if key in done:
-            continue
-        network, training = space.configs(bench.sampled[i], seed=0, epochs=args.long_epochs)
         ckpt = args.results.with_suffix(".ckpt") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if not claim(ckpt.with_suffix(".claim")):
+            continue
+        if key in read_results(args.results):  # read after claiming: a copy finishing it now has written it
+            ckpt.with_suffix(".claim").unlink(missing_ok=True)
+            continue
+        network, training = space.configs(bench.sampled[i], seed=0, epochs=args.long_epochs)
         t0 = time.time()
         model, _, (mean, std) = fit(network, training, full, None, checkpoint=ckpt, resume=ckpt.exists())
         acc = evaluate(model, test, mean, std)["accuracy"]
@@ -90,9 +116,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                "long": float(acc), "seconds": time.time() - t0}
         append_result(args.results, rec)
         ckpt.unlink(missing_ok=True)
+        ckpt.with_suffix(".claim").unlink(missing_ok=True)
         print(json.dumps(rec), flush=True)
-        done[key] = rec
-    done = read_results(args.results)  # other shards' runs too
+    done = read_results(args.results)
     pairs = [done[k] for k in done if k.endswith(f"|{args.long_epochs}|{args.long_subset}")]
     a, b = [p["table"] for p in pairs], [p["long"] for p in pairs]
     out = {"n": len(pairs), "kendall_tau": float(kendalltau(a, b).statistic) if len(pairs) > 1 else None,

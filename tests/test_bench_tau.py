@@ -1,6 +1,9 @@
 """benchmarks/bench_tau.py on a tiny digits table: the architectures it picks, its shards, and that it resumes."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -31,13 +34,28 @@ def test_pick_spreads_over_the_range_ends_included(tau):
     assert sorted(tau.pick(truth, 9)) == [0, 1, 2, 3, 4]
 
 
-def test_two_shards_share_the_work_and_a_rerun_trains_nothing(tau, table, tmp_path, capsys):
+def claims(results):
+    return sorted(results.with_suffix(".ckpt").glob("*.claim"))
+
+
+def test_copies_share_the_work_by_claims_and_a_rerun_trains_nothing(tau, table, tmp_path):
     results = tmp_path / "tau.jsonl"
-    common = ["--table", str(table), "--archs", "4", "--long-epochs", "1", "--long-subset", "200",
-              "--threads", "1", "--results", str(results)]
-    first = tau.main([*common, "--shard", "0/2"])
-    assert first["n"] == 2 and len(tau.calls) == 2
-    second = tau.main([*common, "--shard", "1/2"])
+    args = ["--table", str(table), "--archs", "4", "--long-epochs", "1", "--long-subset", "200",
+            "--threads", "1", "--results", str(results)]
+    ckpts = results.with_suffix(".ckpt")
+    ckpts.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live copy holding two claims
+    try:
+        order = tau_order(tau, table)
+        for key in order[:2]:
+            (ckpts / f"{key}.claim").write_text(str(other.pid))
+        first = tau.main(args)
+        assert first["n"] == 2 and len(tau.calls) == 2
+        assert [c.stem for c in claims(results)] == sorted(order[:2])  # the live copy's claims stand
+    finally:
+        other.kill()
+        other.wait()
+    second = tau.main(args)  # its claimant died: the claims are taken over
     assert len(tau.calls) == 4 and len({t[0].model_dump_json() for t in tau.calls}) == 4
     assert {(e, n) for _, e, n in tau.calls} == {(1, 200)}
     records = [json.loads(line) for line in results.read_text().splitlines()]
@@ -45,13 +63,30 @@ def test_two_shards_share_the_work_and_a_rerun_trains_nothing(tau, table, tmp_pa
     want = kendalltau([r["table"] for r in records], [r["long"] for r in records]).statistic
     assert second["kendall_tau"] == pytest.approx(want)
     assert all(0 <= r["long"] <= 1 for r in records)
-    again = tau.main([*common])
+    again = tau.main(args)
     assert len(tau.calls) == 4 and again["kendall_tau"] == pytest.approx(want)
-    assert not list(results.with_suffix(".ckpt").glob("*.pt"))
+    assert not list(ckpts.glob("*.pt")) and not claims(results)
 
 
-@pytest.mark.parametrize("shard", ["2/2", "x", "1/0"])
-def test_a_bad_shard_is_refused(tau, table, tmp_path, shard, capsys):
-    with pytest.raises(SystemExit) as exc:
-        tau.main(["--table", str(table), "--results", str(tmp_path / "r.jsonl"), "--shard", shard])
-    assert exc.value.code == 2 and "--shard must be I/N" in capsys.readouterr().err
+def tau_order(tau, table):
+    """The claim names of the picked architectures, in the order a copy works through them."""
+    import hashlib
+
+    bench = tau.load_bench(table)
+    rated = [i for i in range(bench.size) if bench.curves[i]]
+    chosen = [rated[j] for j in tau.pick(bench.truth[rated], 4)]
+    chosen.sort(key=lambda i: -max(float(w[-1]) for _, w in bench.curves[i]))
+    return [hashlib.sha1(f"{bench.sampled[i]}|1|200".encode()).hexdigest()[:16] for i in chosen]
+
+
+def test_a_claim_is_kept_from_a_live_process_and_taken_from_a_dead_one(tau, tmp_path):
+    path = tmp_path / "w.claim"
+    assert tau.claim(path) and path.read_text() == str(os.getpid()) and tau.claim(path)
+    path.write_text("1")  # init: alive
+    assert not tau.claim(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(str(dead.pid))
+    assert tau.claim(path) and path.read_text() == str(os.getpid())
+    path.write_text("garbage")
+    assert tau.claim(path)

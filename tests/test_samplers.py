@@ -22,7 +22,8 @@ def test_the_builtins_come_through_the_hook_from_rknas():
 
 @pytest.mark.parametrize("raw,cls", [
     ({}, optuna.samplers.TPESampler),
-    ({"objectives": PARETO}, optuna.samplers.NSGAIISampler),
+    ({"objectives": PARETO}, optuna.samplers.TPESampler),
+    ({"sampler": "nsga2", "objectives": PARETO}, optuna.samplers.NSGAIISampler),
     ({"sampler": "random"}, optuna.samplers.RandomSampler),
     ({"sampler": "tpe", "objectives": PARETO}, optuna.samplers.TPESampler),
 ])

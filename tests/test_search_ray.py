@@ -273,7 +273,7 @@ def test_a_worker_that_dies_is_a_fail_and_the_search_goes_on(ray_local, tmp_path
 
 MO_SPACE = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"], "k": [8, 16]},
             "objectives": [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
-            "constraints": {}, "fidelity": {"epochs": 1, "early_stopping": False}}
+            "constraints": {}, "fidelity": {"epochs": 1, "early_stopping": False}, "sampler": "nsga2"}
 
 
 def test_multi_objective_search_from_the_command_line(tmp_path):
