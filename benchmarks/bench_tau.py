@@ -40,6 +40,7 @@ from scipy.stats import kendalltau, spearmanr
 from rknas.bench.replay import load_bench
 from rknas.data.core import load_dataset
 from rknas.data.download import ensure_dataset
+from rknas.errors import ConfigError
 from rknas.search.space import SearchSpace
 from rknas.train import evaluate, fit
 
@@ -50,6 +51,16 @@ def pick(truth: np.ndarray, n: int) -> list[int]:
     if n >= len(order):
         return [int(i) for i in order]
     return [int(order[round(j * (len(order) - 1) / (n - 1))]) for j in range(n)]
+
+
+def work_order(bench: Any, chosen: list[int]) -> list[int]:
+    """The chosen architectures, longest recorded run first, so that copies end their shares together."""
+    return sorted(chosen, key=lambda i: -max(float(w[-1]) for _, w in bench.curves[i]))
+
+
+def run_key(sampled: dict[str, Any], epochs: int, subset: Optional[int]) -> str:
+    """A long run's key in the results file; its checkpoint and claim are named by this key's hash."""
+    return f"{sampled}|{epochs}|{subset}"
 
 
 def alive(pid: int) -> bool:
@@ -98,9 +109,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         keep = torch.randperm(len(full.y), generator=g)[: args.long_subset]
         full = type(full)(full.x[keep], full.y[keep], full.classes)
     space.classes, space.in_channels, space.image_size = full.classes, full.in_channels, full.image_size
-    chosen.sort(key=lambda i: -max(float(w[-1]) for _, w in bench.curves[i]))  # longest first: even shares
-    for i in chosen:
-        key = f"{bench.sampled[i]}|{args.long_epochs}|{args.long_subset}"
+    for i in work_order(bench, chosen):
+        key = run_key(bench.sampled[i], args.long_epochs, args.long_subset)
         ckpt = args.results.with_suffix(".ckpt") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         if not claim(ckpt.with_suffix(".claim")):
@@ -129,4 +139,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as exc:  # a missing or broken table, an unusable data set: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

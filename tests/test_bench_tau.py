@@ -1,5 +1,6 @@
 """benchmarks/bench_tau.py on a tiny digits table: the architectures it picks, its shards, and that it resumes."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -8,10 +9,12 @@ import sys
 import numpy as np
 import pytest
 from scipy.stats import kendalltau
-from support.scripts import load_counting
+from support.scripts import BENCHMARKS, load_counting
 from support.synthetic_bench import TINY_SPACE, make_table
 
 from rknas.search.space import parse_space
+
+SCRIPT = BENCHMARKS / "bench_tau.py"
 
 
 @pytest.fixture
@@ -70,13 +73,24 @@ def test_copies_share_the_work_by_claims_and_a_rerun_trains_nothing(tau, table, 
 
 def tau_order(tau, table):
     """The claim names of the picked architectures, in the order a copy works through them."""
-    import hashlib
-
     bench = tau.load_bench(table)
     rated = [i for i in range(bench.size) if bench.curves[i]]
     chosen = [rated[j] for j in tau.pick(bench.truth[rated], 4)]
-    chosen.sort(key=lambda i: -max(float(w[-1]) for _, w in bench.curves[i]))
-    return [hashlib.sha1(f"{bench.sampled[i]}|1|200".encode()).hexdigest()[:16] for i in chosen]
+    return [hashlib.sha1(tau.run_key(bench.sampled[i], 1, 200).encode()).hexdigest()[:16]
+            for i in tau.work_order(bench, chosen)]
+
+
+def test_work_goes_longest_first(tau, table):
+    bench = tau.load_bench(table)
+    longest = [max(float(w[-1]) for _, w in bench.curves[i]) for i in tau.work_order(bench, [0, 1, 2, 3])]
+    assert longest == sorted(longest, reverse=True) and len(longest) == 4
+
+
+def test_a_missing_table_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(tmp_path / "none.db"), "--results",
+                           str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such table" in proc.stderr
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_a_claim_is_kept_from_a_live_process_and_taken_from_a_dead_one(tau, tmp_path):
