@@ -76,6 +76,35 @@ def test_a_proposal_is_found_or_snapped_to_its_nearest_architecture(bench):
     assert i in same and bench.sampled[i]["p1_k"] == max(bench.sampled[j]["p1_k"] for j in same)
 
 
+def _nearest_by_loop(snap, proposal):
+    """The snapping rule written as the plain loop it is defined by."""
+    best, best_d = 0, float("inf")
+    for i, s in enumerate(snap.bench.sampled):
+        d = 0.0
+        for k in snap.names:
+            a, b = proposal.get(k), s.get(k)
+            d += abs(float(a) - float(b)) / snap.numeric[k] if k in snap.numeric and isinstance(a, (int, float)) else a != b
+        if d < best_d:
+            best, best_d = i, d
+    return best
+
+
+def test_snapping_agrees_with_the_plain_loop_ties_included(bench):
+    import random
+
+    snap, rng = rp.Snapper(bench), random.Random(0)
+    values = {k: sorted({s[k] for s in bench.sampled}, key=repr) for k in snap.names}
+    for n in range(300):
+        p = {k: rng.choice(v) for k, v in values.items()}
+        if n % 3 == 0:
+            p["p1_k"] = rng.choice([1, 17, 33, 1000])  # off the table's grid: many equal distances
+        if n % 7 == 0:
+            p["optimizer"] = ["not", "hashable"]
+        if bench.keys.get(rp.arch_key(p)) is None:
+            assert snap.find(p) == _nearest_by_loop(snap, p), p
+    assert snap.snapped > 200
+
+
 def test_hypervolume_and_pareto_front():
     assert rp.hypervolume(np.array([[1.0, 1.0]])) == 1.0
     assert rp.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0]])) == pytest.approx(0.75)
@@ -171,6 +200,45 @@ def test_summaries_give_median_quartiles_and_time_to_target(bench):
     assert all(a >= b for a, b in zip(s.median, s.median[1:])) or True  # a median may rise: the incumbent is chosen on noisy validation
     for t in s.time_to_target:
         assert t is None or 0 < t <= 300
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_parallel_replays_equal_the_same_replays_in_one_process(bench, monkeypatch, method):
+    import multiprocessing as mp
+
+    monkeypatch.setattr(rp, "_pool_context", lambda: mp.get_context(method))
+    strategies = [rp.Strategy("random"), rp.Strategy("tpe", warm=True)]
+    alone = rp.replay(bench, strategies, 300, 2, repeats=3, seed=5, jobs=1)
+    pooled = rp.replay(bench, strategies, 300, 2, repeats=3, seed=5, jobs=2)
+    assert [s.to_json() for s in pooled] == [s.to_json() for s in alone]
+    assert rp._worker_bench is None  # the table is not kept alive after the pool
+
+
+@pytest.mark.parametrize("platform,threads,want", [("linux", 1, "fork"), ("linux", 2, "spawn"), ("darwin", 1, "spawn"),
+                                                   ("win32", 1, "spawn")])
+def test_workers_are_forked_only_where_no_other_thread_could_hold_a_lock(monkeypatch, platform, threads, want):
+    import sys
+    import threading
+
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(threading, "active_count", lambda: threads)
+    assert rp._pool_context().get_start_method() == want
+
+
+def test_forked_workers_replay_a_sampler_registered_in_this_process(bench, register_plugin, monkeypatch):
+    import multiprocessing as mp
+
+    import optuna
+
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register(SamplerSpec("qmc2", lambda seed, n: optuna.samplers.RandomSampler(seed=seed), "a plugin's sampler"))
+
+    register_plugin(Plugin())
+    monkeypatch.setattr(rp, "_pool_context", lambda: mp.get_context("fork"))
+    [s] = rp.replay(bench, [rp.Strategy("qmc2")], 200, 2, repeats=2, jobs=2)
+    assert all(t > 0 for t in s.trials)
 
 
 def test_the_plot_shows_one_median_line_per_strategy(bench):

@@ -11,6 +11,7 @@ separately for each period, and a strategy is only paired with stage counts it s
 
 from __future__ import annotations
 
+import functools
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -385,8 +386,9 @@ def space_schema(
     return schema
 
 
-def _int_fields(cls: type[BaseModel]) -> set[str]:
-    return {n for n, f in cls.model_fields.items() if _base_type(f.annotation) is int}
+@functools.lru_cache(maxsize=64)  # asked on every trial's sample; a class's fields never change
+def _int_fields(cls: type[BaseModel]) -> frozenset[str]:
+    return frozenset(n for n, f in cls.model_fields.items() if _base_type(f.annotation) is int)
 
 
 def _suggest(trial: Any, name: str, param: Any, fixed: dict[str, Any], integer: bool = False) -> Any:
