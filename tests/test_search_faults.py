@@ -53,10 +53,19 @@ def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, 
     thread.join(timeout=600)
     assert not thread.is_alive() and out["result"].finished == 3
     trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # the kill cost no result
     held = TrialRecord.of(trials[1])
-    assert held.attempts == 2 and len(held.retry_reasons or []) == 1
-    assert len(held.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"]  # one curve, no epoch twice
+    if held.interrupted:
+        # Under load Ray 2.60 can give up on the trial when a second future of the dead worker
+        # fails (tune_adapter.record_error): it is not counted, and its configuration runs
+        # again as a new trial, so the kill still costs no result.
+        assert trials[1].state == TrialState.FAIL and "Ray Tune gave up" in (held.fail_reason or "")
+        assert len(trials) == 4 and trials[3].params == trials[1].params
+        counted = [trials[0], trials[2], trials[3]]
+    else:
+        assert held.attempts == 2 and len(held.retry_reasons or []) == 1
+        assert len(held.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"]  # one curve, no epoch twice
+        counted = trials
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 3  # the kill cost no result
     assert [TrialRecord.of(t).attempts for t in (trials[0], trials[2])] == [1, 1]
 
 
