@@ -11,6 +11,8 @@ STRATEGY=${2:-tpe+asha}
 RKNAS=${RKNAS:-.venv/bin/rknas}
 TABLE=benchmarks/tables/fashion_mnist_bench.db.gz
 LOG=benchmarks/replay_speed.jsonl
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "error: RUNS must be a whole number of at least 1, got '$RUNS'" >&2; exit 2; }
+[[ -x "$RKNAS" ]] || { echo "error: no $RKNAS; run 'make venv' first (or set RKNAS)" >&2; exit 2; }
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- rknas || echo "+dirty")

@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--variant", choices=["today", "fixed"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        sys.exit(2)
     if args.variant is None:  # each variant in a fresh process, so the patch cannot leak
         for v in ("today", "fixed"):
             subprocess.run([sys.executable, __file__, "--variant", v, "--repeats", str(args.repeats)], check=True)

@@ -427,7 +427,7 @@ def _pool_context() -> Any:
     """fork where it is safe (Linux, no other Python thread in this process), else spawn.
 
     A forked worker starts with this process's imports (Optuna, Ray's scheduler module, the
-    plugins), which saves each worker about 5 s: a fifth of a 50-repeat replay on 2 cores.
+    plugins), which saves each worker about 5 s: about 10 s of a 50-repeat replay on 2 cores.
     A Python thread could hold a lock at the moment of the fork, so with one running, spawn.
     """
     import multiprocessing as mp
