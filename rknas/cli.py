@@ -215,6 +215,10 @@ def search(opts: SearchOptions):
             file=sys.stderr,
         )
         return 130
+    if result.failed_outside_training:
+        print(f"error: every trial this run recorded failed outside training (worker, node or storage): "
+              f"{result.failed_outside_training}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rknas.errors import ConfigError
 from rknas.events import EvaluationEvents, EventSink, SearchEvents
 from rknas.storage.retry import DEFAULT_RETRY_S
+from rknas.storage.trial_storage import check_scheme
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,15 @@ class SearchOptions(CommandOptions):
     study: Optional[str] = Field(None, description="Study name (default: the space name).")
     storage: Storage = None
     address: Optional[str] = Field(None, description="Join this Ray cluster instead of starting a local one.")
+    trial_storage: Optional[str] = Field(
+        None,
+        description="Where Ray Tune keeps trial checkpoints (a retried trial resumes from them on any node): a folder "
+                    "every node mounts, or a URI (s3://bucket/path, gs://bucket/path; an S3-compatible endpoint with "
+                    "?endpoint_override=HOST:PORT&scheme=http). Default $RKNAS_TRIAL_STORAGE, else a temp folder, which "
+                    "suits one machine only: on a cluster of several nodes the search checks before any trial that "
+                    "every node sees it.")
+    trial_filesystem: Annotated[Any, NOT_CLI] = Field(
+        None, repr=False, description="A pyarrow filesystem for --trial-storage (which is then a path on it).")
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs each trial holds.")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs each trial holds; fractions share a GPU (0.5 = two trials "
                                                          "per GPU).")
@@ -220,6 +230,11 @@ class SearchOptions(CommandOptions):
                     "file) before stopping; results that arrive meanwhile are written when it is back.")
     on_event: Annotated[Union[SearchEvents, EventSink, None], NOT_CLI] = Field(
         None, repr=False, description="Where the search reports its progress (rknas.events).")
+
+    @field_validator("trial_storage")
+    @classmethod
+    def _tune_opens_it(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else check_scheme(value)
 
     @model_validator(mode="after")
     def _stale_after_heartbeats(self) -> SearchOptions:

@@ -6,21 +6,17 @@ and temp dir, and is stopped by its process ids (never `ray stop`, which stops e
 user). The searches run as separate processes with no Ray variables in their environment.
 """
 
-import contextlib
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from clusters import client_env, free_port, stop, wait_for  # tests/support is on sys.path
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -35,54 +31,6 @@ SPACE = {
     "fidelity": {"epochs": 1, "min_epochs": 1},
 }
 START_TIMEOUT = 180  # generous: only a head that never comes up waits this long
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def client_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user's shell: no RAY_* variable (the test process has some)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return {**env, "HOME": str(home), **extra}
-
-
-def marked_pids(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker``: the head's, and the workers it started."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:  # gone, or not ours
-                continue
-    return pids
-
-
-def signal_all(head: subprocess.Popen, marker: str, sig: int) -> None:
-    """``sig`` to the head's process group and to every process carrying ``marker``."""
-    with contextlib.suppress(ProcessLookupError):  # the group is gone already
-        os.killpg(head.pid, sig)
-    for pid in marked_pids(marker):
-        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-            os.kill(pid, sig)
-
-
-def stop(head: subprocess.Popen, marker: str) -> None:
-    """SIGTERM to the head's processes, SIGKILL to those left after 5 s (a graceful stop takes longer)."""
-    signal_all(head, marker, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while marked_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    signal_all(head, marker, signal.SIGKILL)
-    head.wait(timeout=60)
-    deadline = time.monotonic() + 60
-    while (left := marked_pids(marker)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes of the test cluster survived SIGKILL: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +54,10 @@ def cluster(tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "Ray runtime started" not in (tmp / "head.log").read_text():
-            assert head.poll() is None, (tmp / "head.log").read_text()
-            assert time.monotonic() < deadline, (tmp / "head.log").read_text()
-            time.sleep(0.5)
+        wait_for(tmp / "head.log", "Ray runtime started", head, START_TIMEOUT)
         yield {"address": f"127.0.0.1:{port}", "home": home, "temp_dir": temp_dir, "tmp": tmp}
     finally:
-        stop(head, marker)
+        stop([head], marker)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -269,6 +269,24 @@ def test_a_worker_that_dies_is_a_fail_and_the_search_goes_on(ray_local, tmp_path
     assert res.finished == 2 and not res.interrupted
     assert t[0].state == TrialState.FAIL and t[0].user_attrs["fail_reason"].startswith("the trial's worker crashed")
     assert t[1].state == TrialState.COMPLETE
+    assert res.failed_outside_training is None  # one trial trained: the search did its job
+
+
+def test_a_search_whose_every_trial_failed_outside_training_exits_1_in_one_line(ray_local, tmp_path, cli):
+    """A study of worker deaths is not a finished search: the command says why, and fails."""
+    space = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["search_crash"]},
+             "fidelity": {"epochs": 1, "early_stopping": False}, "constraints": {}}
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/c.db"
+    code, out, err = cli("search", "--space", path, "--study", "tiny", "--trials", "1", "--storage", url,
+                         "--concurrency", "1", "--max-retries", "0")
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: every trial this run recorded failed outside training (worker, node or storage): "
+                               "the trial's worker crashed"), lines[0]
+    assert [t.state for t in states(url).values()] == [TrialState.FAIL]
 
 
 MO_SPACE = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"], "k": [8, 16]},

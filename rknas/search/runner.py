@@ -64,6 +64,7 @@ from rknas.storage import (
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
 from rknas.storage.retry import StorageUnavailable
+from rknas.storage.trial_storage import TrialStorage
 
 
 @dataclass
@@ -81,6 +82,8 @@ class SearchResult:
         best: Number, values, accuracy, params and FLOPs of the best trial, if any.
         timed_out: ``--timeout`` stopped the run before the target (not an interruption:
             every trial it started finished and was recorded).
+        failed_outside_training: Every trial this run recorded failed outside training (its
+            worker, node or storage): the last such reason; None otherwise. The CLI exits 1.
     """
 
     study: str
@@ -92,6 +95,7 @@ class SearchResult:
     counts: dict[str, int]
     best: Optional[dict[str, Any]]
     timed_out: bool = False
+    failed_outside_training: Optional[str] = None
 
 
 # ---- preparation (everything that can fail fast, before Ray starts or storage changes) ------
@@ -228,8 +232,11 @@ def run_search(opts: SearchOptions) -> SearchResult:
         train, val = load_data(space)
         # Warm-start entries are checked against the data too, before anything is written.
         starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
+        trial_storage = TrialStorage.open(opts.trial_storage, opts.trial_filesystem)
         ray_env.start_ray(opts.address)
         concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+        # On several nodes, every node that can run a trial must reach the checkpoints.
+        trial_storage.check_nodes(opts.cpus_per_trial, opts.gpus_per_trial)
     except BaseException:  # refused (or interrupted) before the study exists: no empty database left behind
         discard_new_sqlite(storage, new_file)
         raise
@@ -273,7 +280,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
                     time.sleep(WAIT_POLL_S)
                     continue
                 with signals.tune():
-                    stopped_by_signal = _tune_round(opts, space, study, storage, trainable, driver, concurrency, events)
+                    stopped_by_signal = _tune_round(opts, space, study, storage, trainable, driver, concurrency, events,
+                                                   trial_storage)
                 if stopped_by_signal:
                     interrupted = True
                     break
@@ -285,7 +293,9 @@ def run_search(opts: SearchOptions) -> SearchResult:
         driver.heartbeats.stop()
     finished = len(finished_trials(study))
     timed_out = driver.stop_reason == "timeout" and finished < opts.trials  # SearchResult.timed_out says it
-    return _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)
+    out = _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)
+    out.failed_outside_training = driver.all_failed_outside_training()
+    return out
 
 
 WAIT_POLL_S = 1.0  # how often a driver waiting for other drivers' trials looks at the study
@@ -293,7 +303,8 @@ OWN_LEFT = "interrupted: the search that ran it stopped before the trial finishe
 
 
 def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, storage: optuna.storages.BaseStorage,
-                trainable: Any, driver: Driver, concurrency: int, events: SearchEvents) -> bool:
+                trainable: Any, driver: Driver, concurrency: int, events: SearchEvents,
+                trial_storage: TrialStorage) -> bool:
     """Let Tune run trials until the driver admits no more and this driver's trials ended.
 
     The searcher asks the study before each trial (``Driver.admit``), so Tune's sample count
@@ -336,6 +347,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
     scheduler = _scheduler(space)
     seed_rungs(scheduler, study, space)
     driver.stop_reason = None
+    name = f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}"
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -345,8 +357,8 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}",
-            storage_path=os.path.join(tempfile.gettempdir(), f"rknas-tune-{os.getuid()}"),
+            name=name,
+            **trial_storage.tune_kwargs(),  # checkpoints every node reaches (see rknas.storage.trial_storage)
             verbose=0,
             callbacks=[TrialEvents(events, searcher)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -371,6 +383,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
                 driver.heartbeats.remove(trial_id)
             if left:
                 events.interrupted_trials(numbers=left)
+        trial_storage.remove(name)  # rknas resumes from the study, never from Tune's experiment folder
     # With an unbounded sample count Tune ends a round only when the searcher says so, or on a signal.
     return driver.stop_reason is None
 

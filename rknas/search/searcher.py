@@ -54,6 +54,8 @@ class Driver:
         self.events = events
         self.stop_reason: Optional[str] = None
         self.started_count = 0
+        self.ended_count = 0
+        self.outside_training: list[str] = []  # why each of its trials that failed outside training failed
 
     @staticmethod
     def now() -> float:
@@ -105,6 +107,28 @@ class Driver:
         self.started_count += 1
         for key, value in TrialRecord(driver=self.name, space_revision=self.revision).user_attrs().items():
             trial.set_user_attr(key, value)
+
+
+    def ended(self, outside_training: Optional[str] = None) -> None:
+        """One of this driver's trials was recorded.
+
+        Args:
+            outside_training: Why it failed, when its worker, node or storage failed it rather
+                than its training (a worker death); None otherwise.
+        """
+        self.ended_count += 1
+        if outside_training is not None:
+            self.outside_training.append(outside_training)
+
+    def all_failed_outside_training(self) -> Optional[str]:
+        """The reason, when every trial this driver recorded failed outside training (none: None).
+
+        A search in which no trial could train says so and fails, rather than reporting a
+        study of failed trials as a finished search.
+        """
+        if self.ended_count and len(self.outside_training) == self.ended_count:
+            return self.outside_training[-1]
+        return None
 
 
 def already_finished(study: optuna.Study, trial_id: int) -> Optional[optuna.trial.FrozenTrial]:

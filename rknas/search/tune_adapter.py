@@ -209,18 +209,20 @@ class StudySearch(OptunaSearch):
                 self._ot_study.enqueue_trial(dict(ot.params), skip_if_exists=False)
             else:
                 record.fail_reason = reason
-            self._record(trial_id, ot, record, TrialState.FAIL, None)
+            self._record(trial_id, ot, record, TrialState.FAIL, None, outside_training=reason)
 
     def flush_errors(self) -> None:
         """Record every dead trial whose reason never arrived."""
         for trial_id in list(self._pending_errors):
             self.record_error(trial_id, WORKER_CRASHED)
 
-    def _record(self, trial_id: str, ot: Any, record: TrialRecord, state: TrialState, values: Values) -> None:
+    def _record(self, trial_id: str, ot: Any, record: TrialRecord, state: TrialState, values: Values,
+                outside_training: Optional[str] = None) -> None:
         assert self._ot_study is not None  # OptunaSearch creates it before the first suggest
         driver = self._rk_driver
         if driver is not None:
             record.driver, record.space_revision = driver.name, driver.revision
+            driver.ended(outside_training)
         note, shown = None, state.name
         try:
             for k, v in record.user_attrs().items():

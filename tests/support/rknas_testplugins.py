@@ -63,3 +63,36 @@ class Gate(nn.Module):
 @rknas.hookimpl(specname="register_stage_strategies")
 def register_gate(register):
     register(StageStrategy(name="search_gate", description="test: waits for a file while training", builder=lambda spec: Gate()))
+
+
+class LateGate(nn.Module):
+    """Like ``Gate``, but only from the second training epoch on (trained, then evaluated, in this process).
+
+    The first epoch ends and is checkpointed before the trial blocks, so a test that kills the
+    held worker sees whether the retry continues from that checkpoint. (The contract check at
+    build time runs the module in eval mode before any training: that evaluation does not count.)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trained = False
+        self.evaluated = False
+
+    def forward(self, y):
+        if not self.training:
+            self.evaluated = self.trained
+        elif not self.evaluated:
+            self.trained = True
+        else:
+            import os
+            import time
+
+            while not os.path.exists(os.environ["RKNAS_TEST_GATE"]):
+                time.sleep(0.05)
+        return y
+
+
+@rknas.hookimpl(specname="register_stage_strategies")
+def register_late_gate(register):
+    register(StageStrategy(name="search_late_gate", description="test: waits for a file in its second epoch",
+                           builder=lambda spec: LateGate()))

@@ -1,0 +1,73 @@
+"""Ray clusters the tests start with `ray start`, as a user would: helpers shared by their tests.
+
+Every process of a test cluster carries a marker variable in its environment, so the test
+stops exactly its own processes (never `ray stop`, which stops every Ray of the user).
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no RAY_* variable (the test process has some)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "HOME": str(home), **extra}
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker``: a node's, and the workers it started."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:  # gone, or not ours
+                continue
+    return pids
+
+
+def signal_all(proc: subprocess.Popen, marker: str, sig: int) -> None:
+    """``sig`` to the process group of ``proc`` and to every process carrying ``marker``."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(proc.pid, sig)
+    for pid in marked_pids(marker):
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, sig)
+
+
+def stop(procs: list[subprocess.Popen], marker: str) -> None:
+    """SIGTERM to the cluster's processes, SIGKILL to those left after 5 s (a graceful stop takes longer)."""
+    for proc in procs:
+        signal_all(proc, marker, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for proc in procs:
+        signal_all(proc, marker, signal.SIGKILL)
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while (left := marked_pids(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the test cluster survived SIGKILL: {left}"
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> str:
+    """Wait until ``text`` is in ``log`` (the log's text); fail with the log if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while text not in (content := log.read_text()):
+        assert proc.poll() is None, content
+        assert time.monotonic() < deadline, content
+        time.sleep(0.5)
+    return content
