@@ -14,10 +14,10 @@ import time
 
 import torch
 
+from rknas.config import NetworkConfig, TrainConfig
 from rknas.data import split
 from rknas.data.loaders import fashion_mnist
-from rknas.models.network import NetworkConfig
-from rknas.train import TrainConfig, fit
+from rknas.train import fit
 
 
 def main():

@@ -15,13 +15,13 @@ import time
 
 import torch
 
+from rknas.config import NetworkConfig, TrainConfig
 from rknas.data.core import load_dataset
 from rknas.models.counting import count_flops, count_params
-from rknas.models.network import NetworkConfig
 from rknas.search.runner import load_data
 from rknas.search.space import parse_space
 from rknas.storage import choose, load_study, open_storage
-from rknas.train import TrainConfig, evaluate, fit
+from rknas.train import evaluate, fit
 
 
 def main():

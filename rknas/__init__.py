@@ -16,10 +16,11 @@ from rknas.errors import ConfigError, PluginError, RknasError
 from rknas.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
+    from rknas.config import NetworkConfig
     from rknas.export import export_model, load_model
     from rknas.models.blocks import PreActUnit, RKBlock, concat
     from rknas.models.counting import count_flops, count_params, describe
-    from rknas.models.network import RKCNN, NetworkConfig, build_network
+    from rknas.models.network import RKCNN, build_network
     from rknas.models.registry import create_model, list_models
     from rknas.registry import get_strategy, list_strategies
     from rknas.strategies.base import BlockSpec, StageStrategy
@@ -31,7 +32,7 @@ _LAZY = {
     "PreActUnit": "rknas.models.blocks",
     "RKBlock": "rknas.models.blocks",
     "concat": "rknas.models.blocks",
-    "NetworkConfig": "rknas.models.network",
+    "NetworkConfig": "rknas.config",
     "RKCNN": "rknas.models.network",
     "build_network": "rknas.models.network",
     "count_params": "rknas.models.counting",

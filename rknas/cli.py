@@ -28,12 +28,12 @@ from typer.exceptions import TyperException
 
 from rknas import display
 from rknas.cli_flags import Overrides, command_flags
-from rknas.config import load_network_section
+from rknas.config import NetworkConfig, load_network_section
 from rknas.data.download import download, list_datasets
 from rknas.errors import RknasError
 from rknas.export import export_model
 from rknas.models.counting import describe as describe_network
-from rknas.models.network import NetworkConfig, parse_network_config
+from rknas.models.network import parse_network_config
 from rknas.models.registry import model_config, model_sizes
 from rknas.options import (
     BenchBuildOptions,

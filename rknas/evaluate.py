@@ -36,18 +36,18 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from rknas._version import __version__
-from rknas.config import load_network_section
-from rknas.data.core import DataSpec, TensorData, load_dataset
+from rknas.config import DataSpec, NetworkConfig, SizeLimit, TrainConfig, format_validation_error, load_network_section
+from rknas.data.core import TensorData, load_dataset
 from rknas.errors import ConfigError, RknasError
 from rknas.events import EvaluationEvents, EventSink, evaluation_listener
-from rknas.models.counting import SizeLimit, count_flops, count_params
-from rknas.models.network import NetworkConfig, build_network, format_validation_error, parse_network_config
+from rknas.models.counting import count_flops, count_params
+from rknas.models.network import build_network, parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
-from rknas.train import TrainConfig, fit, resolve_channels_last
 from rknas.train import evaluate as evaluate_model
+from rknas.train import fit, resolve_channels_last
 from rknas.util import default_device, differences, write_json_atomic
 
 RECIPE_NOTE = (

@@ -168,7 +168,7 @@ def models() -> dict[str, NamedModel]:
 def _collect_models() -> dict[str, NamedModel]:
     from pydantic import ValidationError
 
-    from rknas.models.network import NetworkConfig, format_validation_error
+    from rknas.config import NetworkConfig, format_validation_error
     from rknas.models.registry import model_name
 
     found: dict[str, NamedModel] = {}

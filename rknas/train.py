@@ -17,51 +17,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, cast
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
-from rknas.config import read_yaml
-from rknas.data.core import DataSpec, TensorData, augment, load_dataset, normalizer, to_float
+from rknas.config import DataSpec, NetworkConfig, TrainConfig, format_validation_error, read_yaml  # the schema lives torch-free
+from rknas.data.core import TensorData, augment, load_dataset, normalizer, to_float
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
-from rknas.models.network import RKCNN, NetworkConfig, build_network, format_validation_error, parse_network_config
+from rknas.models.network import RKCNN, build_network, parse_network_config
 from rknas.options import TrainOptions
 from rknas.util import atomic_write, default_device
-
-
-class TrainConfig(BaseModel):
-    """Optimiser, schedule and batch settings for one training run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    milestones: list[float] = [0.5, 0.75]
-    warmup_epochs: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    bn_recalibrate: bool = True
-    crop_pad: int = Field(0, ge=0)
-    flip: bool = False
-    seed: int = 0
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """Autocast dtype of forward passes. auto: bf16 on CUDA devices that support it, else fp32.
-    fp16 scales the loss (GradScaler). Weights, optimiser state, counts and configs stay fp32."""
-    channels_last: Optional[bool] = None
-    """NHWC memory format for model and batches. None: on for CUDA (faster convolutions with
-    cuDNN, especially under bf16/fp16), off on CPU."""
-
 
 # Reading the loss back every step would stall the GPU; check for divergence this often instead.
 DIVERGENCE_CHECK_STEPS = 50

@@ -8,7 +8,8 @@ import torch
 from support.synthetic_bench import make_table
 
 from rknas.bench import proxies
-from rknas.models.network import NetworkConfig, build_network
+from rknas.config import NetworkConfig
+from rknas.models.network import build_network
 from rknas.search.space import parse_space
 
 TINY = dict(framework="cifar", strategy=["E"], stages=[1], k=[4], classes=10, in_channels=1, image_size=8,

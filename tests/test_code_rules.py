@@ -55,3 +55,17 @@ def test_no_function_in_rknas_is_over_100_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+# Reading a space, a study or an exported config must not pay for torch (issue 26): the schemas
+# and the study queries are pinned torch-free here, each in a fresh interpreter.
+TORCH_FREE = ("rknas.config", "rknas.options", "rknas.storage", "rknas.storage.trial_storage")
+
+
+def test_the_config_schemas_and_the_study_queries_import_no_torch():
+    import subprocess
+    import sys
+
+    code = f"import sys; import {', '.join(TORCH_FREE)}; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

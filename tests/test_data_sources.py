@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import rknas
-from rknas.data import DataSource, DataSpec, TensorData, download, ensure_dataset, list_datasets, load_dataset
+from rknas.config import DataSpec
+from rknas.data import DataSource, TensorData, download, ensure_dataset, list_datasets, load_dataset
 from rknas.errors import ConfigError, PluginError, RknasError
 from rknas.registry import datasets
 

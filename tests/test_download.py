@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torchvision.datasets as tvd
 
-from rknas.data.core import DataSpec, load_dataset
+from rknas.config import DataSpec
+from rknas.data.core import load_dataset
 from rknas.data.download import download, ensure_dataset, list_datasets
 from rknas.errors import ConfigError, RknasError
 

@@ -9,13 +9,13 @@ import yaml
 from optuna.trial import TrialState
 
 import rknas.evaluate as ev
+from rknas.config import NetworkConfig, TrainConfig
 from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
-from rknas.models.network import NetworkConfig, build_network
+from rknas.models.network import build_network
 from rknas.search.runner import load_data
 from rknas.search.space import load_space
 from rknas.storage import StudyRecord, TrialRecord
-from rknas.train import TrainConfig
 
 # Three tiny digits networks (8x8 inputs, one period); the test trains each for one epoch.
 NETS = [

@@ -10,9 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rknas import PreActUnit, RKBlock, build_network, concat, count_flops, count_params
+from rknas.config import MEMORY_EFFICIENT_MIN_STAGES, NetworkConfig
 from rknas.models import blocks
 from rknas.models.blocks import set_memory_efficient
-from rknas.models.network import MEMORY_EFFICIENT_MIN_STAGES, RKCNN, NetworkConfig
+from rknas.models.network import RKCNN
 from rknas.strategies.base import StageStrategy
 
 

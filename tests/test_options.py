@@ -10,6 +10,7 @@ from pydantic import Field
 import rknas.cli
 import rknas.evaluate
 from rknas.cli_flags import parse_csv
+from rknas.config import NetworkConfig
 from rknas.errors import ConfigError, RknasError
 from rknas.events import (
     EVALUATION_EVENTS,
@@ -22,7 +23,6 @@ from rknas.events import (
     evaluation_listener,
     search_listener,
 )
-from rknas.models.network import NetworkConfig
 from rknas.options import EvaluateOptions, SearchOptions, TrainOptions, flag_name, merge_flags
 from rknas.search import SearchOptions as ExportedSearchOptions
 from rknas.search.runner import SearchOptions as RunnerSearchOptions

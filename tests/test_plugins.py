@@ -183,7 +183,8 @@ def test_plugins_env_var_restricts_entry_points(monkeypatch):
 
 
 def test_plugins_provide_datasets_and_search_spaces(register_plugin, tmp_path):
-    from rknas.data import DataSource, DataSpec, TensorData, load_dataset
+    from rknas.config import DataSpec
+    from rknas.data import DataSource, TensorData, load_dataset
     from rknas.search.space import load_space, space_files
 
     def loader(root, n=20):

@@ -140,9 +140,8 @@ def test_a_new_config_field_is_searchable_with_no_other_edit(tmp_path):
     """The schema is derived from the configs: a throwaway field is loaded, checked, sampled and built."""
     from pydantic import Field
 
-    from rknas.models.network import NetworkConfig
+    from rknas.config import NetworkConfig, TrainConfig
     from rknas.search.space import parse_space, space_schema
-    from rknas.train import TrainConfig
 
     class MyTrain(TrainConfig):
         grad_clip: float = Field(5.0, gt=0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rknas.models.counting import SizeLimit
+from rknas.config import SizeLimit
 
 
 @pytest.mark.parametrize("limit,params,flops,why", [

@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
+from rknas.config import TrainConfig
 from rknas.data.core import augment, split
 from rknas.data.loaders import digits, fashion_mnist, mnist
 from rknas.errors import ConfigError
-from rknas.train import TrainConfig, lr_factor, recalibrate_bn, train_from_config
+from rknas.train import lr_factor, recalibrate_bn, train_from_config
 
 
 def test_split_is_stratified_deterministic_and_disjoint():

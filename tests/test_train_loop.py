@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from rknas import train as train_mod
+from rknas.config import NetworkConfig, TrainConfig
 from rknas.data.core import TensorData
-from rknas.models.network import NetworkConfig, build_network
-from rknas.train import TrainConfig, evaluate, fit, resolve_channels_last, resolve_precision
+from rknas.models.network import build_network
+from rknas.train import evaluate, fit, resolve_channels_last, resolve_precision
 
 NET = NetworkConfig(strategy="I", stages=2, k=8, in_channels=1, image_size=8, classes=4)
 

@@ -137,8 +137,9 @@ def measure_proxies(table_path: Any, batch: int = 64, data_root: Any = None, dow
     from rknas.bench.build import space_data
     from rknas.bench.replay import load_bench
     from rknas.bench.table import BenchTable
+    from rknas.config import NetworkConfig
     from rknas.data.core import normalizer, to_float
-    from rknas.models.network import NetworkConfig, build_network
+    from rknas.models.network import build_network
     from rknas.search.space import SearchSpace
 
     bench = load_bench(table_path)

@@ -5,7 +5,8 @@ data loaders entirely: batches are index slices, augmentation is batched tensor 
 a GPU the whole set lives on the device.
 """
 
-from rknas.data.core import DataSpec, TensorData, augment, load_dataset, normalizer, split
+from rknas.config import DataSpec
+from rknas.data.core import TensorData, augment, load_dataset, normalizer, split
 from rknas.data.download import download, ensure_dataset, list_datasets
 from rknas.data.source import DataSource
 

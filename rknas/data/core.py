@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
+from rknas.config import DataSpec  # the schema lives torch-free
 from rknas.errors import ConfigError, RknasError
 
 
@@ -43,21 +43,6 @@ class TensorData:
 
     def to(self, device) -> TensorData:
         return TensorData(self.x.to(device), self.y.to(device), self.classes)
-
-
-class DataSpec(BaseModel):
-    """Which data set, where its files are, and how the search splits it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    root: Optional[str] = None
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    train_subset: Optional[int] = Field(None, ge=1)
-    split_seed: int = 0
-    crop_pad: int = Field(0, ge=0)
-    flip: bool = False
-    options: dict = {}
 
 
 def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:

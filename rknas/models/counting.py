@@ -2,68 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rknas.models.network import RKCNN, NetworkConfig, build_network
-
-
-class SizeLimit(BaseModel):
-    """Limits on a network's size: the one definition of "fits" for search, best, evaluate.
-
-    A search space's ``constraints`` section is one; ``--max-params`` / ``--max-flops`` make one.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    max_params: Optional[float] = None
-    max_flops: Optional[float] = None
-
-    def violation(self, params: Optional[int], flops: Optional[int]) -> Optional[str]:
-        """Why a network of this size breaks the limits, or None if it fits.
-
-        Args:
-            params: Its parameter count (None counts as 0: unknown sizes are not held against it).
-            flops: Its FLOPs (likewise).
-
-        Returns:
-            A phrase such as ``params 90,000 > max_params 78,410``, or None.
-        """
-        params, flops = params or 0, flops or 0
-        if self.max_params is not None and params > self.max_params:
-            return f"params {params:,} > max_params {int(self.max_params):,}"
-        if self.max_flops is not None and flops > self.max_flops:
-            return f"FLOPs {flops:,} > max_flops {int(self.max_flops):,}"
-        return None
-
-    def admits(self, params: Optional[int], flops: Optional[int]) -> bool:
-        """Whether a network of this size fits (see ``violation``)."""
-        return self.violation(params, flops) is None
-
-    def constraint_values(self, params: Optional[int], flops: Optional[int]) -> dict[str, float]:
-        """Optuna's constraint values (<= 0 feasible) for the sizes that are known and limited.
-
-        Args:
-            params: The parameter count, or None if unknown.
-            flops: The FLOPs, or None if unknown.
-
-        Returns:
-            ``{"max_params": (params - limit) / limit, ...}``: relative excess per limit.
-        """
-        sizes = (("max_params", params, self.max_params), ("max_flops", flops, self.max_flops))
-        return {name: (size - limit) / limit for name, size, limit in sizes if size is not None and limit is not None}
-
-    @property
-    def unlimited(self) -> bool:
-        """No limit is set."""
-        return self.max_params is None and self.max_flops is None
-
-    def __str__(self) -> str:
-        limits = [f"{v:,.0f} {what}" for v, what in ((self.max_params, "params"), (self.max_flops, "FLOPs")) if v is not None]
-        return " and ".join(limits) or "no limit"
+from rknas.config import NetworkConfig
+from rknas.models.network import RKCNN, build_network
 
 
 def count_params(model: nn.Module) -> int:

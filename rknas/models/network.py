@@ -8,163 +8,21 @@ the printed figures, so a change here that breaks the reproduction fails there.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from rknas.config import (  # the schemas live torch-free; imported back here where the network is built
+    FRAMEWORK_NORM,
+    NetworkConfig,
+    format_validation_error,
+    spatial_sizes,
+)
 from rknas.errors import ConfigError, PluginError
 from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
 from rknas.registry import get_strategy
 from rknas.strategies.base import BlockSpec, StageStrategy
-
-Framework = Literal["cifar", "mnist"]  # the paper's two pre/postprocessor layouts (Tables 1 and 2)
-# The norm of each framework's feature maps (RKCNN's postprocessor and MNIST preprocessor), told to blocks as BlockSpec.norm.
-FRAMEWORK_NORM = {"cifar": "batch", "mnist": "group"}
-DEFAULTS = {
-    # framework: (in_channels, image_size, attention, multiscale)
-    "cifar": (3, 32, True, True),
-    "mnist": (1, 28, False, False),
-}
-# memory_efficient=None: recomputation (off the CPU) from this many stages, where it cuts the
-# activation memory to <= 0.39x (2.5x less); see benchmarks/RESULTS.md.
-MEMORY_EFFICIENT_MIN_STAGES = 4
-
-
-def _as_list(v):
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [p.strip() for p in v.split(",") if p.strip()]
-    if isinstance(v, (int, float)):
-        return [v]
-    return list(v)
-
-
-class NetworkConfig(BaseModel):
-    """Everything that determines an RKCNN. Per-period lists of length 1 apply to every period;
-    the number of periods is the longest list."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    framework: Framework = "cifar"
-    strategy: list[str] = Field(default_factory=lambda: ["I"])
-    stages: list[int] = Field(default_factory=lambda: [2])
-    k: list[int] = Field(default_factory=lambda: [32])
-    steps: list[int] = Field(default_factory=lambda: [1])
-    classes: int = 10
-    in_channels: Optional[int] = None
-    image_size: Optional[int] = None
-    attention: Optional[bool] = None
-    multiscale: Optional[bool] = None
-    width: float = 1.0
-    dropout: float = 0.0
-    memory_efficient: Optional[bool] = Field(
-        None,
-        description=(
-            "Recompute each PreActUnit's concatenation, BNs and ReLUs in backward instead of storing them "
-            "(same results, params and FLOPs; not part of the name). None: on for periods with "
-            f"stages >= {MEMORY_EFFICIENT_MIN_STAGES} when training off the CPU; off on the CPU, where it "
-            "was measured at about 1.3x step time."
-        ),
-    )
-    """Trade step time for activation memory in deep dense stages.
-
-    Storing every unit's concatenation makes activation memory grow quadratically in the stages
-    s; recomputing it makes it grow linearly. Measured on CPU (benchmarks/RESULTS.md, live
-    tensors after the forward pass, RKCNN-I-s_s_s k=48 batch 32): 0.58x the plain memory at s=2,
-    0.45x at s=3, 0.39x at s=4, 0.35x at s=5, for 1.2-1.4x the step time; RKCNN-I-5_5_5 k=80
-    batch 32: 0.35x live memory (0.49-0.51x peak RSS) at 1.30-1.39x step time. Hence None turns
-    it on only from s=4 (2.5x less memory) and only off the CPU, where memory, not time, limits
-    the batch and the model (to be confirmed with benchmarks/gpu.sh).
-    """
-
-    @field_validator("strategy", "stages", "k", "steps", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return _as_list(v)
-
-    @model_validator(mode="after")
-    def _check(self):
-        lists = {"strategy": self.strategy, "stages": self.stages, "k": self.k, "steps": self.steps}
-        for key, val in lists.items():
-            if not val:
-                raise ValueError(f"{key} must not be empty")
-        periods = max(len(v) for v in lists.values())
-        for key, val in lists.items():
-            if len(val) not in (1, periods):
-                lens = ", ".join(f"{k}={len(v)}" for k, v in lists.items())
-                raise ValueError(f"per-period lists must have 1 or {periods} entries ({lens})")
-            if len(val) == 1 and periods > 1:
-                setattr(self, key, val * periods)
-        if any(k <= 0 for k in self.k):
-            raise ValueError(f"k must be positive, got {self.k}")
-        if any(s < 1 for s in self.stages):
-            raise ValueError(f"stages must be >= 1, got {self.stages}")
-        if any(r < 1 for r in self.steps):
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.classes < 1:
-            raise ValueError(f"classes must be >= 1, got {self.classes}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.width <= 0:
-            raise ValueError(f"width must be positive, got {self.width}")
-        c, size, att, ms = DEFAULTS[self.framework]
-        self.in_channels = c if self.in_channels is None else self.in_channels
-        self.image_size = size if self.image_size is None else self.image_size
-        self.attention = att if self.attention is None else self.attention
-        self.multiscale = ms if self.multiscale is None else self.multiscale
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        sizes = spatial_sizes(self.framework, self.image_size, self.periods)
-        # GroupNorm with one channel per group over a 1x1 map outputs zeros: mnist needs >= 2x2.
-        if min(sizes) < (2 if self.framework == "mnist" else 1):
-            raise ValueError(
-                f"image size {self.image_size} is too small for the {self.framework} framework with "
-                f"{self.periods} period(s) (feature maps would be {sizes}); use larger images or fewer periods"
-            )
-        return self
-
-    @property
-    def periods(self) -> int:
-        return len(self.k)
-
-    def memory_efficient_in(self, period: int) -> Union[bool, Literal["auto"]]:
-        """The ``PreActUnit.memory_efficient`` setting of period ``period`` (0-based).
-
-        Args:
-            period: index of the period.
-
-        Returns:
-            ``memory_efficient`` when set; else "auto" (recompute when training off the CPU) for a
-            period with at least ``MEMORY_EFFICIENT_MIN_STAGES`` stages, False otherwise.
-        """
-        if self.memory_efficient is not None:
-            return self.memory_efficient
-        return "auto" if self.stages[period] >= MEMORY_EFFICIENT_MIN_STAGES else False
-
-    @property
-    def name(self) -> str:
-        """Paper-style name: RKCNN-I-5_5_6 (mixed strategies: RKCNN-I_I_R-2_2_2)."""
-        strat = self.strategy[0] if len(set(self.strategy)) == 1 else "_".join(self.strategy)
-        stages = "_".join(map(str, self.stages))
-        return f"RKCNN-{strat}-{stages}"
-
-
-def spatial_sizes(framework: str, image_size: int, periods: int) -> list[int]:
-    """Feature-map side length in each period."""
-    if framework == "mnist":
-        s = image_size - 2  # conv3x3, no padding
-        s = (s + 2 - 4) // 2 + 1 if s >= 2 else 0  # conv4x4 stride 2 padding 1
-        s = (s + 2 - 4) // 2 + 1 if s >= 2 else 0
-    else:
-        s = image_size
-    sizes = [s]
-    for _ in range(periods - 1):
-        s //= 2
-        sizes.append(s)
-    return sizes
 
 
 class Attention(nn.Module):
@@ -423,13 +281,3 @@ def parse_network_config(data: dict) -> NetworkConfig:
         return NetworkConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-
-
-def format_validation_error(exc, where: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    prefix = f"{where}: " if where else ""
-    return prefix + "; ".join(parts)

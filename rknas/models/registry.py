@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 
+from rknas.config import NetworkConfig
 from rknas.models.counting import describe
-from rknas.models.network import RKCNN, NetworkConfig, build_network
+from rknas.models.network import RKCNN, build_network
 from rknas.registry import models
 
 

@@ -16,13 +16,14 @@ from typing import Optional
 
 import torch
 
+from rknas.config import NetworkConfig, TrainConfig
 from rknas.data.core import TensorData
 from rknas.errors import RknasError
 from rknas.models.counting import count_flops, count_params
-from rknas.models.network import NetworkConfig, build_network
+from rknas.models.network import build_network
 from rknas.search.outcome import EpochResult, resource_reason
 from rknas.search.space import SearchSpace
-from rknas.train import TrainConfig, fit, seed_everything
+from rknas.train import fit, seed_everything
 from rknas.util import default_device
 
 

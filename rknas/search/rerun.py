@@ -23,8 +23,8 @@ import torch
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
+from rknas.config import format_validation_error
 from rknas.errors import ConfigError, RknasError
-from rknas.models.network import format_validation_error
 from rknas.search.objective import StopTrial, train_trial
 from rknas.search.outcome import EpochResult, failure_reason
 from rknas.search.runner import load_data

@@ -18,13 +18,9 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from rknas.config import read_yaml
-from rknas.data.core import DataSpec
+from rknas.config import DataSpec, Framework, NetworkConfig, SizeLimit, TrainConfig, format_validation_error, read_yaml
 from rknas.errors import ConfigError
-from rknas.models.counting import SizeLimit
-from rknas.models.network import Framework, NetworkConfig, format_validation_error
 from rknas.registry import samplers, search_space_sources, strategies
-from rknas.train import TrainConfig
 
 
 class Range(BaseModel):

@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rknas._version import __version__
+from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
 from rknas.storage.record import StudyRecord, TrialRecord
@@ -151,8 +152,6 @@ def choose(
         r = TrialRecord.of(t)
         return r.params or 0, r.flops or 0
 
-    from rknas.models.counting import SizeLimit  # torch: imported when a size limit is asked for
-
     limit = SizeLimit(max_params=max_params, max_flops=max_flops)
     ok = [t for t in pool if limit.admits(*size(t))]
     if not ok:
@@ -178,8 +177,6 @@ def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, An
     Raises:
         RknasError: The trial has no recorded network config.
     """
-    from rknas.models.network import NetworkConfig  # torch: imported when a config is exported
-
     record, info = TrialRecord.of(t), StudyRecord.of(study)
     if record.network is None or record.training is None:
         raise RknasError(f"trial {t.number} of study {study.study_name!r} has no recorded network config")
