@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import optuna
 import typer
 import yaml
 from rich.filesize import decimal
@@ -27,14 +26,10 @@ from rich.progress import Progress
 from typer.exceptions import TyperException
 
 from rknas import display
+from rknas import storage as db  # a lazy package: Optuna and SQLAlchemy load when a command opens a study
 from rknas.cli_flags import Overrides, command_flags
 from rknas.config import NetworkConfig, load_network_section
-from rknas.data.download import download, list_datasets
 from rknas.errors import RknasError
-from rknas.export import export_model
-from rknas.models.counting import describe as describe_network
-from rknas.models.network import parse_network_config
-from rknas.models.registry import model_config, model_sizes
 from rknas.options import (
     BenchBuildOptions,
     BenchProxiesOptions,
@@ -51,11 +46,6 @@ from rknas.options import (
 )
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
-from rknas.report import plot_study
-from rknas.search.runner import run_search
-from rknas.search.space import space_files
-from rknas.storage import StudyRecord, choose, export_config, open_storage, open_study, storage_url, study_names, summarize
-from rknas.train import train_from_config
 
 app = typer.Typer(
     help="Neural architecture search over Runge-Kutta CNNs.",
@@ -111,6 +101,8 @@ def models(
     as_json: Json = False,
 ):
     """List the named paper models with params and FLOPs (use them as `--model NAME`, `--include NAME`)."""
+    from rknas.models.registry import model_sizes  # torch: counting builds the networks
+
     rows = model_sizes(pattern)
     if not rows:
         raise RknasError(f"no named model matches {pattern!r}; `rknas models` lists them all")
@@ -169,6 +161,10 @@ def describe(
     as_json: Json = False,
 ):
     """Build a network and print its size (params, FLOPs in the paper's convention)."""
+    from rknas.models.counting import describe as describe_network  # torch: counting builds the network
+    from rknas.models.network import parse_network_config
+    from rknas.models.registry import model_config
+
     data: dict = {}
     if config is not None:
         data.update(load_network_section(config))
@@ -190,6 +186,8 @@ def search(opts: SearchOptions):
 
     Together they stop at --trials finished trials; a killed one's trials are recovered.
     """
+    from rknas.search.runner import run_search  # torch and Ray: imported when a search runs
+
     view = display.SearchProgress(console)
     opts.on_event = view
     try:
@@ -241,21 +239,23 @@ def best(
     ),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
-    from rknas.evaluate import best_evaluated
-
     if by not in ("trial", "evaluation"):
         raise RknasError(f"--by must be trial or evaluation, got {by!r}")
     if by == "evaluation" and trial is not None:
         raise RknasError("--trial and --by evaluation exclude each other")
-    url = storage_url(storage)
-    st = open_study(study, url)
+    url = db.storage_url(storage)
+    st = db.open_study(study, url)
     if len(st.directions) > 1 and by == "trial":
         err_console.print(display.pareto_table(st))
-    evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops) if by == "evaluation" else None
+    evaluated = None
+    if by == "evaluation":
+        from rknas.evaluate import best_evaluated  # torch: the evaluation module trains
+
+        evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops)
     if evaluated is not None:
         trial = evaluated["trial"]
-    chosen = choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
-    cfg = export_config(st, chosen, url)
+    chosen = db.choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
+    cfg = db.export_config(st, chosen, url)
     if evaluated is not None:
         cfg["provenance"]["evaluation"] = {k: evaluated[k] for k in ("test_accuracy", "mean", "std")}
     text = "# rknas config, exported by `rknas best`; train it with `rknas train --config FILE`\n" + yaml.safe_dump(
@@ -277,6 +277,8 @@ def best(
 @command()
 def train(opts: TrainOptions):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
+    from rknas.train import train_from_config  # torch
+
     with Progress(console=console) as prog:
         task = prog.add_task("training", total=None)
 
@@ -354,7 +356,7 @@ def rerun(
     """Retrain a trial from its stored configs and seed; compare validation accuracy per epoch (exit 1 if it differs)."""
     from rknas.search.rerun import rerun_trial
 
-    st = open_study(study, storage)
+    st = db.open_study(study, storage)
     result = rerun_trial(st, trial, device=device, data_root=data_root)
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -371,9 +373,11 @@ def rerun(
 @command()
 def studies(storage: Storage = None, as_json: Json = False):
     """The studies in a storage with trial counts and best values."""
-    url = storage_url(storage)
-    st = open_storage(url, create=False)
-    rows = [summarize(optuna.load_study(study_name=n, storage=st)) for n in study_names(st)]
+    import optuna
+
+    url = db.storage_url(storage)
+    st = db.open_storage(url, create=False)
+    rows = [db.summarize(optuna.load_study(study_name=n, storage=st)) for n in db.study_names(st)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -387,9 +391,11 @@ def report(
     output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    st = open_study(study, storage)
+    from rknas.report import plot_study  # matplotlib
+
+    st = db.open_study(study, storage)
     console.print(f"Wrote {plot_study(st, output)}")
-    evaluation = StudyRecord.of(st).evaluation
+    evaluation = db.StudyRecord.of(st).evaluation
     if evaluation:
         from rknas.report import plot_evaluation
 
@@ -405,6 +411,8 @@ def report(
 @command()
 def spaces():
     """The known search spaces (repository, plugins, ./search_spaces)."""
+    from rknas.search.space import space_files
+
     rows = [{"name": n, "provider": p, "file": str(f)} for n, (f, p) in sorted(space_files().items())]
     console.print(display.rows_table(rows, {"name": "space", "provider": "provider", "file": "file"}))
 
@@ -422,6 +430,8 @@ def data_download(
     ),
 ):
     """Download a data set: the built-ins in torchvision's format, checked against torchvision's MD5 sums."""
+    from rknas.data.download import download
+
     s = download(name, root, mirror=mirror)
     if s["status"] == "present":
         print(f"{name} is already in {s['root']} ({len(s['files'])} files, {decimal(s['bytes'])}); nothing downloaded")
@@ -438,6 +448,8 @@ def data_list(
     as_json: Json = False,
 ):
     """Every known data set: where rknas looks for it, whether it is there, how to get it."""
+    from rknas.data.download import list_datasets
+
     rows = list_datasets(root)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -538,6 +550,8 @@ def export_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
 ):
     """Export a trained model to ONNX or TorchScript (input: images scaled to [0, 1]; normalisation included)."""
+    from rknas.export import export_model  # torch
+
     info = export_model(model_pt, fmt, output)
     shape = "x".join(map(str, info["input_shape"]))
     print(

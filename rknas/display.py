@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from rknas.events import BenchListener, EvaluationListener, SearchListener
-from rknas.storage import StudyRecord, TrialRecord, candidates
+from rknas.storage.record import StudyRecord, TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
 
 PIPE_WIDTH = 200  # a pipe or file has no width: rich would assume 80 and cut names short
 
@@ -192,6 +194,8 @@ class SearchProgress(SearchListener):
 
 def pareto_table(study: optuna.Study) -> Table:
     """The Pareto set of a multi-objective study, most accurate first."""
+    from rknas.storage.queries import candidates  # Optuna: only when a study is shown
+
     metrics = StudyRecord.of(study).metrics or []
     out = table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study.study_name}")
     for t in candidates(study):

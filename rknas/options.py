@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rknas.errors import ConfigError
 from rknas.events import EvaluationEvents, EventSink, SearchEvents
-from rknas.storage.retry import DEFAULT_RETRY_S
+from rknas.storage.defaults import DEFAULT_RETRY_S
 from rknas.storage.trial_storage import check_scheme
 
 

@@ -153,7 +153,7 @@ def test_search_hands_repeated_start_from_to_the_runner(monkeypatch, cli):
         seen.append(opts)
         raise ConfigError("stopped by the test")
 
-    monkeypatch.setattr("rknas.cli.run_search", fake_run_search)
+    monkeypatch.setattr("rknas.search.runner.run_search", fake_run_search)  # the CLI imports it when a search runs
     code, _, err = cli("search", "--space", "digits_quick", "--start-from", "rkcnn_a", "--start-from", "rkcnn_b")
     assert code == 2 and "stopped by the test" in err
     assert seen[0].start_from == ["rkcnn_a", "rkcnn_b"]

@@ -5,10 +5,20 @@ data loaders entirely: batches are index slices, augmentation is batched tensor 
 a GPU the whole set lives on the device.
 """
 
+from typing import TYPE_CHECKING
+
+from rknas._lazy import lazy_exports
 from rknas.config import DataSpec
-from rknas.data.core import TensorData, augment, load_dataset, normalizer, split
-from rknas.data.download import download, ensure_dataset, list_datasets
+from rknas.data.download import download, ensure_dataset, list_datasets  # the function shadows its module's name, as always
 from rknas.data.source import DataSource
+
+if TYPE_CHECKING:
+    from rknas.data.core import TensorData, augment, load_dataset, normalizer, split
+
+# torch: imported the first time one of these is used
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "rknas.data.core": ("TensorData", "augment", "load_dataset", "normalizer", "split"),
+})
 
 __all__ = [
     "DataSource", "DataSpec", "TensorData", "augment", "download", "ensure_dataset", "list_datasets", "load_dataset",

@@ -1,7 +1,8 @@
 """The built-in loaders: data sets read from files already on disk.
 
 `rknas data download` fetches the files (rknas.data.download); rknas/data/builtin.py makes each
-loader a ``DataSource``.
+loader a ``DataSource``. torch is imported inside the loaders, when a set is loaded: registering,
+listing and checking the sources (``rknas strategies``, ``rknas data list``) import none.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
-from rknas.data.core import TensorData
 from rknas.data.source import download_command
 from rknas.errors import ConfigError
 
@@ -22,7 +21,10 @@ FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 def digits(root: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0):
     """scikit-learn's 8x8 digits (1,797 images, inside the wheel). A fixed 20% is the test set."""
+    import torch
     from sklearn.datasets import load_digits
+
+    from rknas.data.core import TensorData
 
     d = load_digits()
     x = torch.from_numpy((d.images * 16).clip(0, 255).astype(np.uint8))[:, None]
@@ -61,6 +63,10 @@ def _idx_files(root: Path, dataset_dir: str) -> Optional[dict]:
 
 
 def _mnist_like(root: Optional[str], name: str, dataset_dir: str, label: str, default: Optional[Path] = None):
+    import torch
+
+    from rknas.data.core import TensorData
+
     candidates = [Path(root).expanduser()] if root else ([default] if default else [])
     for base in candidates:
         files = _idx_files(base, dataset_dir)
@@ -87,7 +93,10 @@ def fashion_mnist(root: Optional[str] = None):
 
 
 def _torchvision(name: str, cls_name: str, label: str, fmt: str, root: Optional[str], **kw):
+    import torch
     import torchvision.datasets as tvd
+
+    from rknas.data.core import TensorData
 
     if not root:
         raise ConfigError(
@@ -132,8 +141,11 @@ def image_folder(
     root: Optional[str] = None, image_size: int = 32, grayscale: bool = False, test_fraction: float = 0.2, seed: int = 0
 ):
     """A folder of class sub-folders (torchvision ImageFolder); ROOT/train and ROOT/test if both exist."""
+    import torch
     import torchvision.transforms.v2 as T
     from torchvision.datasets import ImageFolder
+
+    from rknas.data.core import TensorData
 
     if not root or not Path(root).is_dir():
         raise ConfigError(f"image folder {root!r} does not exist; expected ROOT/<class>/<image> or ROOT/train/<class>/...")

@@ -1,28 +1,50 @@
 """Study storage: where studies live, what each trial records, and the queries on them."""
 
-from rknas.storage.backend import (
-    DEFAULT_STORAGE,
-    STORAGE_ENV,
-    load_study,
-    open_storage,
-    open_study,
-    safe_url,
-    storage_url,
-    study_names,
-)
-from rknas.storage.liveness import Heartbeats, driver_id, interrupt_trials, recover_stale
-from rknas.storage.queries import (
-    FINISHED,
-    accuracy_of,
-    best_trial,
-    candidates,
-    choose,
-    export_config,
-    finished_trials,
-    is_interrupted,
-    summarize,
-)
-from rknas.storage.record import StudyRecord, TrialRecord
+from typing import TYPE_CHECKING
+
+from rknas._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from rknas.storage.backend import (
+        DEFAULT_STORAGE,
+        STORAGE_ENV,
+        load_study,
+        open_storage,
+        open_study,
+        safe_url,
+        storage_url,
+        study_names,
+    )
+    from rknas.storage.liveness import Heartbeats, driver_id, interrupt_trials, recover_stale
+    from rknas.storage.queries import (
+        FINISHED,
+        accuracy_of,
+        best_trial,
+        candidates,
+        choose,
+        export_config,
+        finished_trials,
+        is_interrupted,
+        summarize,
+    )
+    from rknas.storage.record import StudyRecord, TrialRecord
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "rknas.storage.backend": (
+        "DEFAULT_STORAGE", "STORAGE_ENV", "load_study", "open_storage", "open_study", "safe_url",
+        "storage_url", "study_names",
+    ),
+    "rknas.storage.liveness": (
+        "Heartbeats", "driver_id", "interrupt_trials", "recover_stale",
+    ),
+    "rknas.storage.queries": (
+        "FINISHED", "accuracy_of", "best_trial", "candidates", "choose", "export_config", "finished_trials",
+        "is_interrupted", "summarize",
+    ),
+    "rknas.storage.record": (
+        "StudyRecord", "TrialRecord",
+    ),
+})
 
 __all__ = [
     "DEFAULT_STORAGE",

@@ -12,10 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from rknas.errors import RknasError
-from rknas.storage.retry import DEFAULT_RETRY_S, RetryingRDBStorage
-
-DEFAULT_STORAGE = "sqlite:///studies/rknas.db"
-STORAGE_ENV = "RKNAS_STORAGE"
+from rknas.storage.defaults import DEFAULT_RETRY_S, DEFAULT_STORAGE, STORAGE_ENV
+from rknas.storage.retry import RetryingRDBStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

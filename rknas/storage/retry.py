@@ -26,12 +26,12 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
 from rknas.errors import RknasError
+from rknas.storage.defaults import DEFAULT_RETRY_S
 
 logger = logging.getLogger(__name__)
 _active = threading.local()  # the storage whose retry loop this thread is in
 T = TypeVar("T")
 
-DEFAULT_RETRY_S = 60.0  # --storage-retry: how long a search waits for its storage to come back
 FIRST_DELAY_S, MAX_DELAY_S = 0.25, 5.0
 
 # The storage calls a search makes, each retried on a lost connection: the public ones, the

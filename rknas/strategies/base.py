@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from torch import nn
+if TYPE_CHECKING:  # torch only where a block is built: listing strategies imports none
+    from torch import nn
 
 NORMS = ("batch", "group")  # the values of BlockSpec.norm
 
@@ -75,8 +76,8 @@ class BlockSpec:
         raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
 
 
-Builder = Callable[[BlockSpec], nn.Module]
-LegacyBuilder = Callable[[int, int, float, float], nn.Module]  # deprecated: builder(channels, stages, width, dropout)
+Builder = Callable[[BlockSpec], "nn.Module"]
+LegacyBuilder = Callable[[int, int, float, float], "nn.Module"]  # deprecated: builder(channels, stages, width, dropout)
 
 
 def is_positional_builder(builder: Callable[..., Any]) -> bool:

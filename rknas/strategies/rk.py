@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 from rknas.hookspecs import hookimpl
-from rknas.models.blocks import RKBlock
 from rknas.strategies.base import BlockSpec, StageStrategy
+
+if TYPE_CHECKING:
+    from rknas.models.blocks import RKBlock
 
 
 def _builder(mode: str, spec: BlockSpec) -> RKBlock:
     # The paper's RK blocks use BatchNorm in both frameworks, so spec.norm is not read.
+    # torch is imported here, when a network is built: registering and listing need none.
+    from rknas.models.blocks import RKBlock
+
     return RKBlock(spec.channels, spec.stages, mode=mode, width=spec.width, dropout=spec.dropout)
 
 

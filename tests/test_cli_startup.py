@@ -1,0 +1,55 @@
+"""The commands that only read (help, studies, best, strategies, bench replay --help) import no torch and no Ray.
+
+Each runs as `rknas` does, in a fresh interpreter with only the built-in plugins (a plugin that
+imports torch at its top is its author's choice). Speed is measured in benchmarks/, not here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from rknas.config import NetworkConfig, TrainConfig
+from rknas.storage import StudyRecord, TrialRecord
+
+PROBE = """
+import json, sys
+from rknas.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "ray", "matplotlib") if m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory):
+    """A finished one-trial study as `rknas search` records it (no search run)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('startup') / 's.db'}"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    for key, value in StudyRecord(space_name="digits_quick", metrics=["val_accuracy"], seed=0).user_attrs().items():
+        study.set_user_attr(key, value)
+    network = NetworkConfig(framework="cifar", strategy=["E"], stages=[1], k=[8], in_channels=1, image_size=8,
+                            attention=False).model_dump(mode="json")
+    record = TrialRecord(val_accuracy_per_epoch=[0.9], seed=0, params=1234, flops=5678, network=network,
+                         training=TrainConfig(epochs=1).model_dump(mode="json"))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.1}, distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}, value=0.9,
+        user_attrs=record.user_attrs()))
+    return url
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["search", "--help"], ["strategies"], ["bench", "replay", "--help"], ["studies"], ["best", "--study", "tiny"],
+], ids=lambda a: " ".join(a[:2]))
+def test_a_command_that_only_reads_imports_no_torch_or_ray(args, study_url):
+    env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}  # built-ins only
+    if args[0] in ("studies", "best"):
+        args = [*args, "--storage", study_url]
+    run = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env={**env, "RKNAS_PLUGINS": ""})
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"code": 0, "heavy": []}, (out, run.stderr[-2000:])
