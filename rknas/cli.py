@@ -46,6 +46,7 @@ from rknas.options import (
 )
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
+from rknas.util import usable_device
 
 app = typer.Typer(
     help="Neural architecture search over Runge-Kutta CNNs.",
@@ -356,6 +357,8 @@ def rerun(
     """Retrain a trial from its stored configs and seed; compare validation accuracy per epoch (exit 1 if it differs)."""
     from rknas.search.rerun import rerun_trial
 
+    if device is not None:
+        usable_device(device)  # before the study is opened
     st = db.open_study(study, storage)
     result = rerun_trial(st, trial, device=device, data_root=data_root)
     if as_json:

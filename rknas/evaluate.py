@@ -48,7 +48,7 @@ from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
-from rknas.util import default_device, differences, write_json_atomic
+from rknas.util import differences, usable_device, write_json_atomic
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -348,8 +348,9 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
+    device = usable_device(options.device)  # before anything is planned or written
     plan = plan_evaluation(options)
-    trained = run_evaluation(plan, options.device or default_device(), options.on_event)
+    trained = run_evaluation(plan, device, options.on_event)
     return publish_evaluation(plan, trained, store=options.store)
 
 

@@ -32,7 +32,7 @@ from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, build_network, parse_network_config
 from rknas.options import TrainOptions
-from rknas.util import atomic_write, default_device
+from rknas.util import atomic_write, usable_device
 
 # Reading the loss back every step would stall the GPU; check for divergence this often instead.
 DIVERGENCE_CHECK_STEPS = 50
@@ -422,6 +422,7 @@ def train_from_config(
         training.epochs = epochs
     if data_root:
         data_spec.root = data_root
+    dev = usable_device(device)  # before the run folder exists
     out = Path(out or Path("runs") / Path(path).stem)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
@@ -435,7 +436,6 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
-    dev = device or default_device()
     t0 = time.perf_counter()
     model, history, (mean, std) = fit(
         network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume

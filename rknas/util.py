@@ -8,7 +8,9 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from rknas.errors import ConfigError
 
 UNSET = "(unset)"
 
@@ -95,3 +97,54 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # the accelerators rknas trains on (torch's names)
+
+
+def devices_here() -> list[str]:
+    """The devices this machine's torch can train on: ``cpu``, then ``cuda:0``... , ``mps``, ``xpu:0``..."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
+def usable_device(device: Optional[str], flag: str = "--device") -> str:
+    """The device to train on, checked before anything is created.
+
+    Args:
+        device: What the user asked for (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...), or None
+            for ``default_device()``.
+        flag: The option's name, for the message.
+
+    Returns:
+        The device, as given (or the default).
+
+    Raises:
+        ConfigError: An unknown device type, or one this machine does not have, in one line
+            naming the types rknas knows and the devices here.
+    """
+    if device is None:
+        return default_device()
+    kind, colon, index = device.strip().lower().partition(":")
+    if kind not in DEVICE_TYPES or (colon and not index.isdigit()) or (kind in ("cpu", "mps") and colon):
+        raise ConfigError(f"{flag} {device!r} is not a device rknas can train on: use cpu, cuda, cuda:N, mps or xpu:N "
+                          f"(this machine has {', '.join(devices_here())})")
+    here = devices_here()
+    wanted = f"{kind}:{index or 0}" if kind in ("cuda", "xpu") else kind
+    if wanted not in here:
+        import torch
+
+        why = f"no {kind.upper()} device" if not any(d.startswith(kind) for d in here) else f"no {wanted}"
+        raise ConfigError(f"{flag} {device}: this machine has {why} (torch {torch.__version__} sees "
+                          f"{', '.join(here)}); choose one of those")
+    return device

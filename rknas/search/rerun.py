@@ -30,7 +30,7 @@ from rknas.search.outcome import EpochResult, failure_reason
 from rknas.search.runner import load_data
 from rknas.search.space import SearchSpace
 from rknas.storage.record import StudyRecord, TrialRecord
-from rknas.util import default_device
+from rknas.util import default_device, usable_device
 
 
 @dataclass
@@ -143,6 +143,8 @@ def rerun_trial(
         RknasError: The trial cannot be rerun (see ``rerunnable_trial``), the study has no
             recorded space, the data cannot be loaded, or the retraining failed with an error.
     """
+    if device is not None:
+        usable_device(device)  # before the data is loaded
     t, record = rerunnable_trial(study, number)
     info = StudyRecord.of(study)
     if info.space is None:

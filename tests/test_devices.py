@@ -1,0 +1,83 @@
+"""`--device` is checked before anything is written: unknown or absent devices are one line, exit 2."""
+
+import pytest
+import yaml
+
+import rknas.util
+from rknas.errors import ConfigError
+from rknas.util import usable_device
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """A machine whose torch sees the CPU only, whatever this one has."""
+    monkeypatch.setattr(rknas.util, "devices_here", lambda: ["cpu"])
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(rknas.util, "devices_here", lambda: ["cpu", "cuda:0", "cuda:1"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "CPU", "cuda", "cuda:0", "cuda:1"])
+def test_a_device_this_machine_has_is_taken_as_given(two_gpus, device):
+    assert usable_device(device) == device
+
+
+def test_no_device_means_the_default(monkeypatch):
+    monkeypatch.setattr(rknas.util, "default_device", lambda: "cpu")
+    assert usable_device(None) == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:1", "tpu", "cuda:"])
+def test_an_unknown_device_names_the_known_types_and_this_machines(cpu_only, device):
+    with pytest.raises(ConfigError) as exc:
+        usable_device(device)
+    assert str(exc.value) == (f"--device {device!r} is not a device rknas can train on: use cpu, cuda, cuda:N, mps or xpu:N "
+                              "(this machine has cpu)")
+
+
+def test_a_missing_gpu_is_one_line_naming_what_is_here(cpu_only):
+    import torch
+
+    with pytest.raises(ConfigError) as exc:
+        usable_device("cuda")
+    assert str(exc.value) == f"--device cuda: this machine has no CUDA device (torch {torch.__version__} sees cpu); choose one of those"
+
+
+def test_a_gpu_index_past_the_last_is_refused(two_gpus):
+    with pytest.raises(ConfigError, match=r"^--device cuda:2: this machine has no cuda:2 \(torch \S+ sees cpu, cuda:0, cuda:1\)"):
+        usable_device("cuda:2")
+
+
+def test_this_machines_devices_start_with_the_cpu():
+    assert rknas.util.devices_here()[0] == "cpu"
+
+
+def _config(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"network": {"strategy": ["E"], "stages": [1], "k": [8], "in_channels": 1, "image_size": 8},
+                                 "training": {"epochs": 1}, "data": {"name": "digits"}}))
+    return p
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_train_refuses_before_creating_its_folder(cli, cpu_only, tmp_path, device):
+    out = tmp_path / "runs" / "x"
+    code, stdout, err = cli("train", "--config", _config(tmp_path), "--device", device, "--out", out, "--epochs", "1")
+    assert code == 2 and err.startswith(f"error: --device {device if device == 'cuda' else repr(device)}") and err.count("\n") == 1
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_evaluate_refuses_before_anything(cli, cpu_only, tmp_path):
+    out = tmp_path / "ev"
+    code, _, err = cli("evaluate", "--study", "nowhere", "--storage", f"sqlite:///{tmp_path}/s.db", "--epochs", "1",
+                       "--device", "cuda", "--out", out)
+    assert code == 2 and err.startswith("error: --device cuda: this machine has no CUDA device") and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "s.db").exists()
+
+
+def test_rerun_refuses_before_loading_anything(cli, cpu_only, tmp_path):
+    code, _, err = cli("rerun", "--study", "nowhere", "--storage", f"sqlite:///{tmp_path}/s.db", "--trial", "0",
+                       "--device", "cuda:1")
+    assert code == 2 and err.startswith("error: --device cuda:1: this machine has no CUDA device") and err.count("\n") == 1
