@@ -22,7 +22,6 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 from rich.filesize import decimal
-from rich.progress import Progress
 from typer.exceptions import TyperException
 
 from rknas import display
@@ -280,23 +279,18 @@ def train(opts: TrainOptions):
     """Train a config on train+validation, checkpoint every epoch, report test accuracy."""
     from rknas.train import train_from_config  # torch
 
-    with Progress(console=console) as prog:
-        task = prog.add_task("training", total=None)
-
-        def on_epoch(epoch, m):
-            prog.update(
-                task, completed=epoch, description=f"epoch {epoch}: loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f}"
-            )
-
-        try:
-            metrics = train_from_config(opts, on_epoch=on_epoch)
-        except KeyboardInterrupt:
-            prog.stop()
-            print(
-                "interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
-                file=sys.stderr,
-            )
-            return 130
+    view = display.TrainProgress(err_console)
+    try:
+        metrics = train_from_config(opts, on_epoch=view.epoch, on_start=view.start)
+    except KeyboardInterrupt:
+        view.stop()
+        print(
+            "interrupted: the last finished epoch is in the checkpoint; add --resume to the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        view.stop()
     console.print(
         f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
         f"({metrics['params']:,} params, {metrics['wall_time_s']:.1f} s). Wrote {metrics['out']}/model.pt and metrics.json"

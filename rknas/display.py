@@ -1,4 +1,4 @@
-"""What the terminal shows: live search progress and the result tables.
+"""What the terminal shows: live progress (search, training, evaluation, benchmarks) and the result tables.
 
 The CLI parses arguments and calls the library; everything drawn with rich lives here, so
 that a notebook can use the same views and the CLI stays thin.
@@ -11,7 +11,15 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column, Table
 
 from rknas.events import BenchListener, EvaluationListener, SearchListener
@@ -51,6 +59,37 @@ def _progress(console: Console, field: str) -> Progress:
         console=console,
         transient=False,
     )
+
+
+class TrainProgress:
+    """`rknas train`'s bar on stderr: epochs done of the total, the last epoch's training loss and accuracy, ETA.
+
+    Nothing is drawn until ``start``, which training calls once its checks passed.
+    """
+
+    def __init__(self, console: Console):
+        self.bar = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+            TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.task: Optional[TaskID] = None
+
+    def start(self, epochs: int) -> None:
+        """Show the bar for a run of ``epochs`` epochs."""
+        self.task = self.bar.add_task("training", total=epochs, last="")
+        self.bar.start()
+
+    def epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Epoch ``epoch`` (1-based) finished with these metrics."""
+        if self.task is not None:
+            last = f"train loss {metrics['train_loss']:.4f}, train accuracy {metrics['train_accuracy']:.4f}"
+            self.bar.update(self.task, completed=epoch, last=last)
+
+    def stop(self) -> None:
+        """End the live display (leaves the printed bar); nothing at all when it never started."""
+        if self.task is not None:
+            self.bar.stop()
 
 
 class SearchProgress(SearchListener):

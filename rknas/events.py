@@ -11,8 +11,9 @@ The older form, a callable ``(kind, data)``, works wherever a listener does:
 keyword arguments (``search_listener`` and ``evaluation_listener`` wrap a callable in it).
 
 Listeners live in the process that started the search. Ray pickles the searcher and the Tune
-callbacks; the holders of a listener leave it out of their pickles (``StudySearch.LIVE``,
-``TrialEvents.__getstate__``), and ``CallbackEvents`` pickles to one that does nothing.
+callbacks; the holders of a listener leave it out of their pickles (``StudySearch.__getstate__``
+drops what ``rknas.search.tune_adapter.LIVE`` lists, ``TrialEvents.__getstate__``), and
+``CallbackEvents`` pickles to one that does nothing.
 """
 
 from __future__ import annotations

@@ -385,6 +385,7 @@ def fit(
 def train_from_config(
     options: Union[TrainOptions, Path, str],
     on_epoch: Optional[Callable[[int, dict], None]] = None,
+    on_start: Optional[Callable[[int], None]] = None,
     **fields: Any,
 ) -> dict:
     """Full training of an exported config on train+validation; test accuracy at the end.
@@ -396,6 +397,8 @@ def train_from_config(
         options: The run's options (``rknas.options.TrainOptions``: config, epochs, out, resume,
             device, data_root, download), or the config file, with the other options as ``fields``.
         on_epoch: Called with ``(epoch, metrics)`` after each epoch.
+        on_start: Called with the run's number of epochs once every check passed and the data
+            is loaded, just before training starts (a progress display starts here).
         **fields: ``TrainOptions`` fields, when ``options`` is the config file.
 
     Returns:
@@ -436,6 +439,8 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
+    if on_start is not None:
+        on_start(training.epochs)
     t0 = time.perf_counter()
     model, history, (mean, std) = fit(
         network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume

@@ -81,3 +81,13 @@ def test_rerun_refuses_before_loading_anything(cli, cpu_only, tmp_path):
     code, _, err = cli("rerun", "--study", "nowhere", "--storage", f"sqlite:///{tmp_path}/s.db", "--trial", "0",
                        "--device", "cuda:1")
     assert code == 2 and err.startswith("error: --device cuda:1: this machine has no CUDA device") and err.count("\n") == 1
+
+
+def test_train_shows_epochs_of_a_total_on_stderr_and_nothing_before_its_checks_pass(cli, tmp_path):
+    code, out, err = cli("train", "--config", _config(tmp_path), "--epochs", "2", "--out", tmp_path / "run", "--device", "cpu")
+    assert code == 0, err
+    assert "training" in err and "2/2 epochs" in err and "train loss" in err and "train accuracy" in err and "ETA" in err
+    assert "2/2 epochs" not in out and "test accuracy" in out  # the bar on stderr, the result on stdout
+    code, out, err = cli("train", "--config", _config(tmp_path), "--out", tmp_path / "run", "--device", "cpu")
+    assert code == 2 and out == "" and err.startswith("error: ") and "checkpoint.pt exists" in err
+    assert err.count("\n") == 1, err  # refused before any bar was drawn: the error line is all there is

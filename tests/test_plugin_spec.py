@@ -248,6 +248,18 @@ def test_plugins_register_named_models(register_plugin):
     assert model(torch.randn(1, 3, 8, 8)).shape == (1, 3)
 
 
+def test_names_tell_apart_the_order_of_strategies_and_the_time_steps(register_plugin):
+    class P:
+        @rknas.hookimpl
+        def register_models(self, register):
+            for strategy, steps in ((["I", "R", "I"], 1), (["I", "I", "R"], 1), (["I", "I", "R"], [1, 1, 2])):
+                register({"strategy": strategy, "stages": 2, "k": 8, "steps": steps, "image_size": 8})
+
+    register_plugin(P(), name="orderpkg")  # on main, the first two had one name and were refused as duplicates
+    assert [n for n, m in models().items() if m.package == "orderpkg"] == [
+        "rkcnn_i_r_i_2_2_2_k8", "rkcnn_i_i_r_2_2_2_k8", "rkcnn_i_i_r_2_2_2_k8_r1_1_2"]
+
+
 def test_duplicate_and_invalid_models_name_the_package(register_plugin):
     class Dup:
         @rknas.hookimpl

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from rknas.search.runner import SearchOptions, run_search
 from rknas.storage import TrialRecord
-from rknas.storage.retry import StorageUnavailable
+from rknas.storage.retry import RetryingRDBStorage, StorageUnavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")]
 
@@ -35,7 +35,8 @@ def _search_in_thread(opts):
     return thread, out
 
 
-def _wait_until_held_runs(url):
+def _wait_until_held_runs(url) -> int:
+    """Wait until trial 0 is COMPLETE and the held trial 1 RUNNING; its Optuna trial id."""
     deadline = time.time() + 600  # a guard against a hang, not a timing assumption
     while time.time() < deadline:
         try:
@@ -43,7 +44,7 @@ def _wait_until_held_runs(url):
         except Exception:  # the search has not created the study yet
             trials = []
         if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
-            return
+            return trials[1]._trial_id
         time.sleep(0.2)
     raise AssertionError("the held trial never started")
 
@@ -57,17 +58,27 @@ def _prepare(tmp_path, url):
     return space_file
 
 
-def test_a_database_restart_mid_search_loses_nothing(ray_local, postgres_server, tmp_path, gate):
+def test_a_database_restart_mid_search_loses_nothing(ray_local, postgres_server, tmp_path, gate, monkeypatch):
     url = postgres_server.create_database()
     space_file = _prepare(tmp_path, url)
     opts = SearchOptions(space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1,
                          heartbeat_interval=1, stale_after=30, storage_retry=120)
+    outage, arrived = threading.Event(), threading.Event()
+    original = RetryingRDBStorage.set_trial_intermediate_value
+
+    def spy(self, trial_id, step, value):
+        if trial_id == held_id and outage.is_set():
+            arrived.set()  # the held trial's first result reached the driver while the database was away
+        return original(self, trial_id, step, value)
+
+    monkeypatch.setattr(RetryingRDBStorage, "set_trial_intermediate_value", spy)
     thread, out = _search_in_thread(opts)
-    _wait_until_held_runs(url)
+    held_id = _wait_until_held_runs(url)
     postgres_server.halt()  # ends every session, like `pg_ctlcluster ... stop -m fast`
+    outage.set()
     try:
-        gate.touch()  # the held trial finishes while the database is away
-        time.sleep(3)  # the outage: the driver's calls fail and retry meanwhile
+        gate.touch()  # the held trial trains on while the database is away
+        assert arrived.wait(timeout=600), "the held trial's result never reached the driver during the outage"
     finally:
         postgres_server.resume()
     thread.join(timeout=600)
@@ -106,4 +117,4 @@ def test_an_outage_beyond_the_limit_stops_in_one_line_and_the_same_command_conti
     assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # The trial that was running when the storage went away was recovered (not counted), not lost silently.
-    assert [TrialRecord.of(t).interrupted for t in trials if t.state == TrialState.FAIL] in ([True], [])
+    assert [(t.number, TrialRecord.of(t).interrupted) for t in trials if t.state == TrialState.FAIL] == [(1, True)]

@@ -2,8 +2,11 @@
 
 Plugins register named models through the ``register_models`` hook (the paper's RKCNNs come
 from the built-in plugin ``rknas.models.paper``); ``rknas.registry.models()`` collects them.
-Names encode the configuration unless the plugin gives one: strategy, stages per period,
-then ``mnist`` for the MNIST framework, then k per period (one number when all periods share it).
+Names encode the architecture unless the plugin gives one: the strategy (one letter when every
+period shares it, else one per period), stages per period, ``mnist`` for the MNIST framework, k
+per period (one number when all periods share it), and ``r`` per period when a period takes
+more than one time step. Settings outside the name (width, dropout, attention, the input size)
+need a name from the plugin: two configurations with the same name are refused as duplicates.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ def model_name(config: NetworkConfig) -> str:
         config: A validated network configuration.
 
     Returns:
-        E.g. ``"rkcnn_i_5_5_6_k150_120_120"`` or ``"rkcnn_e_2_mnist_k24"``.
+        E.g. ``"rkcnn_i_5_5_6_k150_120_120"``, ``"rkcnn_e_2_mnist_k24"`` or, mixed and with two
+        time steps in the last period, ``"rkcnn_i_r_i_2_2_2_k32_r1_1_2"``.
     """
-    strat = "_".join(dict.fromkeys(s.lower() for s in config.strategy))
-    parts = ["rkcnn", strat, *map(str, config.stages)]
+    strategies = config.strategy if len(set(config.strategy)) > 1 else config.strategy[:1]
+    parts = ["rkcnn", *(s.lower() for s in strategies), *map(str, config.stages)]
     if config.framework == "mnist":
         parts.append("mnist")
     ks = config.k if len(set(config.k)) > 1 else config.k[:1]
     parts.append("k" + "_".join(map(str, ks)))
+    if any(r != 1 for r in config.steps):
+        parts.append("r" + "_".join(map(str, config.steps)))
     return "_".join(parts)
 
 

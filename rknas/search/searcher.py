@@ -1,6 +1,6 @@
-"""The Tune <-> Optuna adapter: Optuna proposes, Tune runs, the study records.
+"""What a driver decides: whether it may start another trial (``Driver``), and how a finished trial is recorded.
 
-``trial_state`` is the one place that decides how a finished trial is recorded; the Tune
+``trial_state`` is the one place that decides a finished trial's state; the Tune <-> Optuna
 adapter (``rknas.search.tune_adapter.StudySearch``) only collects what it needs and calls it.
 Nothing here imports Ray: the adapter's module does, and the runner imports it only when a
 search starts.
