@@ -45,14 +45,32 @@ from rknas.options import (
 )
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
-from rknas.util import usable_device
+from rknas.util import plural, usable_device
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere, as most CLIs accept
 app = typer.Typer(
     help="Neural architecture search over Runge-Kutta CNNs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rknas._version import __version__
+
+        print(f"rknas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="Print rknas's version and exit."),
+) -> None:
+    """Neural architecture search over Runge-Kutta CNNs."""
 console = display.make_console()
 err_console = display.make_console(stderr=True)
 
@@ -270,7 +288,8 @@ def best(
         err_console.print(
             f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {val:.4f}, "
             f"{cfg['provenance']['params']:,} params"
-            + (f", evaluated test accuracy {evaluated['mean']:.4f} ± {evaluated['std']:.4f}" if evaluated is not None else "")
+            + ("" if evaluated is None else ", evaluated test accuracy "
+               + display.mean_std(evaluated["mean"], evaluated["std"], evaluated.get("test_accuracy")))
         )
 
 
@@ -292,7 +311,7 @@ def train(opts: TrainOptions):
     finally:
         view.stop()
     console.print(
-        f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
+        f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.4f} after {plural(metrics['epochs'], 'epoch')} "
         f"({metrics['params']:,} params, {metrics['wall_time_s']:.1f} s). Wrote {metrics['out']}/model.pt and metrics.json"
     )
     ignored = ", ".join(f"{k}={v}" for k, v in metrics["data"]["ignored"].items())
@@ -385,11 +404,14 @@ def studies(storage: Storage = None, as_json: Json = False):
 def report(
     study: Study,
     storage: Storage = None,
-    output: Path = typer.Option(Path("studies/report.png"), "-o", "--output", help="PNG file to write."),
+    output: Path = typer.Option(Path("studies/report.png"), "-o", "--output",
+                                help="PNG file to write; a folder: STUDY.png in it."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
     from rknas.report import plot_study  # matplotlib
 
+    if output.is_dir():
+        output = output / f"{study}.png"
     st = db.open_study(study, storage)
     console.print(f"Wrote {plot_study(st, output)}")
     evaluation = db.StudyRecord.of(st).evaluation
@@ -414,7 +436,8 @@ def spaces():
     console.print(display.rows_table(rows, {"name": "space", "provider": "provider", "file": "file"}))
 
 
-data_app = typer.Typer(help="Download data sets and list where rknas looks for each.", no_args_is_help=True)
+data_app = typer.Typer(help="Download data sets and list where rknas looks for each.", no_args_is_help=True,
+                       context_settings=HELP_OPTIONS)
 app.add_typer(data_app, name="data")
 
 
@@ -457,7 +480,7 @@ def data_list(
 
 
 bench_app = typer.Typer(help="Tabulated benchmarks: build a table of trained architectures, replay searches on it.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(bench_app, name="bench")
 
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union, cast, get_
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from typer.models import OptionInfo
+from typer.models import OptionInfo, ParameterInfo
 
 from rknas.errors import RknasError
 from rknas.options import CommandOptions, Flag, merge_flags
@@ -104,8 +104,22 @@ def _option(name: str, annotation: Any, default: Any, description: Optional[str]
         typ = _optional(inner) if optional or all_optional else inner
         if all_optional:
             default = None
-    info = typer.Option(default, *decls, help=flag.help or description)
+    info = typer.Option(default, *decls, help=flag.help or description, metavar=metavar(name, inner, flag))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=typ)
+
+
+def metavar(name: str, annotation: Any, flag: Flag) -> str:
+    """What the help shows for a flag's value: its unit or its name in capitals (``--budget SECONDS``,
+    ``--storage STORAGE``); nothing for on/off flags, which take no value."""
+    if flag.switch is not None or annotation is bool:
+        return ""
+    if flag.unit:
+        return flag.unit.upper()
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "NUMBER"
+    return name.upper()
 
 
 def _field_options(model: type[BaseModel], exclude: frozenset[str] = frozenset(),
@@ -174,6 +188,9 @@ def command_flags(fn: F) -> F:
             default = ... if p.default is inspect.Parameter.empty else p.default
             params.append(_option(p.name, base, default, description, merge_flags(meta)))
         else:
+            info = p.default
+            if isinstance(info, ParameterInfo) and info.metavar is None:  # a plain typer option or argument
+                info.metavar = metavar(p.name, _strip_none(p.annotation)[0], Flag())
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
     _check_unique(fn.__name__, params)
 

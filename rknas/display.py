@@ -37,6 +37,13 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
 
 
+def mean_std(mean: float, std: float, runs: Optional[list] = None) -> str:
+    """``0.9833 ± 0.0021``; one run has no sample std: ``0.9833 (1 seed)``."""
+    if runs is not None and len(runs) == 1:
+        return f"{mean:.4f} (1 seed)"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def table(*headers: str, title: Optional[str] = None, show_header: bool = True) -> Table:
     """A table whose cells wrap rather than end in an ellipsis when the terminal is narrow."""
     return Table(*(Column(h, overflow="fold") for h in headers), title=title, show_header=show_header)
@@ -348,7 +355,7 @@ def evaluation_table(summary: dict[str, Any], title: Optional[str] = None) -> Ta
             f"{m['params']:,}",
             f"{m['flops']:,}",
             ", ".join(f"{a:.4f}" for a in m["test_accuracy"]),
-            f"{m['mean']:.4f} ± {m['std']:.4f}",
+            mean_std(m["mean"], m["std"], m["test_accuracy"]),
             _vs_best(vs_best.get(m["name"]), i == 1),
         )
     return out

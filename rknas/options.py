@@ -198,7 +198,7 @@ class SearchOptions(CommandOptions):
     max_params: Optional[float] = Field(
         None, gt=0, description="Size limit (overrides the space's constraints): larger networks are pruned before training.")
     max_flops: Optional[float] = Field(None, gt=0, description="FLOPs limit (overrides the space's constraints).")
-    timeout: Optional[float] = Field(
+    timeout: Annotated[Optional[float], Flag(unit="seconds")] = Field(
         None, gt=0,
         description="Stop starting trials this many seconds after the command started; running trials finish "
                     "and are recorded, the command exits 0, and the same command again continues the study.")
@@ -216,7 +216,7 @@ class SearchOptions(CommandOptions):
                     "revision.")
     heartbeat_interval: Annotated[int, Flag(unit="seconds")] = Field(
         10, ge=1, description="Seconds between the heartbeats this process records for its running trials.")
-    stale_after: int = Field(
+    stale_after: Annotated[int, Flag(unit="seconds")] = Field(
         60,
         description="Seconds without a heartbeat after which a RUNNING trial of another `rknas search` is taken for dead "
                     "and recovered (FAIL, interrupted; it does not count).")

@@ -92,6 +92,11 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tupl
     return {k: (a.get(k, UNSET), b.get(k, UNSET)) for k in sorted(set(a) | set(b)) if a.get(k, UNSET) != b.get(k, UNSET)}
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def default_device() -> str:
     """CUDA when a GPU is visible, else the CPU: where work goes when no device is given."""
     import torch

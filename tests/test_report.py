@@ -90,3 +90,15 @@ def test_plot_evaluation_draws_finalists_and_named_models_with_error_bars(tmp_pa
     assert list(trial_line.get_xdata()) == [1000, 3000] and list(trial_line.get_ydata()) == [0.9, 0.92]
     assert trial_line.get_marker() == "o" and series["named model"].lines[0].get_marker() == "s"
     assert sorted(t.get_text() for t in ax.texts) == ["rkcnn_e", "trial_3", "trial_5"]
+
+
+def test_report_into_an_existing_folder_writes_study_png_inside_it(cli, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = synthetic_study()
+    optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=url, to_study_name="syn")
+    out = tmp_path / "runs"
+    out.mkdir()
+    code, stdout, err = cli("report", "--study", "syn", "--storage", url, "-o", out)
+    assert code == 0, err
+    assert (out / "syn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "runs.png").exists() and f"Wrote {out / 'syn.png'}" in stdout

@@ -106,7 +106,9 @@ def open_storage(url: Optional[str] = None, create: bool = True, heartbeat_inter
     path = sqlite_file(url)
     if path is not None:
         if not create and not path.is_file():
-            raise RknasError(f"storage {url} does not exist (no file {path}); run `rknas search` first or pass --storage")
+            where = "" if path.is_absolute() else f", relative to the current folder {Path.cwd()}"
+            raise RknasError(f"storage {url} does not exist (no file {path.absolute()}{where}); run `rknas search` first, "
+                             f"or pass --storage or set {STORAGE_ENV} to the study file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -1,0 +1,56 @@
+"""The CLI's manners: --version, -h, readable value names in help, words that agree with numbers."""
+
+import re
+
+import pytest
+
+import rknas
+from rknas.display import mean_std
+from rknas.util import plural
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps --help at the terminal's width
+
+
+def test_version_prints_the_version_and_exits_0(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out == f"rknas {rknas.__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["-h"], ["search", "-h"], ["bench", "replay", "-h"], ["data", "list", "-h"]])
+def test_dash_h_is_help(cli, args):
+    code, out, _ = cli(*args)
+    assert code == 0 and "Usage: rknas" in out
+
+
+@pytest.mark.parametrize("args", [["search"], ["evaluate"], ["train"], ["best"], ["rerun"], ["bench", "replay"], ["describe"]])
+def test_help_names_values_not_python_types(cli, wide, args):
+    code, out, _ = cli(*args, "--help")
+    assert code == 0
+    lines = [ln for ln in out.splitlines() if "--help" not in ln]  # typer draws its own help flag
+    assert not [ln for ln in lines if re.search(r"--[a-z-]+\s+(-\w\s+)?<(bool|str|int|float|list)", ln)], out
+
+
+def test_value_names_say_what_to_give(cli, wide):
+    _, out, _ = cli("bench", "replay", "--help")
+    assert re.search(r"--budget\s+SECONDS", out) and re.search(r"--repeats\s+N\b", out)
+    _, out, _ = cli("search", "--help")
+    assert re.search(r"--timeout\s+SECONDS", out) and re.search(r"--storage\s+STORAGE", out)
+    assert re.search(r"--download\s+Download", out)  # an on/off flag takes no value
+
+
+def test_words_agree_with_numbers():
+    assert plural(1, "epoch") == "1 epoch" and plural(3, "epoch") == "3 epochs"
+    assert mean_std(0.98333, 0.0, [0.98333]) == "0.9833 (1 seed)"  # one run has no sample std
+    assert mean_std(0.98, 0.0123, [0.97, 0.99]) == "0.9800 ± 0.0123"
+
+
+def test_a_missing_default_study_file_says_where_it_was_looked_for(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RKNAS_STORAGE", raising=False)
+    code, _, err = cli("studies")
+    assert code == 2 and err.count("\n") == 1
+    assert f"(no file {tmp_path}/studies/rknas.db, relative to the current folder {tmp_path})" in err
+    assert "pass --storage or set RKNAS_STORAGE" in err
