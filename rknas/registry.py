@@ -1,8 +1,8 @@
 """Look-ups over what plugins registered: stage strategies, named models, search-space files, data sets, samplers.
 
-Each hook is called through ``pm.hook`` one plugin at a time (a pluggy subset caller), so
-tracing, ``tryfirst`` and wrappers behave as pluggy documents, and whatever a plugin
-registers is attributed to its package for error messages and study provenance.
+Each hook is called once through ``pm.hook``, so ``tryfirst``/``trylast``, hook wrappers and
+tracing behave as pluggy documents; whatever a plugin registers is attributed to its package
+(for error messages and study provenance) by the implementation that called ``register``.
 
 Strategies and named models are looked up often (every network, every sampled trial), so
 they are collected once and cached until the set of registered plugins changes
@@ -12,9 +12,12 @@ they are collected once and cached until the set of registered plugins changes
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from rknas.data.source import DataSource
@@ -60,24 +63,75 @@ class NamedModel:
 
 
 def _call_each(hook_name: str, accept: Callable[..., None]) -> None:
-    """Call ``hook_name`` on every plugin with a ``register`` callback of its own."""
+    """Call ``hook_name`` once, as pluggy calls any hook, and hand each registration to ``accept`` with its provider.
+
+    Pluggy orders the implementations (``tryfirst``/``trylast``, last registered first) and
+    runs hook wrappers around the rest. Each ``register(...)`` call is attributed to the
+    implementation that made it (the one on the call stack), and the registrations reach
+    ``accept`` grouped by plugin in the order the plugins were loaded (built-ins first), so
+    listings and "registered twice" messages do not depend on call order.
+    """
     pm = get_plugin_manager()
-    plugins = list({id(i.plugin): i.plugin for i in getattr(pm.hook, hook_name).get_hookimpls()}.values())
-    for plugin in plugins:
+    hook = getattr(pm.hook, hook_name)
+    impls = hook.get_hookimpls()
+    made: dict[int, list[tuple[tuple, dict, FrameType]]] = {id(i.plugin): [] for i in impls}
+
+    def register(*args: Any, **kwargs: Any) -> None:
+        caller = sys._getframe(1)
+        made[id(_calling_plugin(impls, caller))].append((args, kwargs, caller))
+
+    try:
+        hook(register=register)
+    except PluginError:
+        raise
+    except Exception as exc:
+        failed = _failed_plugin(impls, exc)
+        package, version = provider_of(failed) if failed is not None else ("(unknown plugin)", "")
+        raise PluginError(f"plugin {package} {version} failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+    for _name, plugin in pm.list_name_plugin():  # load order
         package, version = provider_of(plugin)
+        for args, kwargs, caller in made.get(id(plugin), []):
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    accept(args, package, version, **kwargs)
+            except PluginError:
+                raise
+            except Exception as exc:  # what it registered does not fit the hook's contract
+                raise PluginError(f"plugin {package} {version} failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+            for w in caught:  # a warning about a registration points at the plugin's register(...) line
+                warnings.warn_explicit(w.message, w.category, caller.f_code.co_filename, caller.f_lineno,
+                                       module=caller.f_globals.get("__name__"), module_globals=caller.f_globals)
 
-        def register(*args: Any, _p: str = package, _v: str = version, **kwargs: Any) -> None:
-            accept(args, _p, _v, **kwargs)
 
-        caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
-        try:
-            caller(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {package} {version} failed in {hook_name}: {type(exc).__name__}: {exc}"
-            ) from exc
+def _impl_of(impls: list[Any], frame: FrameType) -> Any:
+    """The hook implementation running in ``frame``, if any (methods told apart by ``self``)."""
+    for impl in impls:
+        function = getattr(impl.function, "__func__", impl.function)
+        if getattr(function, "__code__", None) is frame.f_code and (
+                not inspect.ismethod(impl.function) or frame.f_locals.get("self") is impl.plugin):
+            return impl
+    return None
+
+
+def _calling_plugin(impls: list[Any], frame: Optional[FrameType]) -> Any:
+    """The plugin whose implementation is on the stack above ``frame``'s caller chain (the nearest)."""
+    while frame is not None:
+        impl = _impl_of(impls, frame)
+        if impl is not None:
+            return impl.plugin
+        frame = frame.f_back
+    raise PluginError("register() was called outside a hook implementation (from another thread?); call it from the hook")
+
+
+def _failed_plugin(impls: list[Any], exc: BaseException) -> Any:
+    """The plugin whose implementation raised ``exc`` (the innermost one in its traceback)."""
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        impl = _impl_of(impls, tb.tb_frame)
+        found = impl.plugin if impl is not None else found
+        tb = tb.tb_next
+    return found
 
 
 def strategies() -> dict[str, StageStrategy]:
@@ -115,7 +169,7 @@ def _collect_strategies() -> dict[str, StageStrategy]:
                 "is deprecated; take one rknas.BlockSpec instead, builder(spec), and read spec.channels, "
                 "spec.stages, spec.width, spec.dropout (see docs/plugins.md)",
                 DeprecationWarning,
-                stacklevel=3,  # accept <- the register callback <- the plugin's register(...) call
+                stacklevel=2,  # re-issued at the plugin's register(...) line by _call_each
             )
         found[strategy.name] = strategy
 
@@ -259,7 +313,7 @@ def datasets() -> dict[str, DataSource]:
                 f"plugin {f'{package} {version}'.strip()}: register({args[0]!r}, loader) is deprecated; register a "
                 f"rknas.data.DataSource(name={args[0]!r}, load=loader, ...) instead",
                 DeprecationWarning,
-                stacklevel=3,  # the plugin's call of register
+                stacklevel=2,  # re-issued at the plugin's register(...) line by _call_each
             )
             source = DataSource(name=args[0], load=args[1])
         else:

@@ -244,3 +244,45 @@ def test_the_package_root_lists_and_resolves_its_whole_api():
     assert set(rknas._LAZY) <= set(rknas.__all__)  # every lazy name is public
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         rknas.nope  # noqa: B018
+
+
+def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_and_wrappers_included(register_plugin):
+    """Two throwaway plugins and a wrapper: pluggy's order and wrapping, rknas's attribution."""
+    from rknas.registry import strategies
+
+    calls = []
+
+    def strategy(name):
+        return StageStrategy(name=name, description="test", builder=lambda spec: nn.Identity())
+
+    class First:
+        @rknas.hookimpl(tryfirst=True)
+        def register_stage_strategies(self, register):
+            calls.append("first")
+            register(strategy("t_first"))
+
+    class Plain:
+        @rknas.hookimpl
+        def register_stage_strategies(self, register):
+            calls.append("plain")
+            register(strategy("t_plain"))
+
+    class Wrap:
+        @rknas.hookimpl(wrapper=True)
+        def register_stage_strategies(self, register):
+            calls.append("wrap: before")
+            result = yield
+            calls.append("wrap: after")
+            register(strategy("t_wrapped"))
+            return result
+
+    register_plugin(First(), name="firstpkg")
+    register_plugin(Plain(), name="plainpkg")  # loaded later: pluggy calls it first, unless tryfirst says otherwise
+    register_plugin(Wrap(), name="wrappkg")
+    found = strategies()
+    assert calls[0] == "wrap: before" and calls[-1] == "wrap: after"  # the wrapper wraps every implementation
+    assert calls.index("first") < calls.index("plain")  # tryfirst
+    assert {n: found[n].package for n in ("t_first", "t_plain", "t_wrapped")} == {
+        "t_first": "firstpkg", "t_plain": "plainpkg", "t_wrapped": "wrappkg"}
+    names = list(found)
+    assert names[:3] == ["E", "I", "R"] and names[-3:] == ["t_first", "t_plain", "t_wrapped"]  # listed in load order
