@@ -45,7 +45,7 @@ from rknas.options import (
 )
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
-from rknas.util import plural, usable_device
+from rknas.util import busy_hint, cpus_here, plural, usable_device
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere, as most CLIs accept
 app = typer.Typer(
@@ -299,8 +299,15 @@ def train(opts: TrainOptions):
     from rknas.train import train_from_config  # torch
 
     view = display.TrainProgress(err_console)
+
+    def started(epochs: int) -> None:  # every check passed: say what would slow it down, then draw the bar
+        hint = busy_hint(opts.threads or cpus_here())
+        if hint:
+            err_console.print(hint)
+        view.start(epochs)
+
     try:
-        metrics = train_from_config(opts, on_epoch=view.epoch, on_start=view.start)
+        metrics = train_from_config(opts, on_epoch=view.epoch, on_start=started)
     except KeyboardInterrupt:
         view.stop()
         print(
@@ -339,7 +346,7 @@ def evaluate_cmd(opts: EvaluateOptions):
     """
     from rknas.evaluate import evaluate
 
-    view = display.EvaluationProgress(console)
+    view = display.EvaluationProgress(console, note=busy_hint(opts.threads or cpus_here()))
     opts.on_event = view
     try:
         result = evaluate(opts)

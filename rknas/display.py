@@ -376,14 +376,17 @@ class EvaluationProgress(EvaluationListener):
     Pass it as ``EvaluateOptions.on_event``; call ``stop()`` when the evaluation returns.
     """
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, note: Optional[str] = None):
         self.console = console
+        self.note = note  # said on stderr once the evaluation's checks passed (e.g. a busy machine)
         self.bar = _progress(console, "info")
         self.runs: Optional[Any] = None
         self.epochs: Optional[Any] = None
 
     def start(self, *, study: str, runs: int, done: int, models: int, seeds: list[int], epochs: int, out: str,
               recipe_trial: int, device: str) -> None:
+        if self.note:
+            print(self.note, file=sys.stderr)
         self.console.print(
             f"Evaluating {models} model(s) x {len(seeds)} seed(s), {epochs} epochs each, "
             f"recipe of trial {recipe_trial}, on {device}; runs in {out}"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -48,7 +49,7 @@ from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
-from rknas.util import differences, usable_device, write_json_atomic
+from rknas.util import cpus_here, differences, torch_threads, usable_device, write_json_atomic
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -350,7 +351,8 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     """
     device = usable_device(options.device)  # before anything is planned or written
     plan = plan_evaluation(options)
-    trained = run_evaluation(plan, device, options.on_event)
+    with torch_threads(options.threads or cpus_here()):
+        trained = run_evaluation(plan, device, options.on_event)
     return publish_evaluation(plan, trained, store=options.store)
 
 
@@ -575,7 +577,8 @@ def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: Te
                                   channels_last=resolve_channels_last(cfg.channels_last, device))
     metrics = {"name": e.name, "seed": cfg.seed, "epochs": cfg.epochs, "test_accuracy": test_metrics["accuracy"],
                "test_loss": test_metrics["loss"], "train_images": len(train), "test_images": len(test),
-               "wall_time_s": time.perf_counter() - t0, "history": history, "spec": spec}
+               "wall_time_s": time.perf_counter() - t0, "device": device, "threads": torch.get_num_threads(),
+               "history": history, "spec": spec}
     write_json_atomic(run_dir / "metrics.json", metrics)
     ckpt.unlink(missing_ok=True)
     return metrics

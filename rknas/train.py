@@ -32,7 +32,7 @@ from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, build_network, parse_network_config
 from rknas.options import TrainOptions
-from rknas.util import atomic_write, usable_device
+from rknas.util import atomic_write, cpus_here, torch_threads, usable_device
 
 # Reading the loss back every step would stall the GPU; check for divergence this often instead.
 DIVERGENCE_CHECK_STEPS = 50
@@ -439,19 +439,23 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
+    threads = opts.threads or cpus_here()
     if on_start is not None:
         on_start(training.epochs)
     t0 = time.perf_counter()
-    model, history, (mean, std) = fit(
-        network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume
-    )
-    test_metrics = evaluate(model, test.to(dev), mean, std, precision=training.precision,
-                            channels_last=resolve_channels_last(training.channels_last, dev))
+    with torch_threads(threads):
+        model, history, (mean, std) = fit(
+            network, training, train, None, device=dev, on_epoch=on_epoch, checkpoint=ckpt, resume=resume
+        )
+        test_metrics = evaluate(model, test.to(dev), mean, std, precision=training.precision,
+                                channels_last=resolve_channels_last(training.channels_last, dev))
     model_cpu = model.to("cpu")
     metrics = {
         "name": network.name,
         "config": str(path),
         "epochs": training.epochs,
+        "device": str(dev),
+        "threads": threads,
         "test_accuracy": test_metrics["accuracy"],
         "test_loss": test_metrics["loss"],
         "params": count_params(model_cpu),

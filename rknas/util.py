@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -95,6 +96,45 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tupl
 def plural(n: int, word: str) -> str:
     """``1 epoch``, ``2 epochs``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def cpus_here() -> int:
+    """The CPUs this process may run on (its affinity mask, as ``taskset`` or a container sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def busy_hint(threads: int) -> Optional[str]:
+    """A one-line hint when the machine already looks busy enough that ``threads`` would oversubscribe it.
+
+    Deterministic defaults matter more than guessing (the thread count changes a CPU run's sums),
+    so the count is never lowered silently: the user is told and decides.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available here
+        return None
+    cpus = cpus_here()
+    free = max(1, int(cpus - load + 0.5))
+    if threads <= free:
+        return None
+    return (f"note: the machine is busy (load {load:.1f} on {cpus} CPUs) and training uses {threads} threads; "
+            f"--threads {free} may be much faster")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, then restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def default_device() -> str:

@@ -91,3 +91,28 @@ def test_train_shows_epochs_of_a_total_on_stderr_and_nothing_before_its_checks_p
     code, out, err = cli("train", "--config", _config(tmp_path), "--out", tmp_path / "run", "--device", "cpu")
     assert code == 2 and out == "" and err.startswith("error: ") and "checkpoint.pt exists" in err
     assert err.count("\n") == 1, err  # refused before any bar was drawn: the error line is all there is
+
+
+def test_train_uses_the_threads_asked_for_records_them_and_restores_the_count(cli, tmp_path):
+    import json
+
+    import torch
+
+    before = torch.get_num_threads()
+    code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "one", "--threads", "1",
+                       "--device", "cpu")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert (metrics["threads"], metrics["device"]) == (1, "cpu") and torch.get_num_threads() == before
+    code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "all", "--device", "cpu")
+    assert code == 0 and json.loads((tmp_path / "all" / "metrics.json").read_text())["threads"] == rknas.util.cpus_here()
+    assert cli("train", "--config", _config(tmp_path), "--threads", "0")[2].startswith("error: --threads must be at least 1")
+
+
+@pytest.mark.parametrize(("load", "threads", "hint"), [
+    (0.1, 2, None), (0.4, 2, None), (1.0, 1, None), (1.0, 2, "--threads 1"), (2.0, 2, "--threads 1"), (7.5, 4, "--threads 1")])
+def test_a_busy_machine_gets_a_hint_never_a_silent_change(monkeypatch, load, threads, hint):
+    monkeypatch.setattr(rknas.util.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(rknas.util, "cpus_here", lambda: 2)
+    got = rknas.util.busy_hint(threads)
+    assert got is None if hint is None else (hint in got and f"load {load:.1f} on 2 CPUs" in got)

@@ -13,8 +13,7 @@ torch build, the curves are equal.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -30,7 +29,7 @@ from rknas.search.outcome import EpochResult, failure_reason
 from rknas.search.runner import load_data
 from rknas.search.space import SearchSpace
 from rknas.storage.record import StudyRecord, TrialRecord
-from rknas.util import default_device, usable_device
+from rknas.util import default_device, torch_threads, usable_device
 
 
 @dataclass
@@ -105,17 +104,6 @@ def rerunnable_trial(study: optuna.Study, number: int) -> tuple[optuna.trial.Fro
     if record.network is None or record.training is None or record.seed is None:
         raise RknasError(f"trial {number} of study {study.study_name!r} has no recorded network/training config or seed")
     return t, record
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def rerun_trial(
