@@ -66,7 +66,7 @@ def test_a_field_added_to_a_model_reaches_help_validation_and_the_command(cli, w
     code, out, _ = cli("beam", "--help")
     text = flat(out)
     assert code == 0
-    assert "--beam-width <int> Beams kept per round (a throwaway flag of this test). [default: 4]" in text
+    assert "--beam-width N Beams kept per round (a throwaway flag of this test). [default: 4]" in text
     assert "--trials" in text and "--on-event" not in text  # the inherited flags too; callbacks are not flags
 
     code, _, err = cli("beam", "--space", "s", "--beam-width", "0")
@@ -166,7 +166,7 @@ def test_search_options_refuse_bad_values_with_the_flags_message(kw, message):
 
 def test_assignment_is_validated_too():
     opts = SearchOptions(space="s")
-    with pytest.raises(ConfigError, match=re.escape("--timeout must be positive, got -1")):
+    with pytest.raises(ConfigError, match=re.escape("--timeout must be positive (seconds), got -1")):
         opts.timeout = -1.0
     opts.timeout = 5
     assert opts.timeout == 5.0
