@@ -32,7 +32,7 @@ from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, build_network, parse_network_config
 from rknas.options import TrainOptions
-from rknas.util import atomic_write, cpus_here, torch_threads, usable_device
+from rknas.util import atomic_write, cpus_here, differences, torch_threads, usable_device, write_json_atomic
 
 # Reading the loss back every step would stall the GPU; check for divergence this often instead.
 DIVERGENCE_CHECK_STEPS = 50
@@ -382,6 +382,42 @@ def fit(
     return model, run.history, (mean, std)
 
 
+RUN_FILE = "run.json"  # what a run was started with: --resume continues only that
+
+
+def run_settings(network: NetworkConfig, training: TrainConfig, data: DataSpec) -> dict[str, Any]:
+    """What makes a training run the same run (not where its files are, nor the device or threads)."""
+    return {"network": network.model_dump(mode="json"), "training": training.model_dump(mode="json"),
+            "data": data.model_dump(mode="json", exclude={"root"})}
+
+
+def check_resume(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` that would not continue the run in ``out`` as it was started.
+
+    A checkpoint holds the state of one schedule (epochs, learning rate, ...): continuing it with
+    other settings would run that schedule past its end or mix two runs, and the metrics would
+    describe neither.
+
+    Raises:
+        ConfigError: No checkpoint in ``out``, or settings that differ from the run's ``run.json``,
+            in one line naming the differences.
+    """
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"--resume: there is no run to continue in {out} (no {ckpt.name}); leave out --resume to start "
+                          "one, or give the --out of the run to continue")
+    try:
+        earlier = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return  # a run from before run.json existed: nothing to compare (its checkpoint is still checked on load)
+    changed = differences(earlier, settings)
+    if changed:
+        shown = "; ".join(f"{key} {a} -> {b}" for key, (a, b) in list(changed.items())[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise ConfigError(f"--resume: the run in {out} was started with other settings ({shown}{more}), so continuing it "
+                          "would be neither run; to train longer or differently, start a new run with another --out")
+
+
 def train_from_config(
     options: Union[TrainOptions, Path, str],
     on_epoch: Optional[Callable[[int, dict], None]] = None,
@@ -427,10 +463,15 @@ def train_from_config(
         data_spec.root = data_root
     dev = usable_device(device)  # before the run folder exists
     out = Path(out or Path("runs") / Path(path).stem)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists() and not resume:
+    settings = run_settings(network, training, data_spec)
+    if resume:
+        check_resume(out, settings)
+    elif ckpt.exists():
         raise ConfigError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume or not (out / RUN_FILE).is_file():
+        write_json_atomic(out / RUN_FILE, settings)
 
     ensure_dataset(data_spec, download=download)
     train, test = load_dataset(data_spec)

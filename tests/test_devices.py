@@ -116,3 +116,24 @@ def test_a_busy_machine_gets_a_hint_never_a_silent_change(monkeypatch, load, thr
     monkeypatch.setattr(rknas.util, "cpus_here", lambda: 2)
     got = rknas.util.busy_hint(threads)
     assert got is None if hint is None else (hint in got and f"load {load:.1f} on 2 CPUs" in got)
+
+
+# ---- --resume continues the run as it was started, or says why not --------------------------
+def test_resume_without_a_checkpoint_is_one_line_and_creates_nothing(cli, tmp_path):
+    out = tmp_path / "mistyped"
+    code, _, err = cli("train", "--config", _config(tmp_path), "--out", out, "--resume", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --resume: there is no run to continue in {out} (no checkpoint.pt)")
+    assert not out.exists()
+
+
+def test_resume_with_other_settings_names_them_and_changes_nothing(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", "--config", _config(tmp_path), "--epochs", "2", "--out", out, "--device", "cpu")[0] == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "3", "--out", out, "--resume", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1
+    assert "started with other settings (training.epochs 2 -> 3)" in err and "another --out" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "2", "--out", out, "--resume", "--device", "cpu")
+    assert code == 0, err  # the same settings continue (here: a finished run, nothing left to train)
