@@ -189,7 +189,8 @@ def describe(
     if model is not None:
         data.update(model_config(model).model_dump(exclude_defaults=False))
     data.update(network)
-    info = describe_network(parse_network_config(data))
+    where = f"{config}: a network (framework, strategy, stages, k, ...) or a config from `rknas best`" if config else ""
+    info = describe_network(parse_network_config(data, where))
     if as_json:
         print(json.dumps(info))
         return

@@ -9,11 +9,12 @@ a study or an exported config therefore never pays for importing torch.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rknas.errors import ConfigError
 
@@ -165,14 +166,100 @@ def spatial_sizes(framework: str, image_size: int, periods: int) -> list[int]:
     return sizes
 
 
-def format_validation_error(exc, where: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
+def format_validation_error(exc: ValidationError, where: str = "", model: Optional[type[BaseModel]] = None) -> str:
+    """One line for a pydantic error, in rknas's words: ``FILE: training.lr: low (0.3) must be <= high (0.02)``.
+
+    Keys are dotted paths into the file; pydantic's internals (union member tags such as
+    ``function-after[_check(), Range]``, "Value error, ") are left out; of the alternatives a
+    value may take, the one whose own check failed is reported; an unknown key names the
+    closest known one when ``model`` says which keys exist.
+
+    Args:
+        exc: The validation error.
+        where: What was being read (a file, a space, a trial), said first.
+        model: The model validated, for "did you mean" on unknown keys.
+
+    Returns:
+        The message.
+    """
+    groups: dict[str, list[Any]] = {}
+    unknown: dict[tuple, list[str]] = {}  # parent path -> keys that are not settings there
+    for err in exc.errors(include_url=False):
+        # pydantic names the alternatives of a union in the path (int, function-after[...]): not keys
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or (str(p).isidentifier() and p not in UNION_TAGS))
+        if err["type"] == "extra_forbidden" and loc:
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+            continue
+        groups.setdefault(".".join(map(str, loc)), []).append((loc, err))
+    parts = [_unknown_keys(parent, keys, model) for parent, keys in unknown.items()]
+    for key, errs in groups.items():
+        own = [(loc, e) for loc, e in errs if e["type"] == "value_error"]  # a validator said why
+        kinds = [EXPECTED.get(e["type"]) for _, e in errs]
+        if own:
+            text = _error_message(*own[0], model)
+        elif len(errs) > 1 and all(kinds):  # no alternative of a union fits: say what would
+            text = f"expected {' or '.join(dict.fromkeys(k for k in kinds if k))}, got {errs[0][1]['input']!r}"
+        else:
+            text = " or ".join(dict.fromkeys(_error_message(loc, e, model) for loc, e in errs))
+        parts.append(f"{key}: {text}" if key else text)
     prefix = f"{where}: " if where else ""
     return prefix + "; ".join(parts)
+
+
+UNION_TAGS = frozenset({"bool", "int", "float", "str", "list", "dict", "tuple", "set", "none"})
+EXPECTED = {  # pydantic's error type -> what the value should have been, in words
+    "bool_type": "true/false", "bool_parsing": "true/false", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number", "string_type": "text",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "literal_error": "one of the allowed values",
+}
+
+
+def _unknown_keys(parent: tuple, keys: list[str], model: Optional[type[BaseModel]]) -> str:
+    """``training.batch_sise: not a setting, did you mean batch_size?``; several at once name the known ones."""
+    known = _keys_at(model, parent) if model is not None else []
+    prefix = "".join(f"{p}." for p in parent)
+    if len(keys) == 1:
+        close = difflib.get_close_matches(keys[0], known, n=1)
+        hint = f", did you mean {close[0]}?" if close else f" (known: {', '.join(known)})" if known else ""
+        return f"{prefix}{keys[0]}: not a setting{hint}"
+    shown = ", ".join(prefix + k for k in keys)
+    return f"{shown}: not settings" + (f" (known: {', '.join(known)})" if known else "")
+
+
+def _error_message(loc: tuple, err: Any, model: Optional[type[BaseModel]]) -> str:
+    kind = err["type"]
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        return "is required"
+    return f"{str(err['msg'])[0].lower()}{str(err['msg'])[1:]}, got {err['input']!r}"
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at ``loc`` inside ``model`` (empty when it is not a model)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model an annotation holds (``Optional[M]``, ``list[M]``, ``Union[M, ...]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 class TrainConfig(BaseModel):

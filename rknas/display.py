@@ -55,6 +55,12 @@ def architecture(network: Optional[dict[str, Any]]) -> str:
     return " ".join(f"{s}{n}/k{k}" for s, n, k in zip(net.get("strategy", []), net.get("stages", []), net.get("k", [])))
 
 
+def _stop(bar: Progress) -> None:
+    """Stop a bar that was started; one that never was prints nothing (not even a blank line)."""
+    if bar.live.is_started:
+        bar.stop()
+
+
 def _progress(console: Console, field: str) -> Progress:
     """A bar with done/total, elapsed time, and a text column fed from the task's ``field``."""
     return Progress(
@@ -95,8 +101,7 @@ class TrainProgress:
 
     def stop(self) -> None:
         """End the live display (leaves the printed bar); nothing at all when it never started."""
-        if self.task is not None:
-            self.bar.stop()
+        _stop(self.bar)
 
 
 class SearchProgress(SearchListener):
@@ -234,8 +239,8 @@ class SearchProgress(SearchListener):
         )
 
     def stop(self) -> None:
-        """End the live display (leaves the printed lines)."""
-        self.bar.stop()
+        """End the live display (leaves the printed lines); nothing at all when it never started."""
+        _stop(self.bar)
 
 
 def pareto_table(study: optuna.Study) -> Table:
@@ -416,8 +421,8 @@ class EvaluationProgress(EvaluationListener):
         self.bar.console.print(f"  {name} seed {seed}: test accuracy {test_accuracy:.4f}")
 
     def stop(self) -> None:
-        """End the live display (leaves the printed lines)."""
-        self.bar.stop()
+        """End the live display (leaves the printed lines); nothing at all when it never started."""
+        _stop(self.bar)
 
 
 class BenchProgress(BenchListener):
@@ -455,8 +460,8 @@ class BenchProgress(BenchListener):
         self.bar.console.print(f"  arch {arch} ({params:,} params) seed {seed}: {what}, {train_s:.0f} s")
 
     def stop(self) -> None:
-        """End the live display (leaves the printed lines)."""
-        self.bar.stop()
+        """End the live display (leaves the printed lines); nothing at all when it never started."""
+        _stop(self.bar)
 
 
 class ReplayProgress:
@@ -480,8 +485,8 @@ class ReplayProgress:
         self.bar.update(self.tasks[strategy], completed=done)
 
     def stop(self) -> None:
-        """End the live display."""
-        self.bar.stop()
+        """End the live display; nothing at all when it never started."""
+        _stop(self.bar)
 
 
 def replay_table(result: dict[str, Any], target: float) -> Table:

@@ -151,7 +151,21 @@ def _bootstrap() -> RknasPluginManager:
         plugin = pm.get_plugin(ep.name)
         if plugin is not None:
             _check_hooks(pm, plugin, ep.name, where)
+    _warn_unknown_wanted(list(entry_points(group=ENTRY_POINT_GROUP)))
     return pm
+
+
+def _warn_unknown_wanted(available: list[EntryPoint]) -> None:
+    """A name in ``RKNAS_PLUGINS`` that matches no installed plugin is a warning, with the names that exist."""
+    raw = os.environ.get(PLUGINS_ENV)
+    if not raw:
+        return
+    names = {_norm(ep.name) for ep in available} | {_norm(ep.dist.name) for ep in available if ep.dist is not None}
+    missing = [w.strip() for w in raw.split(",") if w.strip() and _norm(w) not in names]
+    if missing:
+        known = ", ".join(sorted({ep.dist.name if ep.dist is not None else ep.name for ep in available})) or "none"
+        _load_error(f"{PLUGINS_ENV} names {', '.join(repr(m) for m in missing)}, which no installed plugin is "
+                    f"(installed: {known}); that name loads nothing")
 
 
 def get_plugin_manager() -> RknasPluginManager:

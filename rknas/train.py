@@ -382,6 +382,28 @@ def fit(
     return model, run.history, (mean, std)
 
 
+def read_config(path: Path) -> tuple[NetworkConfig, TrainConfig, DataSpec]:
+    """The three sections of a config `rknas best` wrote, each checked.
+
+    Raises:
+        ConfigError: A section is missing or invalid, in one line naming the file and the section.
+    """
+    raw = read_yaml(path)
+    for key in ("network", "training", "data"):
+        if not isinstance(raw.get(key), dict):
+            raise ConfigError(f"{path}: missing section {key!r} (expected a file written by `rknas best`)")
+    network = parse_network_config(raw["network"], f"{path}: network")
+    try:
+        training = TrainConfig.model_validate(raw["training"])
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{path}: training", model=TrainConfig)) from None
+    try:
+        data_spec = DataSpec.model_validate(raw["data"])
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{path}: data", model=DataSpec)) from None
+    return network, training, data_spec
+
+
 RUN_FILE = "run.json"  # what a run was started with: --resume continues only that
 
 
@@ -447,16 +469,7 @@ def train_from_config(
     opts = options if isinstance(options, TrainOptions) else TrainOptions(config=Path(options), **fields)
     path, epochs, out, resume = opts.config, opts.epochs, opts.out, opts.resume
     device, data_root, download = opts.device, opts.data_root, opts.download
-    raw = read_yaml(path)
-    for key in ("network", "training", "data"):
-        if not isinstance(raw.get(key), dict):
-            raise ConfigError(f"{path}: missing section {key!r} (expected a file written by `rknas best`)")
-    network = parse_network_config(raw["network"])
-    try:
-        training = TrainConfig.model_validate(raw["training"])
-        data_spec = DataSpec.model_validate(raw["data"])
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+    network, training, data_spec = read_config(path)
     if epochs is not None:
         training.epochs = epochs
     if data_root:

@@ -64,7 +64,7 @@ def test_search_bad_space_files(cli, tmp_path, db):
     bad_key = tmp_path / "badkey.yaml"
     bad_key.write_text(yaml.safe_dump({"data": {"name": "digits"}, "framework": "resnet"}))
     code, _, err = cli("search", "--storage", url, "--space", bad_key)
-    one_line_error(code, err, "badkey.yaml: framework: Input should be 'cifar' or 'mnist'")
+    one_line_error(code, err, "badkey.yaml: framework: input should be 'cifar' or 'mnist', got 'resnet'")
     bad_strat = tmp_path / "badstrat.yaml"
     bad_strat.write_text(yaml.safe_dump({"data": {"name": "digits"}, "architecture": {"strategy": ["I", "heun9"]}}))
     code, _, err = cli("search", "--storage", url, "--space", bad_strat)

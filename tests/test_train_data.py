@@ -222,5 +222,5 @@ def test_train_config_schema_errors_name_the_key(tmp_path):
     cfg = yaml.safe_load(p.read_text())
     cfg["training"]["optimizer"] = "rmsprop"
     p.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match=r"c\.yaml: optimizer: Input should be 'sgd' or 'adamw'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: training: optimizer: input should be 'sgd' or 'adamw', got 'rmsprop'"):
         train_from_config(p, out=tmp_path / "x")

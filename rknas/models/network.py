@@ -273,11 +273,11 @@ def build_network(config: NetworkConfig | dict) -> RKCNN:
     return RKCNN(config)
 
 
-def parse_network_config(data: dict) -> NetworkConfig:
-    """Validate a dict into a NetworkConfig, turning pydantic's report into one line."""
+def parse_network_config(data: dict, where: str = "") -> NetworkConfig:
+    """Validate a dict into a NetworkConfig, turning pydantic's report into one line (after ``where``)."""
     from pydantic import ValidationError
 
     try:
         return NetworkConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, where, model=NetworkConfig)) from None

@@ -461,7 +461,7 @@ def parse_space(raw: dict[str, Any], where: str, default_name: str = "", schema:
     try:
         space = schema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where)) from None
+        raise ConfigError(format_validation_error(exc, where, model=schema)) from None
     if not space.name:
         space.name = default_name
     space.check_strategies(where)
