@@ -254,14 +254,19 @@ def best(
         "trial",
         "--by",
         help="trial: the best search result; evaluation: the finalist with the best mean test accuracy "
-        "in the study's latest `rknas evaluate` (within --max-params/--max-flops).",
+        "in the study's most thorough `rknas evaluate` (within --max-params/--max-flops).",
     ),
+    number: Optional[int] = typer.Option(None, "--evaluation", min=1,
+                                         help="With --by evaluation: use this evaluation (1 = the oldest; `rknas report` "
+                                              "lists them)."),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
     if by not in ("trial", "evaluation"):
         raise RknasError(f"--by must be trial or evaluation, got {by!r}")
     if by == "evaluation" and trial is not None:
         raise RknasError("--trial and --by evaluation exclude each other")
+    if number is not None and by != "evaluation":
+        raise RknasError("--evaluation chooses among evaluations: add --by evaluation")
     url = db.storage_url(storage)
     st = db.open_study(study, url)
     if len(st.directions) > 1 and by == "trial":
@@ -270,7 +275,7 @@ def best(
     if by == "evaluation":
         from rknas.evaluate import best_evaluated  # torch: the evaluation module trains
 
-        evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops)
+        evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops, number=number)
     if evaluated is not None:
         trial = evaluated["trial"]
     chosen = db.choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
@@ -343,7 +348,8 @@ def evaluate_cmd(opts: EvaluateOptions):
 
     Writes OUT/evaluation.json, OUT/evaluation.png, OUT/runs/<model>/seed<k>/metrics.json; a rerun skips finished runs.
 
-    The summary is stored in the study: `rknas best --by evaluation` exports the best finalist, `rknas report` shows it.
+    The summary is kept in the study beside earlier ones: `rknas best --by evaluation` exports the best finalist of the
+    most thorough, `rknas report` shows it.
     """
     from rknas.evaluate import evaluate
 
@@ -358,6 +364,8 @@ def evaluate_cmd(opts: EvaluateOptions):
     finally:
         view.stop()
     console.print(display.evaluation_table(result.summary()))
+    if result.note:
+        err_console.print(f"note: {result.note}")
     console.print(
         f"Trained {result.trained} run(s), skipped {result.skipped} finished earlier. "
         f"Wrote {result.json_path} and {result.plot_path}; stored the summary in study {opts.study!r} "
@@ -414,6 +422,8 @@ def report(
     storage: Storage = None,
     output: Path = typer.Option(Path("studies/report.png"), "-o", "--output",
                                 help="PNG file to write; a folder: STUDY.png in it."),
+    number: Optional[int] = typer.Option(None, "--evaluation", min=1,
+                                         help="Show this evaluation (1 = the oldest; default: the most thorough)."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
     from rknas.report import plot_study  # matplotlib
@@ -422,11 +432,20 @@ def report(
         output = output / f"{study}.png"
     st = db.open_study(study, storage)
     console.print(f"Wrote {plot_study(st, output)}")
-    evaluation = db.StudyRecord.of(st).evaluation
-    if evaluation:
+    record = db.StudyRecord.of(st)
+    if record.all_evaluations():
+        from rknas.evaluate import chosen_evaluation
         from rknas.report import plot_evaluation
 
-        console.print(display.evaluation_table(evaluation, title=f"latest evaluation ({evaluation.get('evaluated_at', '')})"))
+        evaluation = chosen_evaluation(st, number)
+        kept = record.all_evaluations()
+        which = f"evaluation {kept.index(evaluation) + 1} of {len(kept)}"
+        console.print(display.evaluation_table(evaluation, title=f"{which} ({evaluation.get('evaluated_at', '')})"))
+        for i, other in enumerate(kept, 1):
+            if other is not evaluation:
+                console.print(f"  also evaluation {i}: {plural(len(other.get('seeds') or []), 'seed')} x "
+                              f"{plural(int(other.get('epochs') or 0), 'epoch')}, {other.get('evaluated_at', '')}, "
+                              f"in {other.get('out')} (--evaluation {i})")
         path = plot_evaluation(
             evaluation["models"],
             output.with_name(f"{output.stem}_evaluation.png"),

@@ -49,7 +49,7 @@ from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
-from rknas.util import cpus_here, differences, torch_threads, usable_device, write_json_atomic
+from rknas.util import cpus_here, differences, plural, torch_threads, usable_device, write_json_atomic
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -133,6 +133,7 @@ class Evaluation:
         skipped: Runs found finished and skipped.
         json_path: ``OUT/evaluation.json``.
         plot_path: ``OUT/evaluation.png``.
+        note: Set when the study keeps a more thorough evaluation as the one it uses.
     """
 
     study: str
@@ -149,6 +150,7 @@ class Evaluation:
     json_path: Optional[Path] = None
     plot_path: Optional[Path] = None
     evaluated_at: str = ""
+    note: Optional[str] = None
 
     def noise(self) -> dict[str, Any]:
         """The seed spread pooled over the models, and each model's distance from the best.
@@ -168,7 +170,7 @@ class Evaluation:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The small summary stored with the study (``StudyRecord.evaluation``)."""
+        """The small summary stored with the study (one of ``StudyRecord.evaluations``)."""
         return {"epochs": self.epochs, "seeds": self.seeds, "recipe_trial": self.recipe_trial,
                 "data": self.data, "out": str(self.out), "evaluated_at": self.evaluated_at,
                 "models": [m.summary() for m in self.models], "noise": self.noise()}
@@ -537,7 +539,7 @@ def publish_evaluation(plan: EvaluationPlan, trained: int, store: bool = True) -
     Args:
         plan: A plan whose runs ``run_evaluation`` finished.
         trained: How many runs were trained now.
-        store: Store the summary in the study (``StudyRecord.evaluation``).
+        store: Keep the summary in the study (``StudyRecord.evaluations``).
 
     Returns:
         The evaluation.
@@ -553,9 +555,27 @@ def publish_evaluation(plan: EvaluationPlan, trained: int, store: bool = True) -
     title = f"{result.study}: {plan.epochs} epochs on {len(plan.train):,} images, {len(plan.seeds)} seed(s)"
     result.plot_path = plot_evaluation([m.summary() for m in result.models], plan.out / "evaluation.png", title=title)
     if store:
-        for key, value in StudyRecord(evaluation=result.summary()).user_attrs().items():
-            plan.study.set_user_attr(key, value)
+        result.note = _store_evaluation(plan.study, result.summary())
     return result
+
+
+def _store_evaluation(study: optuna.Study, summary: dict[str, Any]) -> Optional[str]:
+    """Keep ``summary`` beside the study's other evaluations (it replaces one written to the same folder).
+
+    Returns:
+        A note when a more thorough evaluation stays the one ``best --by evaluation`` and
+        ``report`` use, else None.
+    """
+    kept = [e for e in StudyRecord.of(study).all_evaluations() if e.get("out") != summary["out"]]
+    kept.append(summary)
+    study.set_user_attr("evaluations", kept)
+    chosen = StudyRecord(evaluations=kept).chosen_evaluation()
+    if chosen is None or chosen is summary:
+        return None
+    return (f"this evaluation ({plural(len(summary['seeds']), 'seed')}, {plural(summary['epochs'], 'epoch')}) is less "
+            f"thorough than the one in {chosen['out']} ({plural(len(chosen['seeds']), 'seed')}, "
+            f"{plural(chosen['epochs'], 'epoch')}), which `rknas best --by evaluation` and `rknas report` keep using; "
+            f"name this one with --evaluation {len(kept)}")
 
 
 def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: TensorData, test: TensorData,
@@ -584,13 +604,15 @@ def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: Te
     return metrics
 
 
-def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_flops: Optional[float] = None) -> dict[str, Any]:
+def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_flops: Optional[float] = None,
+                   number: Optional[int] = None) -> dict[str, Any]:
     """The evaluated finalist (a trial) with the best mean test accuracy.
 
     Args:
         study: A study that ``evaluate`` stored a summary in.
         max_params: Only finalists with at most this many parameters.
         max_flops: ... and at most this many FLOPs.
+        number: Which evaluation (``StudyRecord.chosen_evaluation``; default: the most thorough).
 
     Returns:
         Its summary entry (``trial``, ``mean``, ``std``, ...). Named models are not trials of
@@ -599,15 +621,29 @@ def best_evaluated(study: optuna.Study, max_params: Optional[float] = None, max_
     Raises:
         RknasError: The study has no evaluation, or no evaluated trial within the limits.
     """
-    ev = StudyRecord.of(study).evaluation
-    if not ev:
-        name = study.study_name
-        raise RknasError(f"study {name!r} has no evaluation yet; run `rknas evaluate --study {name} ...` first")
+    ev = chosen_evaluation(study, number)
     limit = SizeLimit(max_params=max_params, max_flops=max_flops)
     pool = [m for m in ev.get("models", []) if m.get("trial") is not None and limit.admits(m["params"], m["flops"])]
     if not pool:
         raise RknasError(f"no evaluated trial of study {study.study_name!r} fits the limits")
     return max(pool, key=lambda m: (m["mean"], -m["std"], -m["trial"]))
+
+
+def chosen_evaluation(study: optuna.Study, number: Optional[int] = None) -> dict[str, Any]:
+    """The study's most thorough evaluation, or the one numbered ``number`` (1 = the oldest).
+
+    Raises:
+        RknasError: The study has no evaluation, or none with that number.
+    """
+    record, name = StudyRecord.of(study), study.study_name
+    try:
+        ev = record.chosen_evaluation(number)
+    except IndexError:
+        raise RknasError(f"study {name!r} has no evaluation {number}: it has {len(record.all_evaluations())} "
+                         "(`rknas report` lists them)") from None
+    if ev is None:
+        raise RknasError(f"study {name!r} has no evaluation yet; run `rknas evaluate --study {name} ...` first")
+    return ev
 
 
 __all__ = ["EvaluateOptions", "Evaluation", "EvaluationPlan", "ModelResult", "best_evaluated", "evaluate", "plan_evaluation",

@@ -119,7 +119,9 @@ def test_evaluate_writes_json_plot_runs_and_the_study_summary_and_a_rerun_skips(
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "trial_1" in stdout and "mini" in stdout and "mean" in stdout
 
-    stored = StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).evaluation
+    kept = StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).evaluations
+    assert kept is not None and len(kept) == 1
+    stored = kept[0]
     assert stored["epochs"] == 1 and stored["seeds"] == [0, 1] and stored["recipe_trial"] == 1
     assert [(m["name"], m["test_accuracy"], m["mean"], m["std"], m["params"], m["flops"]) for m in stored["models"]] == [
         (m["name"], m["test_accuracy"], m["mean"], m["std"], m["params"], m["flops"]) for m in data["models"]]
@@ -245,7 +247,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(cli, study_url, tmp_pa
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and why in err, err
     assert not out.exists() and count_fits == []
-    assert StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).evaluation is None
+    assert StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).all_evaluations() == []
 
 
 def test_unknown_study_and_a_study_without_complete_trials(cli, tmp_path, count_fits):
@@ -256,3 +258,39 @@ def test_unknown_study_and_a_study_without_complete_trials(cli, tmp_path, count_
         code, _, err = cli("evaluate", "--study", study, "--storage", url, "--epochs", 1, "--out", out)
         assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and count_fits == []
+
+
+def _summary(out: str, epochs: int, seeds: list[int], best_trial: int, at: str) -> dict:
+    models = [{"name": f"trial_{t}", "source": "trial", "trial": t, "params": 9000, "flops": 1,
+               "test_accuracy": [0.9 + 0.01 * (t == best_trial)] * len(seeds), "mean": 0.9 + 0.01 * (t == best_trial),
+               "std": 0.0, "architecture": "RKCNN-R-2"} for t in (1, 2)]
+    return {"epochs": epochs, "seeds": seeds, "recipe_trial": 1, "out": out, "evaluated_at": at, "models": models}
+
+
+def test_evaluations_are_kept_and_the_most_thorough_one_is_used(cli, study_url, tmp_path):
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    thorough = _summary("runs/full", 30, [0, 1, 2], best_trial=2, at="2026-12-01T10:00:00+00:00")
+    quick = _summary("runs/x", 1, [0], best_trial=1, at="2026-12-02T10:00:00+00:00")
+    assert ev._store_evaluation(study, thorough) is None
+    assert ev._store_evaluation(study, quick) == (
+        "this evaluation (1 seed, 1 epoch) is less thorough than the one in runs/full (3 seeds, 30 epochs), which "
+        "`rknas best --by evaluation` and `rknas report` keep using; name this one with --evaluation 2")
+    record = StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url))
+    assert [e["out"] for e in record.all_evaluations()] == ["runs/full", "runs/x"]  # kept, not replaced
+    assert record.chosen_evaluation()["out"] == "runs/full"
+    ev._store_evaluation(study, {**quick, "epochs": 2})  # the same folder again: that entry is replaced
+    assert [e["epochs"] for e in StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).all_evaluations()] == [
+        30, 2]
+
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation", "-o", tmp_path / "b.yaml")
+    assert code == 0 and yaml.safe_load((tmp_path / "b.yaml").read_text())["provenance"]["trial"] == 2, err
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation", "--evaluation", 2,
+                       "-o", tmp_path / "q.yaml")
+    assert code == 0 and yaml.safe_load((tmp_path / "q.yaml").read_text())["provenance"]["trial"] == 1, err
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--by", "evaluation", "--evaluation", 3)
+    assert code == 2 and "has no evaluation 3: it has 2" in err
+    code, _, err = cli("best", "--study", "tiny", "--storage", study_url, "--evaluation", 1)
+    assert code == 2 and "add --by evaluation" in err
+    code, out, err = cli("report", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "r.png")
+    assert code == 0, err
+    assert "evaluation 1 of 2" in out and "also evaluation 2: 1 seed x 2 epochs" in out and "(--evaluation 2)" in out

@@ -100,6 +100,11 @@ class TrialRecord:
         return self.val_accuracy_per_epoch[-1] if self.val_accuracy_per_epoch else None
 
 
+def thoroughness(evaluation: dict[str, Any]) -> tuple:
+    """How much an evaluation measured: seeds per model, then epochs per run, then how recent."""
+    return len(evaluation.get("seeds") or []), int(evaluation.get("epochs") or 0), str(evaluation.get("evaluated_at") or "")
+
+
 @dataclass
 class StudyRecord:
     """What rknas stores with a study when it creates it.
@@ -116,9 +121,12 @@ class StudyRecord:
             "first_trial": the first trial number sampled under it, "at": ISO time, "rknas_version"}``.
             Trials record the revision they were sampled from (``TrialRecord.space_revision``).
         rknas_version: The version that created the study.
-        evaluation: The latest ``rknas evaluate`` summary: epochs, seeds, recipe trial, data,
-            and per model its name, source (trial number), params, FLOPs, test accuracy per
-            seed, mean and std (``rknas.evaluate.Evaluation.summary``).
+        evaluation: The one ``rknas evaluate`` summary studies kept before ``evaluations``
+            (read, never written now).
+        evaluations: Every ``rknas evaluate`` summary, oldest first, one per output folder:
+            epochs, seeds, recipe trial, data, folder, time, and per model its name, source
+            (trial number), params, FLOPs, test accuracy per seed, mean and std
+            (``rknas.evaluate.Evaluation.summary``). ``chosen_evaluation`` picks one.
     """
 
     space_name: Optional[str] = None
@@ -128,6 +136,7 @@ class StudyRecord:
     rknas_version: Optional[str] = None
     evaluation: Optional[dict[str, Any]] = None
     revisions: Optional[list[dict[str, Any]]] = None
+    evaluations: Optional[list[dict[str, Any]]] = None
 
     def user_attrs(self) -> dict[str, Any]:
         """The non-empty fields, as Optuna user attributes.
@@ -169,6 +178,30 @@ class StudyRecord:
         if revision <= 0 or not self.revisions:
             return self.seed
         return self.revisions[min(revision, len(self.revisions)) - 1].get("seed", self.seed)
+
+    def all_evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation of the study, oldest first (a study from before they were kept: its one)."""
+        return list(self.evaluations or ([self.evaluation] if self.evaluation else []))
+
+    def chosen_evaluation(self, number: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The evaluation that ``best --by evaluation`` and ``report`` use.
+
+        Args:
+            number: An evaluation's number (1 = the oldest, as ``rknas report`` lists them);
+                None: the most thorough (most seeds, then most epochs, then the latest).
+
+        Returns:
+            The summary, or None when the study has no evaluation.
+
+        Raises:
+            IndexError: No evaluation has that number.
+        """
+        kept = self.all_evaluations()
+        if number is not None:
+            if not 1 <= number <= len(kept):
+                raise IndexError(number)
+            return kept[number - 1]
+        return max(kept, key=thoroughness, default=None)
 
     @classmethod
     def of(cls, study: Any) -> StudyRecord:
