@@ -214,7 +214,10 @@ def search(opts: SearchOptions):
     finally:
         view.stop()
     counts = ", ".join(f"{v} {k.lower()}" for k, v in result.counts.items())
-    console.print(f"Study [bold]{result.study}[/]: {result.finished}/{result.target} finished ({counts}).")
+    shown = f"{result.finished}/{result.target}"
+    if result.finished > result.target:  # --trials is the study's total: an older, larger study is not "20/4"
+        shown = f"{result.finished} (more than --trials {result.target})"
+    console.print(f"Study [bold]{result.study}[/]: {shown} finished ({counts}).")
     if result.best:
         b = result.best
         size = ", ".join(f"{b[k]:,} {name}" for k, name in (("params", "params"), ("flops", "FLOPs")) if b.get(k) is not None)
@@ -353,7 +356,7 @@ def evaluate_cmd(opts: EvaluateOptions):
     """
     from rknas.evaluate import evaluate
 
-    view = display.EvaluationProgress(console, note=busy_hint(opts.threads or cpus_here()))
+    view = display.EvaluationProgress(err_console, note=busy_hint(opts.threads or cpus_here()))  # progress on stderr
     opts.on_event = view
     try:
         result = evaluate(opts)

@@ -124,7 +124,9 @@ class SearchProgress(SearchListener):
         self.waiting_for: Optional[int] = None
 
     def already_done(self, *, finished: int, target: int) -> None:
-        self.console.print(f"The study already has {finished} finished trials (target {target}); nothing to run.")
+        self.console.print(f"The study already has {finished} finished trials (target {target}); nothing to run. "
+                           f"--trials is the study's total, not trials to add: --trials {finished + target} runs "
+                           f"{target} more.")
 
     def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
               stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,

@@ -132,8 +132,26 @@ def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
         for m in group:
             ax.annotate(m["name"], (m["params"], m["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)", title=title)
+    _count_axis(ax.xaxis)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
+
+
+def _count_axis(axis: Any) -> None:
+    """A log axis of counts labelled 10k, 20k, 50k, 100k...: never the crowded minor labels matplotlib
+    puts on a range inside one decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _count(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _count(v: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -54,3 +54,17 @@ def test_a_missing_default_study_file_says_where_it_was_looked_for(cli, tmp_path
     assert code == 2 and err.count("\n") == 1
     assert f"(no file {tmp_path}/studies/rknas.db, relative to the current folder {tmp_path})" in err
     assert "pass --storage or set RKNAS_STORAGE" in err
+
+
+def test_a_study_past_its_target_says_that_trials_counts_the_study(cli, tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="digits_quick", storage=url, direction="maximize")
+    for value in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    code, out, err = cli("search", "--space", "digits_quick", "--trials", "1", "--storage", url)
+    assert code == 0, err
+    assert ("The study already has 2 finished trials (target 1); nothing to run. --trials is the study's total, not "
+            "trials to add: --trials 3 runs 1 more.") in " ".join(out.split())
+    assert "Study digits_quick: 2 (more than --trials 1) finished" in out and "2/1" not in out

@@ -93,6 +93,7 @@ def test_evaluate_writes_json_plot_runs_and_the_study_summary_and_a_rerun_skips(
             "--seeds", 2, "--epochs", 1, "--out", out]
     code, stdout, err = cli(*args)
     assert code == 0, err
+    assert "Evaluating 3 model(s) x 2 seed(s)" in err and "Evaluating" not in stdout  # progress on stderr, results on stdout
     assert len(count_fits) == 6 and {c[2] for c in count_fits} == {1} and {c[1] for c in count_fits} == {0, 1}
 
     data = json.loads((out / "evaluation.json").read_text())

@@ -1,5 +1,7 @@
 """The study picture and parameter importances, on a synthetic study (no training, no Ray)."""
 
+import re
+
 import optuna
 
 from rknas.report import parameter_importances, plot_study
@@ -102,3 +104,35 @@ def test_report_into_an_existing_folder_writes_study_png_inside_it(cli, tmp_path
     assert code == 0, err
     assert (out / "syn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "runs.png").exists() and f"Wrote {out / 'syn.png'}" in stdout
+
+
+def test_the_evaluation_plots_params_axis_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Sizes inside one decade made matplotlib label its minor ticks, which overlapped (issue 27)."""
+    from rknas import report
+
+    seen = {}
+    real = report._save
+
+    def measure(fig, path):  # the labels as drawn, on the figure's own canvas, before it is saved and closed
+        fig.tight_layout()
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.xaxis.get_ticklabels(which="both") if t.get_text() and lo <= t.get_position()[0] <= hi]
+        seen["labels"] = [t.get_text() for t in shown]
+        seen["boxes"] = sorted((t.get_window_extent() for t in shown), key=lambda b: b.x0)
+        return real(fig, path)
+
+    monkeypatch.setattr(report, "_save", measure)
+    models = [{"name": f"m{i}", "source": "trial", "params": p, "mean": 0.9, "std": 0.01}
+              for i, p in enumerate((11_000, 14_500, 21_000, 27_800, 31_010, 38_000))]
+    report.plot_evaluation(models, tmp_path / "e.png")
+    assert len(seen["labels"]) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?[kMG]?", t) for t in seen["labels"]), seen
+    boxes = seen["boxes"]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), seen["labels"]
+    seen.clear()
+    models = [{**m, "params": p} for m, p in zip(models, (3_000, 9_000, 30_000, 120_000, 700_000, 2_500_000))]
+    report.plot_evaluation(models, tmp_path / "wide.png")
+    assert seen["labels"] == ["5k", "10k", "20k", "50k", "100k", "200k", "500k", "1M", "2M"]
+    boxes = seen["boxes"]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), seen["labels"]
