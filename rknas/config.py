@@ -359,6 +359,27 @@ class SizeLimit(BaseModel):
         return " and ".join(limits) or "no limit"
 
 
+def model_name(config: NetworkConfig) -> str:
+    """The timm-style name of a configuration.
+
+    Args:
+        config: A validated network configuration.
+
+    Returns:
+        E.g. ``"rkcnn_i_5_5_6_k150_120_120"``, ``"rkcnn_e_2_mnist_k24"`` or, mixed and with two
+        time steps in the last period, ``"rkcnn_i_r_i_2_2_2_k32_r1_1_2"``.
+    """
+    strategies = config.strategy if len(set(config.strategy)) > 1 else config.strategy[:1]
+    parts = ["rkcnn", *(s.lower() for s in strategies), *map(str, config.stages)]
+    if config.framework == "mnist":
+        parts.append("mnist")
+    ks = config.k if len(set(config.k)) > 1 else config.k[:1]
+    parts.append("k" + "_".join(map(str, ks)))
+    if any(r != 1 for r in config.steps):
+        parts.append("r" + "_".join(map(str, config.steps)))
+    return "_".join(parts)
+
+
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -18,21 +18,18 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from rknas.data.source import DataSource
 from rknas.errors import ConfigError, PluginError
 from rknas.plugins import PLUGINS_ENV, get_plugin_manager, load_errors, provider_of
 from rknas.strategies.base import StageStrategy
 
-if TYPE_CHECKING:
-    from rknas.search.samplers import SamplerSpec
-
 T = TypeVar("T")
 _cache: dict[str, tuple[int, Any]] = {}  # look-up -> (manager generation, result)
 
 
-def _cached(key: str, collect: Callable[[], T]) -> T:
+def cached(key: str, collect: Callable[[], T]) -> T:
     """``collect()``, remembered until the plugin set changes."""
     generation = get_plugin_manager().generation
     hit = _cache.get(key)
@@ -62,7 +59,7 @@ class NamedModel:
         return f"{self.package} {self.version}".strip() or "unknown"
 
 
-def _call_each(hook_name: str, accept: Callable[..., None]) -> None:
+def collect(hook_name: str, accept: Callable[..., None]) -> None:
     """Call ``hook_name`` once, as pluggy calls any hook, and hand each registration to ``accept`` with its provider.
 
     Pluggy orders the implementations (``tryfirst``/``trylast``, last registered first) and
@@ -147,7 +144,7 @@ def strategies() -> dict[str, StageStrategy]:
         PluginError: Two plugins register the same name, or a plugin registers something
             that is not a ``StageStrategy``.
     """
-    return dict(_cached("strategies", _collect_strategies))
+    return dict(cached("strategies", _collect_strategies))
 
 
 def _collect_strategies() -> dict[str, StageStrategy]:
@@ -173,7 +170,7 @@ def _collect_strategies() -> dict[str, StageStrategy]:
             )
         found[strategy.name] = strategy
 
-    _call_each("register_stage_strategies", accept)
+    collect("register_stage_strategies", accept)
     return found
 
 
@@ -216,14 +213,13 @@ def models() -> dict[str, NamedModel]:
         PluginError: Two plugins register the same name, or a config is not a valid
             ``NetworkConfig``.
     """
-    return dict(_cached("models", _collect_models))
+    return dict(cached("models", _collect_models))
 
 
 def _collect_models() -> dict[str, NamedModel]:
     from pydantic import ValidationError
 
-    from rknas.config import NetworkConfig, format_validation_error
-    from rknas.models.registry import model_name
+    from rknas.config import NetworkConfig, format_validation_error, model_name
 
     found: dict[str, NamedModel] = {}
 
@@ -245,49 +241,14 @@ def _collect_models() -> dict[str, NamedModel]:
             )
         found[model.name] = model
 
-    _call_each("register_models", accept)
+    collect("register_models", accept)
     return found
 
 
 def search_space_sources() -> list[tuple[Path, str]]:
     """(path, package) for every search-space file or directory a plugin registered."""
     found: list[tuple[Path, str]] = []
-    _call_each("register_search_spaces", lambda args, p, v: found.append((Path(args[0]), p)))
-    return found
-
-
-def samplers() -> dict[str, SamplerSpec]:
-    """Every registered search sampler by name, built-ins first (cached until the plugin set changes).
-
-    Returns:
-        Samplers keyed by name, each stamped with the package and version that registered it.
-
-    Raises:
-        PluginError: Two plugins register the same name, a name is ``auto`` or holds ``+``, or
-            a plugin registers something that is not a ``SamplerSpec``.
-    """
-    return dict(_cached("samplers", _collect_samplers))
-
-
-def _collect_samplers() -> dict[str, SamplerSpec]:
-    from rknas.search.samplers import AUTO, SamplerSpec
-
-    found: dict[str, SamplerSpec] = {}
-
-    def accept(args: tuple, package: str, version: str) -> None:
-        (spec,) = args
-        who = f"{package} {version}".strip()
-        if not isinstance(spec, SamplerSpec):
-            raise PluginError(f"plugin {who} registered {spec!r}, which is not a rknas.search.samplers.SamplerSpec")
-        if spec.name == AUTO or "+" in spec.name or not spec.name:
-            raise PluginError(f"plugin {who} registered a sampler named {spec.name!r}: names are not empty, not "
-                              f"{AUTO!r} and hold no '+' (it joins a sampler to +asha and +warm)")
-        spec = dataclasses.replace(spec, package=package, version=version)
-        if spec.name in found:
-            raise PluginError(f"sampler {spec.name!r} is registered twice: by {found[spec.name].provider} and by {spec.provider}")
-        found[spec.name] = spec
-
-    _call_each("register_samplers", accept)
+    collect("register_search_spaces", lambda args, p, v: found.append((Path(args[0]), p)))
     return found
 
 
@@ -326,5 +287,5 @@ def datasets() -> dict[str, DataSource]:
             )
         found[source.name] = source
 
-    _call_each("register_datasets", accept)
+    collect("register_datasets", accept)
     return found

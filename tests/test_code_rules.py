@@ -80,3 +80,87 @@ def test_no_assertion_in_the_tests_is_made_to_pass_whatever_happens():
     found = [f"{p.name}:{n}" for p in sorted(here.rglob("*.py")) for n, line in enumerate(p.read_text().splitlines(), 1)
              if p.name != "test_code_rules.py" and re.search(r"\bassert\b.*\bor\s+True\b", line)]
     assert not found, found
+
+
+def _rknas_imports(path: Path, modules: set[str], name: str) -> set[str]:
+    """The rknas modules a module imports, at its top or inside functions (not under TYPE_CHECKING)."""
+    found: set[str] = set()
+
+    class Imports(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            test = node.test
+            if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                    isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+                for n in node.orelse:
+                    self.visit(n)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(a.name for a in node.names if a.name.startswith("rknas"))
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module and node.module.startswith("rknas"):
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+
+    Imports().visit(ast.parse(path.read_text()))
+    resolved = set()
+    for m in found:
+        while m and m not in modules:
+            m = m.rpartition(".")[0]
+        if m and m != name:
+            resolved.add(m)
+    return resolved
+
+
+def import_cycles(package: Path) -> list[list[str]]:
+    """Groups of rknas modules that import each other, directly or around a loop (Tarjan's algorithm)."""
+    paths = {}
+    for p in package.rglob("*.py"):
+        parts = p.relative_to(package.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {n: _rknas_imports(p, set(paths), n) for n, p in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles_in_rknas_counting_imports_inside_functions():
+    assert import_cycles(PACKAGE) == []
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path):
+    pkg = tmp_path / "rknas"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("")
+    (pkg / "a" / "x.py").write_text("def f():\n    from rknas.b import y\n")
+    (pkg / "b.py").write_text("from rknas.a.x import f\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import rknas.c\n")
+    (pkg / "c.py").write_text("import rknas.b\n")  # b imports c only for type checkers: no cycle
+    assert import_cycles(pkg) == [["rknas.a.x", "rknas.b"]]

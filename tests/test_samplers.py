@@ -5,9 +5,9 @@ import pytest
 
 from rknas.errors import ConfigError, PluginError
 from rknas.hookspecs import hookimpl
-from rknas.registry import samplers
 from rknas.search.runner import _sampler
 from rknas.search.samplers import SamplerSpec, make_sampler
+from rknas.search.samplers import registered_samplers as samplers
 from rknas.search.space import parse_space
 
 SPACE = {"name": "t", "data": {"name": "digits"}, "architecture": {"periods": 1, "strategy": ["E"], "stages": 1, "k": [8, 16]}}

@@ -629,9 +629,9 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
             ``+asha`` or ``+warm`` the table's space cannot replay, or a table that is not
             readable; nothing is written then.
     """
-    from rknas.registry import samplers
+    from rknas.search.samplers import registered_samplers
 
-    known = samplers()
+    known = registered_samplers()
     names = opts.strategy or list(PARETO_STRATEGIES if opts.pareto else DEFAULT_STRATEGIES)
     strategies = [parse_strategy(n, list(known)) for n in names]
     if opts.pareto:

@@ -13,31 +13,10 @@ from __future__ import annotations
 
 import fnmatch
 
-from rknas.config import NetworkConfig
+from rknas.config import NetworkConfig, model_name  # noqa: F401  # re-exported: model_name lived here first
 from rknas.models.counting import describe
 from rknas.models.network import RKCNN, build_network
 from rknas.registry import models
-
-
-def model_name(config: NetworkConfig) -> str:
-    """The timm-style name of a configuration.
-
-    Args:
-        config: A validated network configuration.
-
-    Returns:
-        E.g. ``"rkcnn_i_5_5_6_k150_120_120"``, ``"rkcnn_e_2_mnist_k24"`` or, mixed and with two
-        time steps in the last period, ``"rkcnn_i_r_i_2_2_2_k32_r1_1_2"``.
-    """
-    strategies = config.strategy if len(set(config.strategy)) > 1 else config.strategy[:1]
-    parts = ["rkcnn", *(s.lower() for s in strategies), *map(str, config.stages)]
-    if config.framework == "mnist":
-        parts.append("mnist")
-    ks = config.k if len(set(config.k)) > 1 else config.k[:1]
-    parts.append("k" + "_".join(map(str, ks)))
-    if any(r != 1 for r in config.steps):
-        parts.append("r" + "_".join(map(str, config.steps)))
-    return "_".join(parts)
 
 
 def list_models(pattern: str = "*") -> list[str]:

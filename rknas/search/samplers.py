@@ -11,7 +11,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Optional
 
+from rknas.errors import PluginError
 from rknas.hookspecs import hookimpl
+from rknas.registry import cached, collect
 
 AUTO = "auto"  # a space's default: the sampler the evidence favours (benchmarks/RESULTS.md)
 
@@ -98,9 +100,8 @@ def make_sampler(name: str, seed: int, objectives: int, known: Optional[dict[str
         ConfigError: No plugin registers ``name``, or it cannot handle several objectives.
     """
     from rknas.errors import ConfigError
-    from rknas.registry import samplers
 
-    known = samplers() if known is None else known
+    known = registered_samplers() if known is None else known
     name = default_sampler(objectives) if name == AUTO else name
     if name not in known:
         raise ConfigError(f"unknown sampler {name!r}; known: {', '.join([AUTO, *known])}")
@@ -116,3 +117,36 @@ def register_samplers(register: Callable[[SamplerSpec], None]) -> None:
     """rknas's own samplers, registered like a plugin's."""
     for spec in BUILTIN:
         register(spec)
+
+
+def registered_samplers() -> dict[str, SamplerSpec]:
+    """Every registered search sampler by name, built-ins first (cached until the plugin set changes).
+
+    Returns:
+        Samplers keyed by name, each stamped with the package and version that registered it.
+
+    Raises:
+        PluginError: Two plugins register the same name, a name is ``auto`` or holds ``+``, or
+            a plugin registers something that is not a ``SamplerSpec``.
+    """
+    return dict(cached("samplers", _collect_samplers))
+
+
+def _collect_samplers() -> dict[str, SamplerSpec]:
+    found: dict[str, SamplerSpec] = {}
+
+    def accept(args: tuple, package: str, version: str) -> None:
+        (spec,) = args
+        who = f"{package} {version}".strip()
+        if not isinstance(spec, SamplerSpec):
+            raise PluginError(f"plugin {who} registered {spec!r}, which is not a rknas.search.samplers.SamplerSpec")
+        if spec.name == AUTO or "+" in spec.name or not spec.name:
+            raise PluginError(f"plugin {who} registered a sampler named {spec.name!r}: names are not empty, not "
+                              f"{AUTO!r} and hold no '+' (it joins a sampler to +asha and +warm)")
+        spec = dataclasses.replace(spec, package=package, version=version)
+        if spec.name in found:
+            raise PluginError(f"sampler {spec.name!r} is registered twice: by {found[spec.name].provider} and by {spec.provider}")
+        found[spec.name] = spec
+
+    collect("register_samplers", accept)
+    return found

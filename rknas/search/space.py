@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from rknas.config import DataSpec, Framework, NetworkConfig, SizeLimit, TrainConfig, format_validation_error, read_yaml
 from rknas.errors import ConfigError
-from rknas.registry import samplers, search_space_sources, strategies
+from rknas.registry import search_space_sources, strategies
+from rknas.search.params import NETWORK_FROM_SPACE, is_list, per_period_fields, period_param, stages_at_least
 
 
 class Range(BaseModel):
@@ -45,7 +46,6 @@ Param = Union[Range, list, bool, int, float, str, None]
 
 # Config fields a space does not search: the space's data and framework decide them, or
 # the search does (epochs from the fidelity, a seed per trial, augmentation from the data).
-NETWORK_FROM_SPACE = ("framework", "classes", "in_channels", "image_size")
 TRAINING_FROM_SPACE = ("epochs", "seed", "crop_pad", "flip", "milestones")
 # Search defaults that differ from a single network's defaults: a space explores.
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {
@@ -64,26 +64,17 @@ def _values(p: Any) -> list:
     return list(p) if isinstance(p, list) else [p]
 
 
-def _is_list(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is list
-
-
 def _base_type(annotation: Any) -> Any:
     """int for ``int``, ``list[int]`` and ``Optional[int]``; the annotation itself otherwise."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if _is_list(annotation) or (typing.get_origin(annotation) is Union and len(args) == 1):
+    if is_list(annotation) or (typing.get_origin(annotation) is Union and len(args) == 1):
         return args[0]
     return annotation
 
 
-def per_period_fields(network_cls: type[NetworkConfig]) -> list[str]:
-    """The list fields of a network config: one value per period."""
-    return [n for n, f in network_cls.model_fields.items() if _is_list(f.annotation)]
-
-
 def _section(name: str, config_cls: type[BaseModel], skip: tuple[str, ...], defaults: dict, extra: dict) -> type[BaseModel]:
     fields: dict[str, Any] = dict(extra)
-    per_period = _is_list
+    per_period = is_list
     for fname, info in config_cls.model_fields.items():
         if fname in skip:
             continue
@@ -236,9 +227,9 @@ class SearchSpace(BaseModel):
         max_s = max(int(v) for v in _values(self.arch.stages))
         if not [n for n in names if known[n].min_stages <= max_s]:
             raise ConfigError(f"{where}: no listed strategy works with at most {max_s} stages (architecture.stages)")
-        from rknas.search.samplers import AUTO
+        from rknas.search.samplers import AUTO, registered_samplers
 
-        known_samplers = samplers()
+        known_samplers = registered_samplers()
         if self.sampler != AUTO and self.sampler not in known_samplers:
             raise ConfigError(f"{where}: sampler: unknown sampler {self.sampler!r}; known: {', '.join([AUTO, *known_samplers])}")
         if self.sampler != AUTO and len(self.objectives) > 1 and not known_samplers[self.sampler].multi_objective:
@@ -295,7 +286,7 @@ class SearchSpace(BaseModel):
         max_s = max(int(v) for v in _values(arch.stages))
         allowed = [n for n in self.strategies() if known[n].min_stages <= max_s]
         for p in range(1, self.periods + 1):
-            strat = _suggest(trial, f"p{p}_strategy", allowed, fixed)
+            strat = _suggest(trial, period_param(p, "strategy"), allowed, fixed)
             low_s = known[strat].min_stages
             stages_param = arch.stages
             if isinstance(stages_param, Range):
@@ -303,14 +294,14 @@ class SearchSpace(BaseModel):
             elif isinstance(stages_param, list) and min(stages_param) < low_s:
                 # Optuna's categorical choices may not change between trials under one name:
                 # strategies that need more stages get their own parameter.
-                value = _suggest(trial, f"p{p}_stages_min{low_s}", [s for s in stages_param if s >= low_s], fixed)
-                fixed[f"p{p}_stages"] = value
+                value = _suggest(trial, stages_at_least(p, low_s), [s for s in stages_param if s >= low_s], fixed)
+                fixed[period_param(p, "stages")] = value
                 stages_param = None
             if stages_param is not None:
-                _suggest(trial, f"p{p}_stages", stages_param, fixed, integer=True)
+                _suggest(trial, period_param(p, "stages"), stages_param, fixed, integer=True)
             for key in per:
                 if key not in ("strategy", "stages"):
-                    _suggest(trial, f"p{p}_{key}", getattr(arch, key), fixed, integer=key in net_ints)
+                    _suggest(trial, period_param(p, key), getattr(arch, key), fixed, integer=key in net_ints)
         for key in self._section_fields("architecture"):
             if key not in per:
                 _suggest(trial, key, getattr(arch, key), fixed, integer=key in net_ints)
@@ -345,7 +336,7 @@ class SearchSpace(BaseModel):
             return fixed
 
         net: dict[str, Any] = {
-            key: [value("architecture", key, f"p{p}_{key}") for p in range(1, self.periods + 1)] for key in per
+            key: [value("architecture", key, period_param(p, key)) for p in range(1, self.periods + 1)] for key in per
         }
         net.update({k: value("architecture", k, k) for k in self._section_fields("architecture") if k not in per})
         net.update(framework=self.framework, classes=self.classes or 10, in_channels=self.in_channels, image_size=self.image_size)

@@ -13,20 +13,28 @@ periods or data, is an error naming the entry.
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import optuna
 
 from rknas.errors import ConfigError
 from rknas.models.registry import model_config
 from rknas.registry import strategies
-from rknas.search.space import NETWORK_FROM_SPACE, SearchSpace, per_period_fields
+from rknas.search.params import (
+    NETWORK_FROM_SPACE,
+    is_stages_at_least,
+    per_period_fields,
+    period_param,
+    setting_of,
+    stages_at_least,
+)
+
+if TYPE_CHECKING:  # space.py imports this module when it checks start_from: no import back
+    from rknas.search.space import SearchSpace
 
 Entry = Union[str, dict[str, Any]]
 
 _MISSING = object()
-_MIN_STAGES = re.compile(r"(p\d+_stages)_min\d+")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -53,8 +61,7 @@ class _Fit:
         self.asked: set[str] = set()
 
     def _given(self, name: str) -> Any:
-        m = _MIN_STAGES.fullmatch(name)
-        key = m.group(1) if m else name
+        key = setting_of(name)
         self.asked.add(key)
         return self.target.get(key, _MISSING)
 
@@ -162,7 +169,7 @@ def _targets(space: SearchSpace, settings: dict[str, Any], what: str) -> dict[st
             values = values * space.periods
         if len(values) != space.periods:
             raise ConfigError(f"{what}: {key} has {len(values)} values, the space has {space.periods} period(s)")
-        target.update({f"p{p}_{key}": v for p, v in enumerate(values, 1)})
+        target.update({period_param(p, key): v for p, v in enumerate(values, 1)})
     return target
 
 
@@ -196,17 +203,17 @@ def start_params(space: SearchSpace, entries: Optional[list[Entry]] = None, wher
         fixed = space.sample(fit)
         for name, value in fixed.items():  # values the space fixes: the entry must agree
             given = target.get(name, _MISSING)
-            if given is not _MISSING and not _same(given, value) and not _MIN_STAGES.fullmatch(name):
+            if given is not _MISSING and not _same(given, value) and not is_stages_at_least(name):
                 raise fit._bad(name, given, f"fixed at {value!r}")
         params = dict(fit.params)
         # A stage count given without its strategy: the sampled strategy may need more stages,
         # and then sample() names the parameter p<N>_stages_min<m>; give those names too.
         for p in range(1, space.periods + 1):
-            stages = target.get(f"p{p}_stages", _MISSING)
-            if f"p{p}_strategy" not in target and stages is not _MISSING:
+            stages = target.get(period_param(p, "stages"), _MISSING)
+            if period_param(p, "strategy") not in target and stages is not _MISSING:
                 for m in sorted({known[s].min_stages for s in space.strategies() if s in known}):
                     if m > 1 and _number(stages) and stages >= m:
-                        params.setdefault(f"p{p}_stages_min{m}", int(stages))
+                        params.setdefault(stages_at_least(p, m), int(stages))
         missed = sorted(k for k in target if k not in fit.asked and k not in fixed)
         if missed:
             raise ConfigError(f"{what}: {', '.join(missed)} are not parameters of the space")

@@ -180,7 +180,11 @@ class StudyRecord:
         return self.revisions[min(revision, len(self.revisions)) - 1].get("seed", self.seed)
 
     def all_evaluations(self) -> list[dict[str, Any]]:
-        """Every evaluation of the study, oldest first (a study from before they were kept: its one)."""
+        """Every evaluation of the study.
+
+        Returns:
+            The summaries, oldest first (a study from before they were kept: its one evaluation).
+        """
         return list(self.evaluations or ([self.evaluation] if self.evaluation else []))
 
     def chosen_evaluation(self, number: Optional[int] = None) -> Optional[dict[str, Any]]:
