@@ -254,6 +254,8 @@ def test_the_plot_shows_one_median_line_per_strategy(bench):
     assert labels == ["random (median of 2)", "tpe (median of 2)", "target: 0.3 points"]
     assert "simulated time" in ax.get_xlabel() and "regret" in ax.get_ylabel()
     assert np.allclose(ax.get_lines()[0].get_ydata(), np.array(sums[0].median) * 100)
+    ax = rp.replay_figure(sums, "t", pareto=False, target=0.01).axes[0]  # --target 0.01: drawn and named as given
+    assert ax.get_lines()[-1].get_label() == "target: 1 point" and ax.get_lines()[-1].get_ydata()[0] == pytest.approx(1.0)
 
 
 @pytest.mark.slow  # +asha imports Ray

@@ -562,8 +562,11 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
     return out
 
 
-def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool) -> Any:
-    """Anytime regret, median and quartiles over repeats, one line per strategy (a matplotlib Figure)."""
+def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool, target: float = TARGET) -> Any:
+    """Anytime regret, median and quartiles over repeats, one line per strategy (a matplotlib Figure).
+
+    ``target`` (a fraction of accuracy, as ``--target``) is drawn and labelled as it is.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -577,7 +580,7 @@ def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool) -> A
         ax.fill_between(x, np.array(s.q25) * (1 if pareto else 100), np.array(s.q75) * (1 if pareto else 100),
                         color=line.get_color(), alpha=0.2)
     if not pareto:
-        ax.axhline(TARGET * 100, color="grey", linestyle="--", linewidth=1, label="target: 0.3 points")
+        ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label=f"target: {target * 100:g} point{'' if target * 100 == 1 else 's'}")
     ax.set_xlabel(f"simulated time (minutes, {summaries[0].workers} workers)")
     ax.set_ylabel("hypervolume regret" if pareto else "regret (test accuracy points below the table's best)")
     ax.set_yscale("symlog", linthresh=0.1 if not pareto else 0.01)
@@ -588,11 +591,11 @@ def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool) -> A
     return fig
 
 
-def plot_replay(summaries: list[ReplaySummary], path: Path, title: str, pareto: bool) -> None:
+def plot_replay(summaries: list[ReplaySummary], path: Path, title: str, pareto: bool, target: float = TARGET) -> None:
     """Write ``replay_figure`` to ``path`` (PNG)."""
     import matplotlib.pyplot as plt
 
-    fig = replay_figure(summaries, title, pareto)
+    fig = replay_figure(summaries, title, pareto, target)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -606,7 +609,7 @@ def write_outputs(summaries: list[ReplaySummary], out: Path, meta: dict[str, Any
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     doc = {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "strategies": [s.to_json() for s in summaries]}
     write_json_atomic(json_path, doc)
-    plot_replay(summaries, png_path, meta.get("title", "replay"), bool(meta.get("pareto")))
+    plot_replay(summaries, png_path, meta.get("title", "replay"), bool(meta.get("pareto")), float(meta.get("target", TARGET)))
     return json_path, png_path
 
 
