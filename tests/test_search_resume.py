@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from rknas.errors import ConfigError
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
-from rknas.search.runner import SearchOptions, _scheduler, load_data, run_search
+from rknas.search.runner import SearchOptions, load_data, make_scheduler, run_search
 from rknas.search.space import load_space, parse_space
 from rknas.storage import StudyRecord, TrialRecord
 
@@ -126,8 +126,8 @@ def test_seed_rungs_fills_ashas_rung_records_so_a_weak_new_trial_is_stopped():
         scheduler.on_trial_add(None, trial)
         return scheduler.on_trial_result(None, trial, {"epoch": 1, "val_accuracy": 0.2})
 
-    assert weak_trial_action(_scheduler(space)) == "CONTINUE"  # an empty rung stops nobody
-    scheduler = _scheduler(space)
+    assert weak_trial_action(make_scheduler(space)) == "CONTINUE"  # an empty rung stops nobody
+    scheduler = make_scheduler(space)
     assert seed_rungs(scheduler, study, space) == 3  # interrupted and other-revision curves left out
     rungs = {milestone: recorded for milestone, recorded in scheduler._brackets[0]._rungs}
     assert rungs[1] == {"study-trial-0": 0.8, "study-trial-1": 0.7, "study-trial-2": 0.1}

@@ -119,13 +119,9 @@ def arch_rows(space: SearchSpace, drawn: list[tuple[str, dict[str, Any]]]) -> li
 def _run(space_dict: dict, params: dict, seed: int, epochs: int, data: tuple[TensorData, TensorData, TensorData],
          cpus: float, gpus: float, plugins: Optional[dict]) -> dict[str, Any]:
     """One (architecture, seed) run in a Ray worker: its curve, with test accuracy after every epoch."""
-    from rknas.plugins import apply_plugin_env
-    from rknas.search.objective import _reason, pick_device
+    from rknas.search.objective import error_reason, pick_device, prepare_worker
 
-    if plugins is not None:
-        apply_plugin_env(plugins)
-    torch.set_num_threads(max(1, int(cpus)))
-    space = SearchSpace.model_validate(space_dict)
+    space = prepare_worker(space_dict, plugins, cpus)
     train, val, test = data
     device = pick_device(gpus)
     network, training = space.configs(params, seed=seed, epochs=epochs)
@@ -157,7 +153,7 @@ def _run(space_dict: dict, params: dict, seed: int, epochs: int, data: tuple[Ten
     except FloatingPointError as exc:
         return {"rows": rows, "status": "diverged", "error": str(exc).splitlines()[0][:300]}
     except Exception as exc:
-        return {"rows": rows, "status": "failed", "error": _reason(exc)}
+        return {"rows": rows, "status": "failed", "error": error_reason(exc)}
     return {"rows": rows, "status": "ok", "error": None}
 
 
@@ -193,8 +189,9 @@ def build_table(opts: BenchBuildOptions) -> dict[str, Any]:
         todo = [(a, s) for a in archs for s in range(opts.seeds) if (a.arch, s) not in done]
         new, failed = _train_all(opts, space, table, todo, (train, val, test), epochs, events,
                                  runs=len(archs) * opts.seeds, archs=len(archs))
-        train_s = table.conn.execute("SELECT coalesce(sum(wall_s), 0) FROM runs").fetchone()[0]
-        failed += table.conn.execute("SELECT count(*) FROM runs WHERE status != 'ok'").fetchone()[0] - failed
+        recorded = table.runs()
+        train_s = sum(wall for *_, wall in recorded)
+        failed += sum(status != "ok" for _, _, status, _ in recorded) - failed
         return {"path": str(opts.out), "archs": len(archs), "seeds": opts.seeds, "epochs": epochs,
                 "runs": len(table.done()), "new_runs": new, "failed": failed, "train_s": float(train_s),
                 "wall_s": time.time() - t_start}

@@ -5,7 +5,7 @@ A replay is a search with the training looked up: the strategy's sampler (the ve
 ``sample``; the proposal is found in the table (or snapped to its nearest table architecture),
 one of that architecture's seeds is drawn, and its recorded curve plays out epoch by epoch in
 simulated time on ``workers`` parallel workers. With ``+asha`` each epoch's validation
-accuracy goes to the same Ray ``ASHAScheduler`` object a search builds (``runner._scheduler``),
+accuracy goes to the same Ray ``ASHAScheduler`` object a search builds (``runner.make_scheduler``),
 driven through its public ``on_trial_add``/``on_trial_result``/``on_trial_complete``, so
 the stopping rule is the scheduler's own code. ``+warm`` enqueues the space's ``start_from``
 models first, as a search does.
@@ -116,7 +116,7 @@ def load_bench(path: Path) -> Bench:
         settings = table.settings
         archs = table.archs()
         curves = table.curves()
-        runs = table.conn.execute("SELECT arch, seed, status, wall_s FROM runs ORDER BY arch, seed").fetchall()
+        runs = table.runs()
     epochs = int(settings["epochs"])
     by_arch: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     bad: dict[int, list[tuple[float, str]]] = {}
@@ -289,9 +289,9 @@ class _Simulation:
                 self.study.enqueue_trial(p, skip_if_exists=True)
         self.scheduler: Any = None
         if strategy.asha:
-            from rknas.search.runner import _scheduler  # imports Ray's scheduler module (not a Ray cluster)
+            from rknas.search.runner import make_scheduler  # imports Ray's scheduler module (not a Ray cluster)
 
-            self.scheduler = _scheduler(self.space)
+            self.scheduler = make_scheduler(self.space)
             if type(self.scheduler).__name__ == "FIFOScheduler":
                 raise ConfigError("the table's space has no early stopping to replay (fidelity.epochs must exceed min_epochs)")
         self.snap = Snapper(bench)
@@ -580,7 +580,8 @@ def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool, targ
         ax.fill_between(x, np.array(s.q25) * (1 if pareto else 100), np.array(s.q75) * (1 if pareto else 100),
                         color=line.get_color(), alpha=0.2)
     if not pareto:
-        ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label=f"target: {target * 100:g} point{'' if target * 100 == 1 else 's'}")
+        points = f"{target * 100:g} point{'' if target * 100 == 1 else 's'}"
+        ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label=f"target: {points}")
     ax.set_xlabel(f"simulated time (minutes, {summaries[0].workers} workers)")
     ax.set_ylabel("hypervolume regret" if pareto else "regret (test accuracy points below the table's best)")
     ax.set_yscale("symlog", linthresh=0.1 if not pareto else 0.01)

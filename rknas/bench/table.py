@@ -228,6 +228,11 @@ class BenchTable:
         """The (arch, seed) runs already recorded."""
         return {(a, s) for a, s in self.conn.execute("SELECT arch, seed FROM runs")}
 
+    def runs(self) -> list[tuple[int, int, str, float]]:
+        """Every recorded run as ``(arch, seed, status, wall seconds)``, by arch and seed."""
+        return [(a, s, st, float(w or 0.0)) for a, s, st, w in
+                self.conn.execute("SELECT arch, seed, status, wall_s FROM runs ORDER BY arch, seed")]
+
     def curves(self) -> dict[tuple[int, int], list[EpochRow]]:
         """Every run's curve, keyed by (arch, seed), epochs in order."""
         out: dict[tuple[int, int], list[EpochRow]] = {}

@@ -71,7 +71,7 @@ def run_trial(
     try:
         network, training = space.configs(params, seed=seed)
     except Exception as exc:
-        result: EpochResult = {"epoch": 0, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
+        result: EpochResult = {"epoch": 0, "val_accuracy": 0.0, "failed": 1, "error": error_reason(exc)}
         report(result)
         return result
     return train_trial(network, training, space, train, val, report, device=device, checkpoint=checkpoint)
@@ -126,7 +126,7 @@ def train_trial(
         model = build_network(network)
         n_params, n_flops = count_params(model), count_flops(model)
     except Exception as exc:
-        result: EpochResult = {**base, "failed": 1, "error": _reason(exc)}
+        result: EpochResult = {**base, "failed": 1, "error": error_reason(exc)}
         report(result)
         return result
     sizes: EpochResult = {"params": n_params, "flops": n_flops}
@@ -157,7 +157,7 @@ def train_trial(
             result = {**sizes, **where, "epoch": int(last.get("epoch", 0)) + 1, "val_accuracy": 0.0,
                       "diverged": str(exc), "wall_time": time.perf_counter() - t0}
         else:
-            result = {**last, "val_accuracy": 0.0, "failed": 1, "error": _reason(exc)}
+            result = {**last, "val_accuracy": 0.0, "failed": 1, "error": error_reason(exc)}
         report(result)
         return result
     return last
@@ -168,8 +168,15 @@ def _is_stop(exc: BaseException) -> bool:
     return isinstance(exc, StopTrial) or type(exc).__module__.startswith("ray.")
 
 
-def _reason(exc: BaseException) -> str:
-    """One line: a full disk or memory said plainly, else the error with where it was raised."""
+def error_reason(exc: BaseException) -> str:
+    """Why a run failed, in one line: a full disk or memory said plainly, else the error with where it was raised.
+
+    Args:
+        exc: The exception training raised.
+
+    Returns:
+        The line a trial's or a benchmark run's record keeps.
+    """
     if isinstance(exc, RknasError):
         return str(exc)
     plain = resource_reason(exc)
@@ -179,6 +186,26 @@ def _reason(exc: BaseException) -> str:
     where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first[:300]}{where}"
+
+
+def prepare_worker(space_dict: dict, plugins: Optional[dict], cpus: float) -> SearchSpace:
+    """What a Ray worker does before it trains (a search's trial, a benchmark's run): the same plugins as
+    the driver whatever the worker's environment, threads for its CPU share, and the space.
+
+    Args:
+        space_dict: The space as JSON (``SearchSpace.model_dump(mode="json")``).
+        plugins: The driver's plugin variables (``rknas.plugins.plugin_env()``), or None.
+        cpus: The CPUs the worker holds.
+
+    Returns:
+        The space.
+    """
+    from rknas.plugins import apply_plugin_env
+
+    if plugins is not None:
+        apply_plugin_env(plugins)
+    torch.set_num_threads(max(1, int(cpus)))
+    return SearchSpace.model_validate(space_dict)
 
 
 def pick_device(gpus: float) -> str:

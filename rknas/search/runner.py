@@ -29,17 +29,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-import torch
 
 from rknas.data.core import TensorData, load_dataset, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.events import SearchEvents, search_listener
 from rknas.options import SearchOptions
-from rknas.plugins import apply_plugin_env, plugin_env
+from rknas.plugins import plugin_env
 from rknas.registry import list_strategies
 from rknas.search import ray_env
-from rknas.search.objective import pick_device, run_trial
+from rknas.search.objective import pick_device, prepare_worker, run_trial
 from rknas.search.outcome import EpochResult
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
 from rknas.search.samplers import make_sampler
@@ -166,10 +165,7 @@ def _trainable(config: dict, train: TensorData, val: TensorData, space_dict: dic
     """
     from ray import tune
 
-    if plugins is not None:
-        apply_plugin_env(plugins)  # the same plugins as the driver, whatever the worker's environment
-    torch.set_num_threads(max(1, int(cpus)))
-    space = SearchSpace.model_validate(space_dict)
+    space = prepare_worker(space_dict, plugins, cpus)
     with tempfile.TemporaryDirectory(prefix="rknas-trial-") as work:
         state = Path(work) / CHECKPOINT_FILE
         earlier = tune.get_checkpoint()
@@ -192,7 +188,11 @@ def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     return sampler
 
 
-def _scheduler(space: SearchSpace) -> Any:
+def make_scheduler(space: SearchSpace) -> Any:
+    """The Tune scheduler of a space's fidelity: ASHA over epochs, or FIFO without early stopping.
+
+    The benchmark replay uses this same object, so a replayed search stops what a real one would.
+    """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     f = space.fidelity
@@ -344,7 +344,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
         rk_driver=driver,
         rk_max_retries=opts.max_retries,
     )
-    scheduler = _scheduler(space)
+    scheduler = make_scheduler(space)
     seed_rungs(scheduler, study, space)
     driver.stop_reason = None
     name = f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}"
