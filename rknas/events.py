@@ -19,7 +19,7 @@ drops what ``rknas.search.tune_adapter.LIVE`` lists, ``TrialEvents.__getstate__`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union, cast, runtime_checkable
 
 if TYPE_CHECKING:
     from rknas.storage.record import TrialRecord
@@ -279,10 +279,14 @@ class BenchListener(_Dispatching, BenchEvents):
     _events = BENCH_EVENTS
 
 
-class CallbackEvents:
-    """A listener (search and evaluation) that calls ``fn(kind, data)``: the method's name and its arguments.
+ALL_EVENTS = SEARCH_EVENTS | EVALUATION_EVENTS | BENCH_EVENTS
 
-    It pickles to one that does nothing: the callable stays in this process.
+
+class CallbackEvents:
+    """A listener of every kind (search, evaluation, bench build) that calls ``fn(kind, data)``.
+
+    Its events are the Protocols' methods, looked up by name: there is no second list of event
+    names to keep in step. It pickles to one that does nothing: the callable stays in this process.
     """
 
     def __init__(self, fn: Optional[EventSink]):
@@ -291,64 +295,16 @@ class CallbackEvents:
     def __getstate__(self) -> dict:
         return {"fn": None}
 
-    def _emit(self, kind: str, data: dict) -> None:
-        if self.fn is not None:
-            self.fn(kind, data)
+    def __getattr__(self, kind: str) -> Callable[..., None]:
+        if kind not in ALL_EVENTS:  # also the look-ups of pickling and copying
+            raise AttributeError(kind)
 
-    # both
-    def start(self, **data: Any) -> None:
-        """``fn("start", data)`` (search and evaluation)."""
-        self._emit("start", data)
+        def emit(**data: Any) -> None:
+            fn = self.__dict__.get("fn")
+            if fn is not None:
+                fn(kind, data)
 
-    # search
-    def already_done(self, **data: Any) -> None:
-        """``fn("already_done", data)``."""
-        self._emit("already_done", data)
-
-    def progress(self, **data: Any) -> None:
-        """``fn("progress", data)``."""
-        self._emit("progress", data)
-
-    def waiting(self, **data: Any) -> None:
-        """``fn("waiting", data)``."""
-        self._emit("waiting", data)
-
-    def trial_start(self, **data: Any) -> None:
-        """``fn("trial_start", data)``."""
-        self._emit("trial_start", data)
-
-    def trial_result(self, **data: Any) -> None:
-        """``fn("trial_result", data)``."""
-        self._emit("trial_result", data)
-
-    def trial_retry(self, **data: Any) -> None:
-        """``fn("trial_retry", data)``."""
-        self._emit("trial_retry", data)
-
-    def trial_end(self, **data: Any) -> None:
-        """``fn("trial_end", data)``."""
-        self._emit("trial_end", data)
-
-    def recovered(self, **data: Any) -> None:
-        """``fn("recovered", data)``."""
-        self._emit("recovered", data)
-
-    def interrupted_trials(self, **data: Any) -> None:
-        """``fn("interrupted_trials", data)``."""
-        self._emit("interrupted_trials", data)
-
-    # evaluation
-    def run_start(self, **data: Any) -> None:
-        """``fn("run_start", data)``."""
-        self._emit("run_start", data)
-
-    def epoch(self, **data: Any) -> None:
-        """``fn("epoch", data)``."""
-        self._emit("epoch", data)
-
-    def run_end(self, **data: Any) -> None:
-        """``fn("run_end", data)``."""
-        self._emit("run_end", data)
+        return emit
 
 
 def search_listener(sink: Union[SearchEvents, EventSink, None]) -> SearchEvents:
@@ -364,7 +320,7 @@ def search_listener(sink: Union[SearchEvents, EventSink, None]) -> SearchEvents:
         return SearchListener()
     if isinstance(sink, SearchEvents):
         return sink
-    return CallbackEvents(sink)
+    return cast(SearchEvents, CallbackEvents(sink))
 
 
 def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> EvaluationEvents:
@@ -380,4 +336,20 @@ def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> Evalu
         return EvaluationListener()
     if isinstance(sink, EvaluationEvents):
         return sink
-    return CallbackEvents(sink)
+    return cast(EvaluationEvents, CallbackEvents(sink))
+
+
+def bench_listener(sink: Union[BenchEvents, EventSink, None]) -> BenchEvents:
+    """The listener for what ``BenchBuildOptions.on_event`` holds.
+
+    Args:
+        sink: A listener (used as it is), a callable ``(kind, data)`` (wrapped in ``CallbackEvents``), or None.
+
+    Returns:
+        A listener; ``BenchListener()`` (nothing) for None.
+    """
+    if sink is None:
+        return BenchListener()
+    if isinstance(sink, BenchEvents):
+        return sink
+    return cast(BenchEvents, CallbackEvents(sink))

@@ -13,13 +13,17 @@ from rknas.cli_flags import parse_csv
 from rknas.config import NetworkConfig
 from rknas.errors import ConfigError, RknasError
 from rknas.events import (
+    BENCH_EVENTS,
     EVALUATION_EVENTS,
     SEARCH_EVENTS,
+    BenchEvents,
+    BenchListener,
     CallbackEvents,
     EvaluationEvents,
     EvaluationListener,
     SearchEvents,
     SearchListener,
+    bench_listener,
     evaluation_listener,
     search_listener,
 )
@@ -195,12 +199,24 @@ def _arguments(protocol, name):
 def test_callback_events_turn_each_event_into_kind_and_data():
     got = []
     sink = CallbackEvents(lambda kind, data: got.append((kind, data)))
-    for protocol, names in ((SearchEvents, SEARCH_EVENTS), (EvaluationEvents, EVALUATION_EVENTS)):
+    for protocol, names in ((SearchEvents, SEARCH_EVENTS), (EvaluationEvents, EVALUATION_EVENTS), (BenchEvents, BENCH_EVENTS)):
         for name in sorted(names):
             getattr(sink, name)(**_arguments(protocol, name))
             assert got.pop() == (name, _arguments(protocol, name))
-    assert isinstance(sink, SearchEvents) and isinstance(sink, EvaluationEvents)
-    assert pickle.loads(pickle.dumps(sink)).fn is None  # the callable (a lambda here) stays in this process
+    assert isinstance(sink, SearchEvents) and isinstance(sink, EvaluationEvents) and isinstance(sink, BenchEvents)
+    with pytest.raises(AttributeError):
+        sink.trial_ended(number=1)  # a misspelt event is an error, not a silent no-op
+    copy = pickle.loads(pickle.dumps(sink))
+    assert copy.fn is None  # the callable (a lambda here) stays in this process
+    copy.trial_end(number=1)  # and the copy does nothing
+
+
+def test_bench_build_takes_a_plain_callable_as_its_options_say():
+    got = []
+    events = bench_listener(lambda kind, data: got.append((kind, data)))
+    events.run_end(arch=1, seed=0, params=10, status="ok", test_accuracy=0.5, train_s=1.0)
+    assert got == [("run_end", {"arch": 1, "seed": 0, "params": 10, "status": "ok", "test_accuracy": 0.5, "train_s": 1.0})]
+    assert type(bench_listener(None)) is BenchListener
 
 
 def test_the_kinds_are_todays():

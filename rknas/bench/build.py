@@ -19,7 +19,7 @@ from rknas.bench.table import BenchTable, EpochRow
 from rknas.data.core import TensorData, load_dataset, normalizer, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
-from rknas.events import BenchEvents, BenchListener
+from rknas.events import BenchEvents, bench_listener
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import build_network
 from rknas.options import BenchBuildOptions
@@ -172,7 +172,7 @@ def build_table(opts: BenchBuildOptions) -> dict[str, Any]:
             other settings, or an unusable Ray cluster; nothing is written then.
     """
     t_start = time.time()
-    events: BenchEvents = opts.on_event if isinstance(opts.on_event, BenchEvents) else BenchListener()
+    events = bench_listener(opts.on_event)  # a listener, or a plain (kind, data) callable as the options say
     space = load_space(opts.space)
     check_recipe(space)
     epochs = opts.epochs or space.fidelity.epochs
