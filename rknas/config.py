@@ -380,6 +380,16 @@ def model_name(config: NetworkConfig) -> str:
     return "_".join(parts)
 
 
+def network_summary(config: NetworkConfig, params: int, flops: int) -> dict[str, Any]:
+    """What ``rknas describe`` and ``rknas models`` show of a network: its paper-style name, every
+    setting, params and FLOPs (counted by ``rknas.models.counting``, or read from the shipped table)."""
+    return {"name": config.name, "framework": config.framework, "periods": config.periods, "strategy": config.strategy,
+            "stages": config.stages, "k": config.k, "steps": config.steps, "classes": config.classes,
+            "in_channels": config.in_channels, "image_size": config.image_size, "attention": config.attention,
+            "multiscale": config.multiscale, "width": config.width, "dropout": config.dropout, "params": params,
+            "flops": flops}
+
+
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

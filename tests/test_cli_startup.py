@@ -1,4 +1,4 @@
-"""The commands that only read (help, studies, best, strategies, bench replay --help) import no torch and no Ray.
+"""The commands that only read (help, studies, best, strategies, models, bench replay --help) import no torch and no Ray.
 
 Each runs as `rknas` does, in a fresh interpreter with only the built-in plugins (a plugin that
 imports torch at its top is its author's choice). Speed is measured in benchmarks/, not here.
@@ -44,7 +44,8 @@ def study_url(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args", [
-    ["--help"], ["search", "--help"], ["strategies"], ["bench", "replay", "--help"], ["studies"], ["best", "--study", "tiny"],
+    ["--help"], ["search", "--help"], ["strategies"], ["models"], ["bench", "replay", "--help"], ["studies"],
+    ["best", "--study", "tiny"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_a_command_that_only_reads_imports_no_torch_or_ray(args, study_url):
     env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}  # built-ins only

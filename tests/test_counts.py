@@ -124,3 +124,21 @@ def test_config_broadcast_and_name():
     cfg = NetworkConfig(strategy="I", stages=[5, 5, 6], k=[150, 120, 120])
     assert cfg.strategy == ["I", "I", "I"] and cfg.steps == [1, 1, 1]
     assert cfg.name == "RKCNN-I-5_5_6"
+
+
+def test_the_shipped_size_table_is_what_counting_gives():
+    """`rknas models` reads rknas's own models' sizes from rknas/models/paper_sizes.json: it must be exact."""
+    from rknas.models import sizes
+
+    assert sizes.shipped() == sizes.count_all(), "the size table is stale: run python -m rknas.models.sizes"
+
+
+def test_the_table_is_used_only_for_the_config_it_describes():
+    from rknas.config import NetworkConfig
+    from rknas.models import sizes
+
+    name, row = next(iter(sizes.shipped().items()))
+    config = NetworkConfig.model_validate(row["config"])
+    assert sizes.shipped_counts(name, config, "rknas") == (row["params"], row["flops"])
+    assert sizes.shipped_counts(name, config.model_copy(update={"classes": 3}), "rknas") is None  # changed: count it
+    assert sizes.shipped_counts(name, config, "someplugin") is None  # not rknas's model

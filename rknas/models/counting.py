@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rknas.config import NetworkConfig
+from rknas.config import NetworkConfig, network_summary
 from rknas.models.network import RKCNN, build_network
 
 
@@ -61,22 +61,4 @@ def describe(config: NetworkConfig | dict) -> dict:
         PluginError: A strategy's module breaks the contract.
     """
     model = build_network(config)
-    cfg = model.config
-    return {
-        "name": cfg.name,
-        "framework": cfg.framework,
-        "periods": cfg.periods,
-        "strategy": cfg.strategy,
-        "stages": cfg.stages,
-        "k": cfg.k,
-        "steps": cfg.steps,
-        "classes": cfg.classes,
-        "in_channels": cfg.in_channels,
-        "image_size": cfg.image_size,
-        "attention": cfg.attention,
-        "multiscale": cfg.multiscale,
-        "width": cfg.width,
-        "dropout": cfg.dropout,
-        "params": count_params(model),
-        "flops": count_flops(model, cfg),
-    }
+    return network_summary(model.config, count_params(model), count_flops(model, model.config))

@@ -12,11 +12,14 @@ need a name from the plugin: two configurations with the same name are refused a
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
-from rknas.config import NetworkConfig, model_name  # noqa: F401  # re-exported: model_name lived here first
-from rknas.models.counting import describe
-from rknas.models.network import RKCNN, build_network
+from rknas.config import NetworkConfig, model_name, network_summary  # noqa: F401  # model_name: re-exported, it lived here
+from rknas.models.sizes import shipped_counts
 from rknas.registry import models
+
+if TYPE_CHECKING:  # torch: imported when a network is built or counted
+    from rknas.models.network import RKCNN
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -38,9 +41,20 @@ def model_sizes(pattern: str = "*") -> list[dict]:
         pattern: An ``fnmatch`` glob over the names.
 
     Returns:
-        One ``describe()`` dict per model, with its ``model`` name added.
+        One ``describe()`` dict per model, with its ``model`` name added; rknas's own models are
+        read from the shipped table (``rknas.models.sizes``), so listing them imports no torch.
     """
-    return [{"model": name, **describe(model_config(name))} for name in list_models(pattern)]
+    known, out = models(), []
+    for name in list_models(pattern):
+        config = model_config(name)
+        counts = shipped_counts(name, config, known[name].package)
+        if counts is None:  # a plugin's model, or a changed one: build and count it
+            from rknas.models.counting import describe
+
+            out.append({"model": name, **describe(config)})
+        else:
+            out.append({"model": name, **network_summary(config, *counts)})
+    return out
 
 
 def model_config(name: str, **overrides) -> NetworkConfig:
@@ -74,4 +88,6 @@ def create_model(name: str, **overrides) -> RKCNN:
     Raises:
         ConfigError: Unknown name or invalid override.
     """
+    from rknas.models.network import build_network
+
     return build_network(model_config(name, **overrides))
