@@ -36,6 +36,29 @@ LATE_SPACE = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E
 LATE_HELD = {**GOOD, "p1_strategy": "search_late_gate"}  # trains epoch 1, then waits for the gate
 
 
+# What the node must still see if it lives under /tmp (a checkout there, as a fresh clone in /tmp is):
+# the repository (tests/support, the code) and the Python environment.
+KEEP_VISIBLE = (Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
+
+
+def private_tmp_keeping(paths, holder: Path) -> str:
+    """Shell commands that give this mount namespace an empty /tmp, with ``paths`` under /tmp still in place.
+
+    Each such path is bind-mounted to a folder outside /tmp first, then back over the new tmpfs;
+    the mounts are private to the namespace, so the machine's own /tmp is untouched.
+    """
+    inside = sorted({p for p in paths if p.is_relative_to("/tmp")})
+    holder.mkdir(parents=True, exist_ok=True)
+    steps = []
+    for i, path in enumerate(inside):
+        (holder / str(i)).mkdir(exist_ok=True)
+        steps.append(f"mount --bind {path} {holder / str(i)}")
+    steps.append("mount -t tmpfs tmpfs /tmp")
+    for i, path in enumerate(inside):
+        steps += [f"mkdir -p {path}", f"mount --bind {holder / str(i)} {path}"]
+    return " && ".join(steps)
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """A head with no CPUs and a worker node with 2 CPUs and a private /tmp; yields address, HOME, shared folder."""
@@ -66,7 +89,8 @@ def two_nodes(tmp_path_factory):
         address = re.search(r"ray start --address='([^']+)'", text).group(1)
         ports = " ".join(f"--{flag} {free_port()}" for flag in (
             "dashboard-agent-listen-port", "metrics-export-port", "runtime-env-agent-port", "dashboard-agent-grpc-port"))
-        script = (f"mount -t tmpfs tmpfs /tmp && mkdir /tmp/home && HOME=/tmp/home exec {RAY} start --block "
+        keep = private_tmp_keeping(KEEP_VISIBLE, shared / "keep")
+        script = (f"{keep} && mkdir /tmp/home && HOME=/tmp/home exec {RAY} start --block "
                   f"--address {address} --num-cpus 2 --object-store-memory {200 * 1024**2} {ports} --disable-usage-stats")
         node_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RKNAS_TEST_GATE": str(shared / "gate")}
         logs.append((tmp / "node.log").open("w"))
