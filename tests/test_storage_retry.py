@@ -106,3 +106,31 @@ def test_a_loop_that_gave_up_is_not_retried_by_an_outer_one():
             raise retry.StorageUnavailable("gave up") from None
     except retry.StorageUnavailable as exc:
         assert exc.__context__ is not None and not retry.is_transient(exc)
+
+
+@pytest.mark.parametrize("error,dropped", [
+    (op_error(PgOperational("server closed the connection unexpectedly\n\tThis probably means ...")), True),
+    (op_error(PgOperational("terminating connection due to administrator command")), True),
+    (op_error(PgOperational('connection to server at "127.0.0.1", port 5 failed: Connection refused')), False),
+    (op_error(PgOperational('could not translate host name "dbhost" to address')), False),
+])
+def test_opening_rides_through_a_dropped_connection_but_not_a_refusal(tmp_path, monkeypatch, error, dropped):
+    """A cut while the storage is opened (issue 24) is retried; a wrong address is said at once."""
+    monkeypatch.setattr(retry.time, "sleep", lambda s: None)
+    real, calls = retry.RDBStorage.__init__, []
+
+    def cut_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(retry.RDBStorage, "__init__", cut_once)
+    url = f"sqlite:///{tmp_path}/s.db"
+    if dropped:
+        storage = retry.RetryingRDBStorage(url, retry_s=30)
+        assert len(calls) == 2 and storage.get_all_studies() == []
+    else:
+        with pytest.raises(sa_exc.OperationalError):
+            retry.RetryingRDBStorage(url, retry_s=30)
+        assert len(calls) == 1  # no retry: the user hears about a wrong address now

@@ -161,6 +161,29 @@ def call_with_retry(call: Callable[[], T], *, limit_s: float, where: str, reset:
             delay = min(delay * 2, MAX_DELAY_S)
 
 
+DROPPED_MARKERS = ("server closed the connection", "connection reset", "terminating connection", "connection has been closed",
+                   "connection already closed", "eof detected", "broken pipe", "lost connection")
+
+
+def was_dropped(exc: BaseException) -> bool:
+    """Whether an error says an established connection was cut (not refused, not an unknown host).
+
+    Args:
+        exc: The error, or any error it was raised from.
+
+    Returns:
+        True when its text (or its cause's) names a dropped connection.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(m in f"{e} {getattr(e, 'orig', '')}".lower() for m in DROPPED_MARKERS):
+            return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
 def _one_line(exc: BaseException) -> str:
     root: BaseException = exc
     while root.__cause__ is not None:
@@ -183,7 +206,19 @@ class RetryingRDBStorage(RDBStorage):
         self.where = where or url
         engine_kwargs = dict(kwargs.pop("engine_kwargs", None) or {})
         engine_kwargs.setdefault("pool_pre_ping", True)
-        super().__init__(url, engine_kwargs=engine_kwargs, **kwargs)
+
+        def open_() -> None:
+            RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs)
+
+        try:
+            open_()
+        except Exception as exc:
+            # A connection that was there and dropped while the storage was opened (creating the
+            # tables is idempotent) is ridden through like any other call; a database that
+            # refuses or does not exist is said at once, not after --storage-retry seconds.
+            if not (is_transient(exc) and was_dropped(exc)):
+                raise
+            call_with_retry(open_, limit_s=retry_s, where=self.where)
 
     def retrying(self, call: Callable[[], T]) -> T:
         """Run any call on this storage's database (rknas's own queries) with the same retries.
