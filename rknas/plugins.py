@@ -235,6 +235,22 @@ def _module_provider(module: Any, fallback: str) -> tuple[str, str]:
     return fallback, str(getattr(module, "__version__", ""))
 
 
+class Registered:
+    """What every registered thing (strategy, sampler, data set, named model) shares: who provided it.
+
+    Subclasses are dataclasses with ``package`` and ``version`` fields, which the registry fills
+    in from the plugin that registered them.
+    """
+
+    package: str
+    version: str
+
+    @property
+    def provider(self) -> str:
+        """``"package version"`` of whoever registered it (``"unknown"`` before the registry filled it in)."""
+        return f"{self.package} {self.version}".strip() or "unknown"
+
+
 def provider_of(plugin: Any) -> tuple[str, str]:
     """(package, version) of a registered plugin object.
 

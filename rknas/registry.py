@@ -22,7 +22,7 @@ from typing import Any, Optional, TypeVar
 
 from rknas.data.source import DataSource
 from rknas.errors import ConfigError, PluginError
-from rknas.plugins import PLUGINS_ENV, get_plugin_manager, load_errors, provider_of
+from rknas.plugins import PLUGINS_ENV, Registered, get_plugin_manager, load_errors, provider_of
 from rknas.strategies.base import StageStrategy
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ def clear_cache() -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class NamedModel:
+class NamedModel(Registered):
     """A named network configuration and the package that registered it."""
 
     name: str
@@ -54,9 +54,6 @@ class NamedModel:
     package: str = ""
     version: str = ""
 
-    @property
-    def provider(self) -> str:
-        return f"{self.package} {self.version}".strip() or "unknown"
 
 
 def collect(hook_name: str, accept: Callable[..., None]) -> None:

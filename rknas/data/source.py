@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from rknas.plugins import Registered
+
 if TYPE_CHECKING:
     from rknas.data.core import TensorData
 
@@ -41,7 +43,7 @@ def download_command(name: str, root: Optional[Union[str, Path]] = None) -> str:
 
 
 @dataclass(frozen=True)
-class DataSource:
+class DataSource(Registered):
     """One data set: how to load it, where its files are, and (optionally) how to fetch them.
 
     A plugin registers one per set through ``register_datasets(register)``:
@@ -95,10 +97,6 @@ class DataSource:
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
-    @property
-    def provider(self) -> str:
-        """``"package version"`` of whoever registered the set."""
-        return f"{self.package} {self.version}".strip() or "unknown"
 
     @property
     def downloadable(self) -> bool:

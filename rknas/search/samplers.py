@@ -13,13 +13,14 @@ from typing import Any, Optional
 
 from rknas.errors import PluginError
 from rknas.hookspecs import hookimpl
+from rknas.plugins import Registered
 from rknas.registry import cached, collect
 
 AUTO = "auto"  # a space's default: the sampler the evidence favours (benchmarks/RESULTS.md)
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerSpec:
+class SamplerSpec(Registered):
     """A named way to build an Optuna sampler.
 
     Attributes:
@@ -39,9 +40,6 @@ class SamplerSpec:
     package: str = ""
     version: str = ""
 
-    @property
-    def provider(self) -> str:
-        return f"{self.package} {self.version}".strip() or "unknown"
 
 
 def _random(seed: int, objectives: int) -> Any:

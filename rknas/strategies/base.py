@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from rknas.plugins import Registered
+
 if TYPE_CHECKING:  # torch only where a block is built: listing strategies imports none
     from torch import nn
 
@@ -116,7 +118,7 @@ def is_positional_builder(builder: Callable[..., Any]) -> bool:
 
 
 @dataclass(frozen=True)
-class StageStrategy:
+class StageStrategy(Registered):
     """One way to approximate a Runge-Kutta time step with a CNN block.
 
     ``builder(spec)`` gets a ``BlockSpec`` (channels k, stages s, width, dropout, framework,
@@ -193,6 +195,3 @@ class StageStrategy:
             return self.post_channels(channels, stages)
         return self.output_width(channels, stages)
 
-    @property
-    def provider(self) -> str:
-        return f"{self.package} {self.version}".strip() or "unknown"
