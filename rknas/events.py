@@ -307,6 +307,15 @@ class CallbackEvents:
         return emit
 
 
+def _listener(sink: Any, protocol: type, nothing: type) -> Any:
+    """``sink`` if it is a ``protocol`` listener, a ``CallbackEvents`` around a callable, ``nothing()`` for None."""
+    if sink is None:
+        return nothing()
+    if isinstance(sink, protocol):
+        return sink
+    return CallbackEvents(sink)
+
+
 def search_listener(sink: Union[SearchEvents, EventSink, None]) -> SearchEvents:
     """The listener for what ``SearchOptions.on_event`` holds.
 
@@ -316,11 +325,7 @@ def search_listener(sink: Union[SearchEvents, EventSink, None]) -> SearchEvents:
     Returns:
         A listener; ``SearchListener()`` (nothing) for None.
     """
-    if sink is None:
-        return SearchListener()
-    if isinstance(sink, SearchEvents):
-        return sink
-    return cast(SearchEvents, CallbackEvents(sink))
+    return cast(SearchEvents, _listener(sink, SearchEvents, SearchListener))
 
 
 def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> EvaluationEvents:
@@ -332,11 +337,7 @@ def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> Evalu
     Returns:
         A listener; ``EvaluationListener()`` (nothing) for None.
     """
-    if sink is None:
-        return EvaluationListener()
-    if isinstance(sink, EvaluationEvents):
-        return sink
-    return cast(EvaluationEvents, CallbackEvents(sink))
+    return cast(EvaluationEvents, _listener(sink, EvaluationEvents, EvaluationListener))
 
 
 def bench_listener(sink: Union[BenchEvents, EventSink, None]) -> BenchEvents:
@@ -348,8 +349,4 @@ def bench_listener(sink: Union[BenchEvents, EventSink, None]) -> BenchEvents:
     Returns:
         A listener; ``BenchListener()`` (nothing) for None.
     """
-    if sink is None:
-        return BenchListener()
-    if isinstance(sink, BenchEvents):
-        return sink
-    return cast(BenchEvents, CallbackEvents(sink))
+    return cast(BenchEvents, _listener(sink, BenchEvents, BenchListener))
