@@ -45,7 +45,7 @@ from rknas.options import (
 )
 from rknas.plugins import load_errors, plugin_info
 from rknas.registry import list_strategies
-from rknas.util import busy_hint, cpus_here, plural, usable_device
+from rknas.util import busy_hint, plural, training_threads, usable_device
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere, as most CLIs accept
 app = typer.Typer(
@@ -71,6 +71,8 @@ def _main(
                                  help="Print rknas's version and exit."),
 ) -> None:
     """Neural architecture search over Runge-Kutta CNNs."""
+
+
 console = display.make_console()
 err_console = display.make_console(stderr=True)
 
@@ -119,7 +121,7 @@ def models(
     as_json: Json = False,
 ):
     """List the named paper models with params and FLOPs (use them as `--model NAME`, `--include NAME`)."""
-    from rknas.models.registry import model_sizes  # torch: counting builds the networks
+    from rknas.models.registry import model_sizes  # rknas's own models from the shipped table; a plugin's are counted
 
     rows = model_sizes(pattern)
     if not rows:
@@ -310,7 +312,7 @@ def train(opts: TrainOptions):
     view = display.TrainProgress(err_console)
 
     def started(epochs: int) -> None:  # every check passed: say what would slow it down, then draw the bar
-        hint = busy_hint(opts.threads or cpus_here())
+        hint = busy_hint(training_threads(opts.threads))
         if hint:
             err_console.print(hint)
         view.start(epochs)
@@ -356,7 +358,7 @@ def evaluate_cmd(opts: EvaluateOptions):
     """
     from rknas.evaluate import evaluate
 
-    view = display.EvaluationProgress(err_console, note=busy_hint(opts.threads or cpus_here()))  # progress on stderr
+    view = display.EvaluationProgress(err_console, note=busy_hint(training_threads(opts.threads)))  # progress on stderr
     opts.on_event = view
     try:
         result = evaluate(opts)

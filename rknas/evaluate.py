@@ -49,7 +49,7 @@ from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
-from rknas.util import cpus_here, differences, plural, torch_threads, usable_device, write_json_atomic
+from rknas.util import differences, plural, torch_threads, training_threads, usable_device, write_json_atomic
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -353,7 +353,7 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     """
     device = usable_device(options.device)  # before anything is planned or written
     plan = plan_evaluation(options)
-    with torch_threads(options.threads or cpus_here()):
+    with torch_threads(training_threads(options.threads)):
         trained = run_evaluation(plan, device, options.on_event)
     return publish_evaluation(plan, trained, store=options.store)
 

@@ -32,7 +32,7 @@ from rknas.errors import ConfigError
 from rknas.models.counting import count_flops, count_params
 from rknas.models.network import RKCNN, build_network, parse_network_config
 from rknas.options import TrainOptions
-from rknas.util import atomic_write, cpus_here, differences, torch_threads, usable_device, write_json_atomic
+from rknas.util import atomic_write, differences, torch_threads, training_threads, usable_device, write_json_atomic
 
 # Reading the loss back every step would stall the GPU; check for divergence this often instead.
 DIVERGENCE_CHECK_STEPS = 50
@@ -493,7 +493,7 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
-    threads = opts.threads or cpus_here()
+    threads = training_threads(opts.threads)
     if on_start is not None:
         on_start(training.epochs)
     t0 = time.perf_counter()

@@ -106,6 +106,11 @@ def cpus_here() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def training_threads(asked: Optional[int] = None) -> int:
+    """The threads a training run uses: ``--threads``, else one per CPU this process may use."""
+    return asked or cpus_here()
+
+
 def busy_hint(threads: int) -> Optional[str]:
     """A one-line hint when the machine already looks busy enough that ``threads`` would oversubscribe it.
 

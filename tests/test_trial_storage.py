@@ -74,3 +74,10 @@ def test_removing_a_rounds_folder_leaves_the_storage(tmp_path):
 def test_a_single_node_cluster_is_not_checked(ray_local, tmp_path):
     """One node sees what the driver sees: no task is sent (the two-node case is tests/test_ray_multinode.py)."""
     assert TrialStorage.open(str(tmp_path / "ckpt")).check_nodes(1, 0) == 0
+
+
+def test_a_bad_value_from_the_variable_names_the_variable(monkeypatch):
+    monkeypatch.setenv(TRIAL_STORAGE_ENV, "ftp://host/ckpt")
+    with pytest.raises(ConfigError) as exc:
+        TrialStorage.open()
+    assert str(exc.value).startswith("RKNAS_TRIAL_STORAGE ftp://host/ckpt: cannot open it: cannot be opened by Ray Tune")

@@ -104,6 +104,7 @@ class TrialStorage:
         """
         import pyarrow.fs
 
+        given = FLAG if path else TRIAL_STORAGE_ENV if os.environ.get(TRIAL_STORAGE_ENV) else "the default trial storage"
         path = trial_storage_path(path)
         if scheme_of(path) is None and filesystem is None:
             path = os.path.abspath(os.path.expanduser(path))
@@ -115,7 +116,7 @@ class TrialStorage:
                 fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
             fs.create_dir(fs_path, recursive=True)
         except Exception as exc:  # pyarrow raises its own types (ArrowInvalid, OSError, ...)
-            raise ConfigError(f"{FLAG} {path}: cannot open it: {_first_line(exc)}") from None
+            raise ConfigError(f"{given} {path}: cannot open it: {_first_line(exc)}") from None
         return cls(path=path, filesystem=fs, fs_path=fs_path, custom=filesystem is not None)
 
     def tune_kwargs(self) -> dict[str, Any]:
