@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity_tau import append_result, read_results
 from scipy.stats import kendalltau, spearmanr
 
-from rknas.bench.replay import load_bench
+from rknas.bench.tableview import load_bench
 from rknas.data.core import load_dataset
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError

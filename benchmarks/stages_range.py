@@ -31,37 +31,39 @@ TABLE = Path(__file__).parent / "tables" / "fashion_mnist_bench.db.gz"
 def use_fixed_range() -> None:
     """Sample stages from the whole range for every strategy; clamp at lookup."""
     import rknas.search.space as sp
-    from rknas.bench import replay as rp
+    from rknas.bench import tableview as tv
     from rknas.registry import strategies
 
     real = strategies()
     minimum = {n: s.min_stages for n, s in real.items()}
     relaxed = {n: dataclasses.replace(s, min_stages=1) for n, s in real.items()}
     sp.strategies = lambda: relaxed  # type: ignore[assignment]
-    find = rp.Snapper.find
+    find = tv.Snapper.find
 
-    def clamped(self: rp.Snapper, proposal: dict) -> int:
+    def clamped(self: tv.Snapper, proposal: dict) -> int:
         p = dict(proposal)
         for key in [k for k in p if k.endswith("_stages")]:
             p[key] = max(int(p[key]), minimum[p[key[: -len("stages")] + "strategy"]])
         return find(self, p)
 
-    rp.Snapper.find = clamped  # type: ignore[method-assign]
+    tv.Snapper.find = clamped  # type: ignore[method-assign]
 
 
 def measure(variant: str, repeats: int) -> list[dict]:
     from rknas.bench import replay as rp
+    from rknas.bench import simulator as sim
+    from rknas.bench import tableview as tv
 
-    bench = rp.load_bench(TABLE)
+    bench = tv.load_bench(TABLE)
     rows = []
-    quality = [rp.Strategy("tpe", asha=True, warm=True), rp.Strategy("tpe", asha=True)]
+    quality = [sim.Strategy("tpe", asha=True, warm=True), sim.Strategy("tpe", asha=True)]
     for s in rp.replay(bench, quality, 900, 2, repeats, seed=0):
         t = s.median_time_to_target()
         rows.append({"variant": variant, "strategy": s.strategy, "budget_s": 900,
                      "median_min_to_0.3pt": None if t is None else round(t / 60, 1),
                      "reached": sum(x is not None for x in s.time_to_target), "repeats": repeats})
     start = time.time()
-    rp.replay(bench, [rp.Strategy("tpe", asha=True)], 1e7, 4, repeats, seed=0, max_trials=200)
+    rp.replay(bench, [sim.Strategy("tpe", asha=True)], 1e7, 4, repeats, seed=0, max_trials=200)
     rows.append({"variant": variant, "strategy": "tpe+asha", "trials": 200, "repeats": repeats,
                  "replay_wall_s": round(time.time() - start, 1)})
     return rows

@@ -1,16 +1,21 @@
-"""A one-page picture of a study: progress, accuracy against size, learning curves, and which
-parameters mattered (Optuna's importance evaluator)."""
+"""The plots: a one-page picture of a study (progress, accuracy against size, learning curves,
+which parameters mattered by Optuna's importance evaluator), an evaluation's finalists beside
+the paper's models, and a benchmark replay's anytime regret."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from rknas.errors import RknasError
 from rknas.storage import StudyRecord, TrialRecord
+
+if TYPE_CHECKING:
+    from rknas.bench.replay import ReplaySummary
 
 
 def parameter_importances(study: optuna.Study) -> dict[str, float]:
@@ -135,6 +140,45 @@ def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
     _count_axis(ax.xaxis)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
+
+
+def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool, target: float) -> Any:
+    """Anytime regret, median and quartiles over repeats, one line per strategy (a matplotlib Figure).
+
+    ``target`` (a fraction of accuracy, as ``--target``) is drawn and labelled as it is.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in summaries:
+        x = np.array(s.grid) / 60.0
+        y = np.array(s.median) * (1 if pareto else 100)
+        (line,) = ax.plot(x, y, label=f"{s.strategy} (median of {s.repeats})")
+        ax.fill_between(x, np.array(s.q25) * (1 if pareto else 100), np.array(s.q75) * (1 if pareto else 100),
+                        color=line.get_color(), alpha=0.2)
+    if not pareto:
+        points = f"{target * 100:g} point{'' if target * 100 == 1 else 's'}"
+        ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label=f"target: {points}")
+    ax.set_xlabel(f"simulated time (minutes, {summaries[0].workers} workers)")
+    ax.set_ylabel("hypervolume regret" if pareto else "regret (test accuracy points below the table's best)")
+    ax.set_yscale("symlog", linthresh=0.1 if not pareto else 0.01)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_replay(summaries: list[ReplaySummary], path: Path, title: str, pareto: bool, target: float) -> None:
+    """Write ``replay_figure`` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = replay_figure(summaries, title, pareto, target)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _count_axis(axis: Any) -> None:

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 from support.synthetic_bench import make_table
 
+from rknas.bench import regret
 from rknas.bench import replay as rp
+from rknas.bench import simulator as sim
+from rknas.bench import tableview as tv
+from rknas.bench.table import arch_key
 from rknas.errors import ConfigError
 from rknas.hookspecs import hookimpl
+from rknas.report import replay_figure
 from rknas.search.samplers import SamplerSpec
 from rknas.search.space import load_space
 
@@ -33,18 +38,18 @@ def table(tmp_path_factory, bench_space):
 
 @pytest.fixture(scope="module")
 def bench(table):
-    return rp.load_bench(table[0])
+    return tv.load_bench(table[0])
 
 
 @pytest.mark.parametrize("text,want", [
-    ("random", rp.Strategy("random")),
-    ("tpe+asha", rp.Strategy("tpe", asha=True)),
-    ("tpe+asha+warm", rp.Strategy("tpe", asha=True, warm=True)),
-    ("tpe+warm+asha", rp.Strategy("tpe", asha=True, warm=True)),
-    ("nsga2+warm", rp.Strategy("nsga2", warm=True)),
+    ("random", sim.Strategy("random")),
+    ("tpe+asha", sim.Strategy("tpe", asha=True)),
+    ("tpe+asha+warm", sim.Strategy("tpe", asha=True, warm=True)),
+    ("tpe+warm+asha", sim.Strategy("tpe", asha=True, warm=True)),
+    ("nsga2+warm", sim.Strategy("nsga2", warm=True)),
 ])
 def test_strategy_names(text, want):
-    assert rp.parse_strategy(text, SAMPLERS) == want
+    assert sim.parse_strategy(text, SAMPLERS) == want
 
 
 @pytest.mark.parametrize("text,match", [
@@ -54,7 +59,7 @@ def test_strategy_names(text, want):
 ])
 def test_unknown_strategies_name_what_exists(text, match):
     with pytest.raises(ConfigError, match=match):
-        rp.parse_strategy(text, SAMPLERS)
+        sim.parse_strategy(text, SAMPLERS)
 
 
 def test_the_table_truth_is_the_mean_final_test_accuracy_over_seeds(table, bench):
@@ -67,7 +72,7 @@ def test_the_table_truth_is_the_mean_final_test_accuracy_over_seeds(table, bench
 
 
 def test_a_proposal_is_found_or_snapped_to_its_nearest_architecture(bench):
-    snap = rp.Snapper(bench)
+    snap = tv.Snapper(bench)
     first = bench.sampled[3]
     assert snap.find(dict(first)) == 3 and snap.snapped == 0
     far = {**first, "p1_k": 1000}  # no such k: the nearest is the same architecture with the largest k
@@ -93,7 +98,7 @@ def _nearest_by_loop(snap, proposal):
 def test_snapping_agrees_with_the_plain_loop_ties_included(bench):
     import random
 
-    snap, rng = rp.Snapper(bench), random.Random(0)
+    snap, rng = tv.Snapper(bench), random.Random(0)
     values = {k: sorted({s[k] for s in bench.sampled}, key=repr) for k in snap.names}
     for n in range(300):
         p = {k: rng.choice(v) for k, v in values.items()}
@@ -101,21 +106,21 @@ def test_snapping_agrees_with_the_plain_loop_ties_included(bench):
             p["p1_k"] = rng.choice([1, 17, 33, 1000])  # off the table's grid: many equal distances
         if n % 7 == 0:
             p["optimizer"] = ["not", "hashable"]
-        if bench.keys.get(rp.arch_key(p)) is None:
+        if bench.keys.get(arch_key(p)) is None:
             assert snap.find(p) == _nearest_by_loop(snap, p), p
     assert snap.snapped > 200
 
 
 def test_hypervolume_and_pareto_front():
-    assert rp.hypervolume(np.array([[1.0, 1.0]])) == 1.0
-    assert rp.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0]])) == pytest.approx(0.75)
-    assert rp.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0], [0.4, 0.4]])) == pytest.approx(0.75)  # dominated adds nothing
-    assert rp.pareto_mask(np.array([[1, 0.5], [0.5, 1], [0.4, 0.4]])).tolist() == [True, True, False]
+    assert regret.hypervolume(np.array([[1.0, 1.0]])) == 1.0
+    assert regret.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0]])) == pytest.approx(0.75)
+    assert regret.hypervolume(np.array([[1.0, 0.5], [0.5, 1.0], [0.4, 0.4]])) == pytest.approx(0.75)  # dominated adds nothing
+    assert regret.pareto_mask(np.array([[1, 0.5], [0.5, 1], [0.4, 0.4]])).tolist() == [True, True, False]
 
 
 @pytest.mark.slow  # Ray's ASHA scheduler imports Ray
 def test_a_replay_is_reproducible_from_its_seed(bench):
-    s = rp.Strategy("tpe", asha=True)
+    s = sim.Strategy("tpe", asha=True)
     a = rp.replay_once(bench, s, 400, 2, seed=3)
     assert a == rp.replay_once(bench, s, 400, 2, seed=3)
     assert a != rp.replay_once(bench, s, 400, 2, seed=4)
@@ -123,8 +128,8 @@ def test_a_replay_is_reproducible_from_its_seed(bench):
 
 def test_simulated_time_runs_the_recorded_epochs_on_w_workers(bench):
     # Every curve has 4 epochs; with one worker trials run one after another, with 3 about three at a time.
-    one = rp.replay_once(bench, rp.Strategy("random"), 500, 1, seed=0)
-    three = rp.replay_once(bench, rp.Strategy("random"), 500, 3, seed=0)
+    one = rp.replay_once(bench, sim.Strategy("random"), 500, 1, seed=0)
+    three = rp.replay_once(bench, sim.Strategy("random"), 500, 3, seed=0)
     assert one["pruned"] == 0 and one["completed"] + one["failed"] == one["trials"] - 1  # the last is cut by the budget
     assert 2.5 * one["completed"] <= three["completed"] <= 3 * one["completed"] + 3
     times = [t for t, _ in one["events"]]
@@ -132,7 +137,7 @@ def test_simulated_time_runs_the_recorded_epochs_on_w_workers(bench):
 
 
 def test_random_search_with_room_for_everything_ends_at_zero_regret(bench):
-    out = rp.replay_once(bench, rp.Strategy("random"), 1e9, 4, seed=0, max_trials=600)
+    out = rp.replay_once(bench, sim.Strategy("random"), 1e9, 4, seed=0, max_trials=600)
     assert out["trials"] == 600
     best_seen = out["events"][-1][1]
     assert best_seen <= 0.003  # the best it observed may differ from the best by seed noise only
@@ -153,7 +158,7 @@ def test_asha_in_a_replay_stops_what_rays_scheduler_stops(bench):
 
     ASHAScheduler.on_trial_result = spy
     try:
-        out = rp.replay_once(bench, rp.Strategy("random", asha=True), 300, 1, seed=0)
+        out = rp.replay_once(bench, sim.Strategy("random", asha=True), 300, 1, seed=0)
     finally:
         ASHAScheduler.on_trial_result = orig
     assert out["pruned"] > 0 and trace
@@ -175,32 +180,32 @@ def test_asha_in_a_replay_stops_what_rays_scheduler_stops(bench):
 
 def test_warm_start_proposes_the_spaces_paper_models_first(bench, bench_space, monkeypatch):
     asked = []
-    orig = rp.Snapper.find
+    orig = tv.Snapper.find
 
     def spy(self, proposal):
         asked.append(proposal)
         return orig(self, proposal)
 
-    monkeypatch.setattr(rp.Snapper, "find", spy)
-    rp.replay_once(bench, rp.Strategy("tpe", warm=True), 100, 1, seed=0)
+    monkeypatch.setattr(tv.Snapper, "find", spy)
+    rp.replay_once(bench, sim.Strategy("tpe", warm=True), 100, 1, seed=0)
     assert [(p["p1_strategy"], p["p1_k"]) for p in asked[:6]] == [("E", 24), ("E", 32), ("I", 20), ("I", 32), ("R", 20), ("R", 32)]
 
 
 def test_pareto_regret_is_hypervolume_short_of_the_true_front(bench):
-    out = rp.replay_once(bench, rp.Strategy("nsga2"), 1e9, 4, seed=0, pareto=True, max_trials=400)
-    true_hv = rp.worst_regret(bench, pareto=True)
+    out = rp.replay_once(bench, sim.Strategy("nsga2"), 1e9, 4, seed=0, pareto=True, max_trials=400)
+    true_hv = regret.worst_regret(bench, pareto=True)
     regrets = [r for _, r in out["events"]]
     assert 0 < true_hv and all(r <= true_hv + 1e-12 for r in regrets)
     assert regrets[-1] < 0.1 * true_hv
 
 
 def test_summaries_give_median_quartiles_and_time_to_target(bench):
-    [s] = rp.replay(bench, [rp.Strategy("random")], 300, 2, repeats=5, jobs=1)
+    [s] = rp.replay(bench, [sim.Strategy("random")], 300, 2, repeats=5, jobs=1)
     assert s.repeats == 5 and len(s.grid) == rp.GRID_POINTS and s.grid[-1] == 300
     assert all(lo <= m <= hi for lo, m, hi in zip(s.q25, s.median, s.q75))
     # A median may rise (the incumbent is chosen on noisy validation), so no monotonicity: the
     # summary must be the median of the repeats' own regrets, each between 0 and the worst.
-    worst = rp.worst_regret(bench, pareto=False)
+    worst = regret.worst_regret(bench, pareto=False)
     assert s.median[-1] == pytest.approx(statistics.median(s.final_regret))
     assert all(0 <= r <= worst for r in s.final_regret) and max(s.median) <= worst
     for t in s.time_to_target:
@@ -212,7 +217,7 @@ def test_parallel_replays_equal_the_same_replays_in_one_process(bench, monkeypat
     import multiprocessing as mp
 
     monkeypatch.setattr(rp, "_pool_context", lambda: mp.get_context(method))
-    strategies = [rp.Strategy("random"), rp.Strategy("tpe", warm=True)]
+    strategies = [sim.Strategy("random"), sim.Strategy("tpe", warm=True)]
     alone = rp.replay(bench, strategies, 300, 2, repeats=3, seed=5, jobs=1)
     pooled = rp.replay(bench, strategies, 300, 2, repeats=3, seed=5, jobs=2)
     assert [s.to_json() for s in pooled] == [s.to_json() for s in alone]
@@ -242,19 +247,19 @@ def test_forked_workers_replay_a_sampler_registered_in_this_process(bench, regis
 
     register_plugin(Plugin())
     monkeypatch.setattr(rp, "_pool_context", lambda: mp.get_context("fork"))
-    [s] = rp.replay(bench, [rp.Strategy("qmc2")], 200, 2, repeats=2, jobs=2)
+    [s] = rp.replay(bench, [sim.Strategy("qmc2")], 200, 2, repeats=2, jobs=2)
     assert all(t > 0 for t in s.trials)
 
 
 def test_the_plot_shows_one_median_line_per_strategy(bench):
-    sums = rp.replay(bench, [rp.Strategy("random"), rp.Strategy("tpe")], 200, 2, repeats=2, jobs=1)
-    fig = rp.replay_figure(sums, "t", pareto=False)
+    sums = rp.replay(bench, [sim.Strategy("random"), sim.Strategy("tpe")], 200, 2, repeats=2, jobs=1)
+    fig = replay_figure(sums, "t", pareto=False, target=0.003)
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["random (median of 2)", "tpe (median of 2)", "target: 0.3 points"]
     assert "simulated time" in ax.get_xlabel() and "regret" in ax.get_ylabel()
     assert np.allclose(ax.get_lines()[0].get_ydata(), np.array(sums[0].median) * 100)
-    ax = rp.replay_figure(sums, "t", pareto=False, target=0.01).axes[0]  # --target 0.01: drawn and named as given
+    ax = replay_figure(sums, "t", pareto=False, target=0.01).axes[0]  # --target 0.01: drawn and named as given
     assert ax.get_lines()[-1].get_label() == "target: 1 point" and ax.get_lines()[-1].get_ydata()[0] == pytest.approx(1.0)
 
 
@@ -306,7 +311,7 @@ def test_a_plugin_sampler_is_replayed_by_name(bench, register_plugin):
             register(SamplerSpec("qmc", make, "a plugin's sampler"))
 
     register_plugin(Plugin())
-    out = rp.replay_once(bench, rp.parse_strategy("qmc+warm", ["random", "tpe", "nsga2", "qmc"]), 200, 2, seed=7)
+    out = rp.replay_once(bench, sim.parse_strategy("qmc+warm", ["random", "tpe", "nsga2", "qmc"]), 200, 2, seed=7)
     assert made == [7] and out["trials"] > 0
 
 

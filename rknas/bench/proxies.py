@@ -135,8 +135,8 @@ def measure_proxies(table_path: Any, batch: int = 64, data_root: Any = None, dow
     from scipy.stats import kendalltau, spearmanr
 
     from rknas.bench.build import space_data
-    from rknas.bench.replay import load_bench
     from rknas.bench.table import BenchTable
+    from rknas.bench.tableview import load_bench
     from rknas.config import NetworkConfig
     from rknas.data.core import normalizer, to_float
     from rknas.models.network import build_network

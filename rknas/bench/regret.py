@@ -1,0 +1,97 @@
+"""Regret: how far what a search would return at each moment lies below the table's best.
+
+For one objective, the returned network is the completed trial with the highest observed
+validation accuracy, judged by its architecture's truth (mean test accuracy over seeds) below
+the table's best truth. For two (accuracy, parameters), the regret is the hypervolume of the
+table's true front minus that of the observed non-dominated set, both over (truth, log params)
+normalised to the table's ranges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rknas.bench.tableview import Bench
+
+TARGET = 0.003  # "within 0.3 points of the table's best" (accuracy as a fraction)
+
+
+def hypervolume(points: np.ndarray) -> float:
+    """The 2-D hypervolume of points to maximise in both coordinates, over the origin."""
+    if len(points) == 0:
+        return 0.0
+    pts = points[np.argsort(-points[:, 0])]
+    hv, best_y = 0.0, 0.0
+    for x, y in pts:
+        if y > best_y:
+            hv += x * (y - best_y)
+            best_y = y
+    return float(hv)
+
+
+def normalised(bench: Bench, idx: np.ndarray) -> np.ndarray:
+    acc = bench.truth
+    lo, hi = acc.min(), acc.max()
+    lp = np.log(bench.params)
+    plo, phi = lp.min(), lp.max()
+    x = (acc[idx] - lo) / ((hi - lo) or 1.0)
+    y = (phi - lp[idx]) / ((phi - plo) or 1.0)
+    return np.stack([x, y], axis=1)
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Which rows of ``values`` (both maximised) no other row dominates."""
+    n = len(values)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        ge = np.all(values >= values[i], axis=1) & np.any(values > values[i], axis=1)
+        keep[i] = not ge.any()
+    return keep
+
+
+def regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bool) -> list[tuple[float, float]]:
+    """(time, regret) each time what the search would return changes."""
+    events: list[tuple[float, float]] = []
+    if not pareto:
+        best_val = -math.inf
+        for t, arch, v in done:
+            if v > best_val:
+                best_val = v
+                events.append((t, bench.best - float(bench.truth[arch])))
+        return events
+    best_hv = true_hv(bench)
+    seen: list[tuple[int, float]] = []
+    for t, arch, v in done:
+        seen.append((arch, v))
+        observed = np.array([[val, -bench.params[a]] for a, val in seen])
+        front = np.array([a for (a, _), keep in zip(seen, pareto_mask(observed)) if keep])
+        regret = best_hv - hypervolume(normalised(bench, front))
+        if not events or regret != events[-1][1]:
+            events.append((t, regret))
+    return events
+
+
+def true_hv(bench: Bench) -> float:
+    ok = np.array([i for i in range(bench.size) if bench.curves[i]])
+    return hypervolume(normalised(bench, ok))
+
+
+def worst_regret(bench: Bench, pareto: bool) -> float:
+    """The regret of returning nothing (before a search's first completed trial)."""
+    if pareto:
+        return true_hv(bench)
+    ok = [float(bench.truth[i]) for i in range(bench.size) if bench.curves[i]]
+    return bench.best - min(ok)
+
+
+def regret_curve(events: list[tuple[float, float]], grid: np.ndarray, worst: float) -> np.ndarray:
+    """A repeat's regret at each grid time (``worst`` before its first result)."""
+    out = np.full(len(grid), worst)
+    if events:
+        times = np.array([t for t, _ in events])
+        values = np.array([r for _, r in events])
+        idx = np.searchsorted(times, grid, side="right") - 1
+        out = np.where(idx >= 0, values[np.clip(idx, 0, None)], worst)
+    return out

@@ -1,0 +1,213 @@
+"""The simulator: one search played out against a table in simulated seconds.
+
+A simulated search is a search with the training looked up: the strategy's sampler (the very
+factory ``rknas search`` uses, from the sampler registry) proposes through the space's own
+``sample``; the proposal is found in the table (or snapped to its nearest table architecture),
+one of that architecture's seeds is drawn, and its recorded curve plays out epoch by epoch in
+simulated time on ``workers`` parallel workers. With ``+asha`` each epoch's validation
+accuracy goes to the same Ray ``ASHAScheduler`` object a search builds (``runner.make_scheduler``),
+driven through its public ``on_trial_add``/``on_trial_result``/``on_trial_complete``, so
+the stopping rule is the scheduler's own code. ``+warm`` enqueues the space's ``start_from``
+models first, as a search does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from rknas.bench.tableview import Bench, Snapper
+from rknas.errors import ConfigError
+
+PARETO_OBJECTIVES = (("val_accuracy", "maximize"), ("params", "minimize"))
+Completed = tuple[float, int, float]  # (simulated time, architecture index, final validation accuracy)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A replayable strategy: ``<sampler>[+asha][+warm]``."""
+
+    sampler: str
+    asha: bool = False
+    warm: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.sampler + ("+asha" if self.asha else "") + ("+warm" if self.warm else "")
+
+
+def parse_strategy(text: str, known: list[str]) -> Strategy:
+    """A strategy from its name.
+
+    Args:
+        text: ``random``, ``tpe+asha``, ``tpe+asha+warm``, ``<plugin sampler>+asha``, ...
+        known: The registered sampler names.
+
+    Returns:
+        The strategy.
+
+    Raises:
+        ConfigError: An unknown sampler or modifier.
+    """
+    sampler, *mods = text.strip().split("+")
+    if sampler not in known:
+        raise ConfigError(f"unknown strategy {text!r}: no sampler {sampler!r}; samplers: {', '.join(known)} "
+                          "(add +asha and/or +warm, e.g. tpe+asha+warm)")
+    bad = [m for m in mods if m not in ("asha", "warm")]
+    if bad or len(set(mods)) != len(mods):
+        raise ConfigError(f"unknown strategy {text!r}: after the sampler only +asha and +warm may follow, once each")
+    return Strategy(sampler, "asha" in mods, "warm" in mods)
+
+
+@dataclass
+class _Running:
+    number: int
+    ot: Any
+    arch: int
+    val: np.ndarray
+    wall: np.ndarray
+    start: float
+    fake: Any
+
+
+def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
+             max_trials: Optional[int] = None,
+             fidelity: Optional[dict[str, int]] = None) -> tuple[list[Completed], dict[str, int]]:
+    """One simulated search.
+
+    Args:
+        bench: The table.
+        strategy: What to simulate.
+        budget_s: Simulated wall time; a trial still running at the end does not count.
+        workers: Trials run at once.
+        seed: Seeds the sampler, the seed draws and the scheduler.
+        pareto: Two objectives (validation accuracy, parameter count) instead of one.
+        max_trials: Start no more trials than this (None: as many as the budget allows).
+        fidelity: ``min_epochs`` / ``reduction_factor`` overriding the table space's (with +asha).
+
+    Returns:
+        The completed trials in the order they completed, and the counts: ``trials`` (started),
+        ``completed``, ``pruned``, ``failed`` and ``snapped`` (proposals not in the table).
+
+    Raises:
+        ConfigError: ``+asha`` on a space whose fidelity stops nothing.
+    """
+    sim = _Simulation(bench, strategy, budget_s, seed, pareto, max_trials, fidelity)
+    done = sim.run(workers)
+    return done, {**sim.counts, "snapped": sim.snap.snapped}
+
+
+class _Simulation:
+    """The event loop of one replay: workers free up at recorded epoch times, in simulated seconds."""
+
+    def __init__(self, bench: Bench, strategy: Strategy, budget_s: float, seed: int, pareto: bool,
+                 max_trials: Optional[int], fidelity: Optional[dict[str, int]]):
+        import optuna
+
+        from rknas.search.samplers import make_sampler
+        from rknas.search.space import SearchSpace
+        from rknas.search.warmstart import start_params
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.bench, self.budget_s, self.max_trials = bench, budget_s, max_trials
+        self.rng = random.Random(seed)
+        np.random.seed(seed % 2**32)  # Ray's ASHA picks brackets with numpy's global generator
+        raw = dict(bench.space)
+        if pareto:
+            raw["objectives"] = [{"metric": m, "direction": d} for m, d in PARETO_OBJECTIVES]
+        if fidelity:
+            raw["fidelity"] = {**raw.get("fidelity", {}), **fidelity, "early_stopping": True}
+        self.space = SearchSpace.model_validate(raw)
+        self.n_obj = len(self.space.objectives)
+        directions = [optuna.study.StudyDirection[d.upper()] for d in self.space.directions]
+        self.study = optuna.create_study(directions=directions, sampler=make_sampler(strategy.sampler, seed, self.n_obj))
+        if strategy.warm:
+            for p in start_params(self.space):
+                self.study.enqueue_trial(p, skip_if_exists=True)
+        self.scheduler: Any = None
+        if strategy.asha:
+            from rknas.search.runner import make_scheduler  # imports Ray's scheduler module (not a Ray cluster)
+
+            self.scheduler = make_scheduler(self.space)
+            if type(self.scheduler).__name__ == "FIFOScheduler":
+                raise ConfigError("the table's space has no early stopping to replay (fidelity.epochs must exceed min_epochs)")
+        self.snap = Snapper(bench)
+        self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
+        self.running: dict[int, _Running] = {}
+        self.epoch_of: dict[int, int] = {}
+        self.counts = {"trials": 0, "completed": 0, "pruned": 0, "failed": 0}
+        self.tie = 0
+
+    def _push(self, t: float, rid: int) -> None:
+        import heapq
+
+        self.tie += 1
+        heapq.heappush(self.heap, (t, self.tie, rid))
+
+    def start(self, now: float) -> None:
+        """A worker is free at ``now``: ask the sampler, find the architecture, draw one of its seeds."""
+        from types import SimpleNamespace
+
+        from optuna.trial import TrialState
+
+        if now >= self.budget_s or (self.max_trials is not None and self.counts["trials"] >= self.max_trials):
+            return
+        ot = self.study.ask()
+        arch = self.snap.find({**self.space.sample(ot), **ot.params})
+        self.counts["trials"] += 1
+        runs = self.bench.curves[arch]
+        if not runs:  # every run of this architecture failed: the trial fails after its recorded time
+            failed_s, _ = self.rng.choice(self.bench.failed[arch])
+            self.study.tell(ot, state=TrialState.FAIL)
+            self.counts["failed"] += 1
+            self._push(now + max(failed_s, 1e-9), -1)
+            return
+        val, wall = runs[self.rng.randrange(len(runs))]
+        fake = SimpleNamespace(trial_id=f"t{ot.number}")
+        if self.scheduler is not None:
+            self.scheduler.on_trial_add(None, fake)
+        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake)
+        self._push(now + float(wall[0]), ot.number)
+
+    def run(self, workers: int) -> list[Completed]:
+        """Play the search out; returns its completed trials as ``(time, arch, final val accuracy)``."""
+        import heapq
+
+        from optuna.trial import TrialState
+
+        done: list[Completed] = []
+        for _ in range(workers):
+            self.start(0.0)
+        while self.heap:
+            now, _, rid = heapq.heappop(self.heap)
+            if now > self.budget_s:
+                break
+            if rid < 0:
+                self.start(now)
+                continue
+            r = self.running[rid]
+            e = self.epoch_of[rid] = self.epoch_of.get(rid, 0) + 1
+            v = float(r.val[e - 1])
+            if self.n_obj == 1:
+                r.ot.report(v, e)
+            result = {"epoch": e, "val_accuracy": v}
+            action = self.scheduler.on_trial_result(None, r.fake, result) if self.scheduler is not None else "CONTINUE"
+            last = e == len(r.val)
+            if not (last or action == "STOP"):
+                self._push(r.start + float(r.wall[e]), rid)
+                continue
+            if self.scheduler is not None:
+                self.scheduler.on_trial_complete(None, r.fake, result)
+            del self.running[rid]
+            if last:
+                self.study.tell(r.ot, [v, float(self.bench.params[r.arch])] if self.n_obj == 2 else v)
+                self.counts["completed"] += 1
+                done.append((now, r.arch, v))
+            else:
+                self.study.tell(r.ot, state=TrialState.PRUNED)
+                self.counts["pruned"] += 1
+            self.start(now)
+        return done

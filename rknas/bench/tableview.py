@@ -1,0 +1,128 @@
+"""A benchmark table held in memory for replay, and the lookup of a proposal in it.
+
+``load_bench`` reads a table (``rknas.bench.table``) once into arrays: each architecture's
+curves per seed, its failed runs, and its truth (the mean final test accuracy over its seeds).
+``Snapper`` finds a sampler's proposal in the table, or the nearest architecture the table has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rknas.bench.table import BenchTable, arch_key
+from rknas.errors import ConfigError
+
+
+@dataclass
+class Bench:
+    """A table held in memory for replay: curves by architecture, the truth per architecture."""
+
+    space: dict[str, Any]  # the table's space (settings["space"])
+    epochs: int
+    keys: dict[str, int]  # arch_key(sampled) -> index
+    sampled: list[dict[str, Any]]
+    params: np.ndarray  # parameter counts
+    truth: np.ndarray  # mean final test accuracy over the architecture's ok seeds
+    curves: list[list[tuple[np.ndarray, np.ndarray]]]  # per arch, per seed: (val accuracy, cumulative seconds)
+    failed: list[list[tuple[float, str]]] = field(default_factory=list)  # per arch: (seconds, status) of bad runs
+    tests: list[list[float]] = field(default_factory=list)  # per arch: final test accuracy of each ok seed
+    best: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.sampled)
+
+
+def load_bench(path: Path) -> Bench:
+    """Read a table for replay.
+
+    Args:
+        path: The table (``.db`` or ``.db.gz``).
+
+    Returns:
+        The table in memory.
+
+    Raises:
+        ConfigError: The file is not a readable table, or holds no architecture with a
+            complete run.
+    """
+    with BenchTable.open(path) as table:
+        settings = table.settings
+        archs = table.archs()
+        curves = table.curves()
+        runs = table.runs()
+    epochs = int(settings["epochs"])
+    by_arch: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    bad: dict[int, list[tuple[float, str]]] = {}
+    finals: dict[int, list[float]] = {}
+    for arch, seed, status, wall in runs:
+        rows = curves.get((arch, seed), [])
+        if status == "ok" and len(rows) == epochs:
+            by_arch.setdefault(arch, []).append((np.array([r.val_accuracy for r in rows]), np.array([r.wall_s for r in rows])))
+            finals.setdefault(arch, []).append(rows[-1].test_accuracy)
+        else:
+            bad.setdefault(arch, []).append((float(wall), status))
+    kept = [a for a in archs if a.arch in by_arch or a.arch in bad]
+    if not any(a.arch in by_arch for a in kept):
+        raise ConfigError(f"{path}: no architecture has a complete run yet; build the table further first")
+    truth = np.array([np.mean(finals[a.arch]) if a.arch in finals else 0.0 for a in kept])
+    bench = Bench(space=settings["space"], epochs=epochs, keys={a.key: i for i, a in enumerate(kept)},
+                  sampled=[a.sampled for a in kept], params=np.array([a.params for a in kept], dtype=float),
+                  truth=truth, curves=[by_arch.get(a.arch, []) for a in kept], failed=[bad.get(a.arch, []) for a in kept],
+                  tests=[finals.get(a.arch, []) for a in kept])
+    bench.best = float(truth.max())
+    return bench
+
+
+class Snapper:
+    """Finds a proposal in the table, or the table architecture nearest to it.
+
+    Distance: over the sampled parameters, a numeric one counts ``|a - b|`` over its range in
+    the table, a categorical one 1 when it differs; ties go to the lower index.
+    """
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        names = sorted({k for s in bench.sampled for k in s})
+        self.numeric: dict[str, float] = {}
+        for k in names:
+            vals = [s.get(k) for s in bench.sampled]
+            nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(nums) == len(vals):
+                self.numeric[k] = (max(nums) - min(nums)) or 1.0
+        self.names = names
+        self.snapped = 0
+        # Columns, so that a snap is a few numpy operations rather than a Python loop over the table.
+        self._columns = {k: [s.get(k) for s in bench.sampled] for k in names}
+        self._numbers = {k: np.array(self._columns[k], dtype=float) for k in self.numeric}
+        self._differs: dict[tuple[str, type, Any], np.ndarray] = {}
+
+    def _mismatch(self, k: str, a: Any) -> np.ndarray:
+        """1.0 where column ``k`` differs from ``a`` (cached per value: categorical columns have few)."""
+        try:
+            key = (k, type(a), a)
+            hit = self._differs.get(key)
+        except TypeError:  # an unhashable value: compare without the cache
+            return np.array([a != b for b in self._columns[k]], dtype=float)
+        if hit is None:
+            hit = self._differs[key] = np.array([a != b for b in self._columns[k]], dtype=float)
+        return hit
+
+    def find(self, proposal: dict[str, Any]) -> int:
+        hit = self.bench.keys.get(arch_key(proposal))
+        if hit is not None:
+            return hit
+        self.snapped += 1
+        # The terms are added in name order, as IEEE doubles, so a tie resolves as in a plain loop.
+        d = np.zeros(self.bench.size)
+        for k in self.names:
+            a = proposal.get(k)
+            if k in self.numeric and isinstance(a, (int, float)):
+                d += np.abs(float(a) - self._numbers[k]) / self.numeric[k]
+            else:
+                d += self._mismatch(k, a)
+        return int(np.argmin(d))  # the first of equal distances: ties go to the lower index
