@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from rknas.storage.record import TrialRecord
-from rknas.storage.retry import RetryingRDBStorage
+from rknas.storage.retry import INTERRUPT_KEY, RetryingRDBStorage
 
 T = TypeVar("T")
 
@@ -174,7 +174,7 @@ def interrupt_trials(study: optuna.Study, trial_ids: Iterable[int], reason: str)
                 study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 marked.append(trial.number)
             continue
-        number = _retrying(backend, functools.partial(_interrupt_one, backend, trial_id, attrs))
+        number = _retrying(backend, functools.partial(_interrupt_one, backend, trial_id, attrs, uuid.uuid4().hex))
         if number is not None:
             marked.append(number)
     return marked
@@ -185,24 +185,30 @@ def _retrying(backend: optuna.storages.RDBStorage, call: Callable[[], T]) -> T:
     return backend.retrying(call) if isinstance(backend, RetryingRDBStorage) else call()
 
 
-def _interrupt_one(backend: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any]) -> Optional[int]:
+def _interrupt_one(backend: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any], token: str) -> Optional[int]:
+    """Mark one trial, with ``token`` in the same transaction: a retry whose earlier attempt was
+    applied (its reply lost) finds its own token and still answers that it marked the trial."""
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    trials, user_attrs = models.TrialModel, models.TrialUserAttributeModel
+    trials, user_attrs, system_attrs = models.TrialModel, models.TrialUserAttributeModel, models.TrialSystemAttributeModel
     with _create_scoped_session(backend.scoped_session) as session:
+        number = int(session.query(trials.number).filter(trials.trial_id == trial_id).scalar())
         changed = (
             session.query(trials)
             .filter(trials.trial_id == trial_id, trials.state == TrialState.RUNNING)
             .update({"state": TrialState.FAIL, "datetime_complete": datetime.datetime.now()}, synchronize_session=False)
         )
         if changed != 1:
-            return None
+            mark = session.query(system_attrs.value_json).filter(
+                system_attrs.trial_id == trial_id, system_attrs.key == INTERRUPT_KEY).scalar()
+            return number if mark == json.dumps(token) else None
         for key, value in attrs.items():
             session.query(user_attrs).filter(user_attrs.trial_id == trial_id, user_attrs.key == key).delete(
                 synchronize_session=False)
             session.add(user_attrs(trial_id=trial_id, key=key, value_json=json.dumps(value)))
-        return int(session.query(trials.number).filter(trials.trial_id == trial_id).scalar())
+        session.add(system_attrs(trial_id=trial_id, key=INTERRUPT_KEY, value_json=json.dumps(token)))
+        return number
 
 
 def _without_heartbeat(backend: optuna.storages.RDBStorage, study_id: int) -> list[int]:

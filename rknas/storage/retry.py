@@ -8,21 +8,33 @@ Connections are checked before use (SQLAlchemy's ``pool_pre_ping``), so a pooled
 from before a restart is replaced rather than failing the next call. Only transient errors are
 retried: lost or refused connections, and "database is locked" on SQLite; anything else
 (a constraint, a schema error) raises at once.
+
+A connection can also die after the server committed a call's transaction and before its
+reply arrived; the retry then meets its own earlier write. Each write is made safe to repeat:
+Optuna's attribute, intermediate-value and parameter writes are upserts or ignore their own
+duplicate; ``create_new_trial`` writes a fresh key into the new trial's system attributes in
+the same transaction and, on a retry, first looks for it; claiming a WAITING trial records a
+token with the claim, and so does marking a stale trial interrupted (``liveness``); a state
+change that finds the trial already in that state is the earlier attempt's.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import errno
 import functools
+import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
 from rknas.errors import RknasError
@@ -33,6 +45,10 @@ _active = threading.local()  # the storage whose retry loop this thread is in
 T = TypeVar("T")
 
 FIRST_DELAY_S, MAX_DELAY_S = 0.25, 5.0
+# System attributes that make a repeated write recognisable as the same call's (see the module doc).
+CREATE_KEY = "rknas:create_key"
+CLAIM_KEY = "rknas:claim"
+INTERRUPT_KEY = "rknas:interrupted_by"  # liveness.interrupt_trials
 
 # The storage calls a search makes, each retried on a lost connection: the public ones, the
 # private ones Optuna's cache (``_CachedStorage``, which wraps every RDBStorage a study uses)
@@ -237,7 +253,55 @@ class RetryingRDBStorage(RDBStorage):
         finally:
             _active.storage = None
 
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Create a trial once, however many times its commit's reply is lost.
+
+        Replaces Optuna's, which repeats the whole insert up to five times on any
+        ``StorageInternalError`` (a lost reply is one), so a commit that reached the server
+        and lost its answer made a second trial. Here one attempt runs per retry, and from the
+        second on, a trial holding this call's key is looked for first.
+        """
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        key = uuid.uuid4().hex
+        template = _keyed(template_trial, key)
+        attempts = 0
+
+        def create() -> FrozenTrial:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                earlier = self._trial_with_key(study_id, key)
+                if earlier is not None:
+                    return earlier
+            with _create_scoped_session(self.scoped_session) as session:
+                # Locking the study row orders concurrent creators, as Optuna's own does.
+                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                trial = self._get_prepared_new_trial(study_id, template, session)
+                frozen = copy.deepcopy(template)
+                frozen.number, frozen.datetime_start, frozen._trial_id = trial.number, trial.datetime_start, trial.trial_id
+            return frozen
+
+        return self.retrying(create)
+
+    def _trial_with_key(self, study_id: int, key: str) -> FrozenTrial | None:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        attrs, trials = models.TrialSystemAttributeModel, models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            trial_id = (
+                session.query(attrs.trial_id)
+                .join(trials, trials.trial_id == attrs.trial_id)
+                .filter(trials.study_id == study_id, attrs.key == CREATE_KEY, attrs.value_json == json.dumps(key))
+                .scalar()
+            )
+        return None if trial_id is None else RDBStorage.get_trial(self, trial_id)
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.RUNNING:
+            return self._claim(trial_id)
         attempts = 0
 
         def write() -> bool:
@@ -254,6 +318,44 @@ class RetryingRDBStorage(RDBStorage):
 
         return self.retrying(write)
 
+    def _claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING (a worker taking an enqueued trial), with a token in the same transaction.
+
+        Optuna answers False when the trial is no longer WAITING ("another worker took it"), which
+        is also what a retry after a lost reply would see; the token tells the two apart.
+        """
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        token = uuid.uuid4().hex
+        attempts = 0
+
+        def claim() -> bool:
+            nonlocal attempts
+            attempts += 1
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    return attempts > 1 and RDBStorage.get_trial(self, trial_id).system_attrs.get(CLAIM_KEY) == token
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.datetime.now()
+                self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id, CLAIM_KEY, token)
+            return True
+
+        return self.retrying(claim)
+
+
+def _keyed(template: FrozenTrial | None, key: str) -> FrozenTrial:
+    """``template`` (or Optuna's default: a RUNNING trial starting now) with ``key`` among its system attributes."""
+    if template is None:
+        return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, values=None,
+                           datetime_start=datetime.datetime.now(), datetime_complete=None, params={}, distributions={},
+                           user_attrs={}, system_attrs={CREATE_KEY: key}, intermediate_values={}, trial_id=-1)
+    keyed = copy.copy(template)
+    keyed.system_attrs = {**template.system_attrs, CREATE_KEY: key}
+    return keyed
+
 
 def _retried(name: str) -> Callable[..., Any]:
     method = getattr(RDBStorage, name)
@@ -266,5 +368,8 @@ def _retried(name: str) -> Callable[..., Any]:
 
 
 for _name in RETRIED:
-    if _name != "set_trial_state_values" and hasattr(RDBStorage, _name):
+    # Written above, each with its own check for an earlier attempt that was applied. The
+    # public create_new_trial is left to call the private one: wrapped, its retry would
+    # start over with a new key.
+    if _name not in ("set_trial_state_values", "_create_new_trial", "create_new_trial") and hasattr(RDBStorage, _name):
         setattr(RetryingRDBStorage, _name, _retried(_name))
