@@ -7,21 +7,18 @@ user). The searches run as separate processes with no Ray variables in their env
 """
 
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from clusters import client_env, free_port, stop, wait_for  # tests/support is on sys.path
+from clusters import client_env, head_node  # tests/support is on sys.path
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
-RAY = Path(sys.executable).with_name("ray")
 SPACE = {
     "name": "tiny",
     "data": {"name": "digits", "train_subset": 200},
@@ -30,7 +27,6 @@ SPACE = {
     "training": {"lr": 0.2, "batch_size": 25, "warmup_epochs": 0},
     "fidelity": {"epochs": 1, "min_epochs": 1},
 }
-START_TIMEOUT = 180  # generous: only a head that never comes up waits this long
 
 
 @pytest.fixture(scope="module")
@@ -40,26 +36,8 @@ def cluster(tmp_path_factory):
     home = tmp / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    temp_dir = Path(tempfile.mkdtemp(prefix="rkc"))  # short: Ray's socket paths live under it
-    marker = f"RKNAS_TEST_CLUSTER={secrets.token_hex(8)}"
-    port = free_port()
-    env = client_env(home, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    env.update([marker.split("=", 1)])
-    log = (tmp / "head.log").open("w")
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
-         "--temp-dir", str(temp_dir), "--num-cpus", "2", "--object-store-memory", str(200 * 1024**2),
-         "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
-    )
-    try:
-        wait_for(tmp / "head.log", "Ray runtime started", head, START_TIMEOUT)
-        yield {"address": f"127.0.0.1:{port}", "home": home, "temp_dir": temp_dir, "tmp": tmp}
-    finally:
-        stop([head], marker)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with head_node(tmp, 2, client_env(home)) as (address, temp_dir):
+        yield {"address": address, "home": home, "temp_dir": temp_dir, "tmp": tmp}
 
 
 def search(cluster, tmp: Path, env: dict[str, str], trials: int = 1) -> tuple[subprocess.CompletedProcess, int, str]:

@@ -1,11 +1,13 @@
 """Several `rknas search` processes on one study, SQLite and PostgreSQL: real processes, real Ray.
 
 The order of events is forced with gated trials (they train only once the test creates a
-file) and by watching the study, never by sleeping: driver A holds trial 0 open; driver B
-starts and holds trial 1, and A's trial must still be RUNNING; driver C does the same with
-trial 2; A is killed (SIGKILL, with its Ray); the gate opens. B and C must then finish the
-study between them: recover A's trial once its heartbeats are stale, replace it, and both
-exit 0.
+file) and by watching the study, never by sleeping: driver A holds trial 0 open; drivers B
+and C start together and hold trials 1 and 2, and A's trial must still be RUNNING; A is
+killed (SIGKILL); the gate opens. B and C must then finish the study between them: recover
+A's trial once its heartbeats are stale, replace it, and both exit 0.
+
+The drivers join one Ray cluster for the module (`ray start --head`, three CPUs: one held trial
+per driver), as drivers on a real cluster do; Ray ends a killed driver's trial workers with it.
 """
 
 import os
@@ -17,7 +19,8 @@ import time
 import optuna
 import pytest
 import yaml
-from gated import GOOD, HELD, SPACE  # tests/support is on sys.path
+from clusters import head_node  # tests/support is on sys.path
+from gated import GOOD, HELD, SPACE
 from optuna.trial import TrialState
 
 from rknas.storage import TrialRecord
@@ -26,8 +29,19 @@ pytestmark = pytest.mark.slow
 
 
 TARGET = 4
-STALE_AFTER = 12  # a live driver beats every second; a killed one is recovered 12 s after its last beat
+# A live driver beats every second; a killed one is recovered 8 s after its last beat. Eight
+# missed beats, not two: a busy machine can delay a live driver's heartbeat thread by seconds.
+STALE_AFTER = 8
 GUARD_S = 600  # guards against a hang, not a timing assumption
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The drivers' cluster; its workers wait for the module's gate file (they get the head's environment)."""
+    tmp = tmp_path_factory.mktemp("drivers")
+    gate = tmp / "gate"
+    with head_node(tmp, 3, {**os.environ, "RKNAS_TEST_GATE": str(gate)}) as (address, _):
+        yield {"address": address, "gate": gate}
 
 
 class Watch:
@@ -63,16 +77,18 @@ def running_with_driver(trials, number):
     return len(trials) > number and trials[number].state == TrialState.RUNNING and TrialRecord.of(trials[number]).driver
 
 
-def test_drivers_share_a_study_and_recover_a_killed_one(any_storage, tmp_path):
+def test_drivers_share_a_study_and_recover_a_killed_one(any_storage, cluster, tmp_path):
     url = any_storage
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
-    gate = tmp_path / "gate"
+    gate = cluster["gate"]
+    gate.unlink(missing_ok=True)
     study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
     for params in (HELD, HELD, HELD, GOOD):
         study.enqueue_trial(params)
     env = {**os.environ, "RKNAS_TEST_GATE": str(gate)}
-    cmd = [sys.executable, "-m", "rknas.cli", "search", "--space", str(space_file), "--trials", str(TARGET), "--storage", url,
+    cmd = [sys.executable, "-m", "rknas.cli", "search", "--address", cluster["address"], "--space", str(space_file),
+           "--trials", str(TARGET), "--storage", url,
            "--study", "tiny", "--concurrency", "1", "--heartbeat-interval", "1", "--stale-after", str(STALE_AFTER)]
 
     def start(name):
@@ -87,18 +103,15 @@ def test_drivers_share_a_study_and_recover_a_killed_one(any_storage, tmp_path):
         a = start("a")
         procs.append(a)
         watch.until("driver A's held trial", [a], lambda t: running_with_driver(t, 0))
-        b = start("b")
-        procs.append(b)
-        trials = watch.until("driver B's held trial", [a, b], lambda t: running_with_driver(t, 1))
-        # B is past its start-up and running: A's live trial was left alone.
-        assert trials[0].state == TrialState.RUNNING
-        c = start("c")
-        procs.append(c)
-        trials = watch.until("driver C's held trial", [a, b, c], lambda t: running_with_driver(t, 2))
-        assert trials[0].state == trials[1].state == TrialState.RUNNING
+        # B and C start together: each must leave A's live trial alone and hold one of its own.
+        b, c = start("b"), start("c")
+        procs += [b, c]
+        trials = watch.until("held trials of drivers B and C", [a, b, c],
+                             lambda t: running_with_driver(t, 1) and running_with_driver(t, 2))
+        assert trials[0].state == TrialState.RUNNING  # B and C are past their start-up: A's trial was left alone
         driver_a, driver_b, driver_c = (TrialRecord.of(t).driver for t in trials[:3])
         assert len({driver_a, driver_b, driver_c}) == 3
-        os.killpg(a.pid, signal.SIGKILL)  # the driver and its Ray, as the OOM killer or a lost node would
+        os.killpg(a.pid, signal.SIGKILL)  # as the OOM killer or a lost machine would
         a.wait()
         gate.touch()
         for p in (b, c):

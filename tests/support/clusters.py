@@ -6,10 +6,15 @@ stops exactly its own processes (never `ray stop`, which stops every Ray of the 
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -48,10 +53,10 @@ def signal_all(proc: subprocess.Popen, marker: str, sig: int) -> None:
 
 
 def stop(procs: list[subprocess.Popen], marker: str) -> None:
-    """SIGTERM to the cluster's processes, SIGKILL to those left after 5 s (a graceful stop takes longer)."""
+    """SIGTERM to the cluster's processes, SIGKILL to those left after 2 s (nothing of a test cluster needs keeping)."""
     for proc in procs:
         signal_all(proc, marker, signal.SIGTERM)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 2
     while marked_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     for proc in procs:
@@ -71,3 +76,36 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> st
         assert time.monotonic() < deadline, content
         time.sleep(0.5)
     return content
+
+
+RAY = Path(sys.executable).with_name("ray")
+START_TIMEOUT = 180  # generous: only a head that never comes up waits this long
+
+
+@contextlib.contextmanager
+def head_node(tmp: Path, num_cpus: int, env: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """A Ray head on 127.0.0.1 started with `ray start --head` in ``env``; yields its address and
+    temp dir, then stops it.
+
+    Its workers get ``env`` (not the environment of the drivers that join it), as on a real cluster.
+    """
+    temp_dir = Path(tempfile.mkdtemp(prefix="rkc"))  # short: Ray's socket paths live under it
+    marker = f"RKNAS_TEST_CLUSTER={secrets.token_hex(8)}"
+    port = free_port()
+    env = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.update([marker.split("=", 1)])
+    log_path = tmp / "head.log"
+    with log_path.open("w") as log:
+        head = subprocess.Popen(
+            [str(RAY), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+             "--temp-dir", str(temp_dir), "--num-cpus", str(num_cpus), "--object-store-memory", str(200 * 1024**2),
+             "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+             "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
+        )
+        try:
+            wait_for(log_path, "Ray runtime started", head, START_TIMEOUT)
+            yield f"127.0.0.1:{port}", temp_dir
+        finally:
+            stop([head], marker)
+            shutil.rmtree(temp_dir, ignore_errors=True)
