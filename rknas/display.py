@@ -130,7 +130,7 @@ class SearchProgress(SearchListener):
 
     def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
               stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
-              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None) -> None:
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "") -> None:
         if stale:
             self.console.print(
                 f"[yellow]{stale} trial(s) of a search that stopped recording heartbeats (killed) "
@@ -141,6 +141,8 @@ class SearchProgress(SearchListener):
             self.console.print(f"[yellow]Continuing as space revision {revision} (--allow-changes): {changed}")
         if warm_start:
             self.console.print(f"Warm start: the first {warm_start} trial(s) are the known designs of start_from.")
+        if table:
+            self.console.print(f"[yellow]Trials are answered from {table}: nothing is trained.")
         self.console.print(
             f"Study [bold]{study}[/] in {storage}: {finished} of {target} trials finished, "
             f"running {remaining} more, {concurrency} at a time."

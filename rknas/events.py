@@ -46,7 +46,7 @@ class SearchEvents(Protocol):
 
     def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
               stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
-              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None) -> None:
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "") -> None:
         """Every check passed, the study exists: trials start now.
 
         Args:
@@ -63,6 +63,8 @@ class SearchEvents(Protocol):
             revision: The space revision this driver's trials record.
             changes: What changed since the study started (``--allow-changes``): key -> [before, after].
             deadline: ``--timeout``'s deadline on the driver's clock, if any.
+            table: The benchmark table answering the trials (``--table``, with its time
+                scale), or "" when they train.
         """
         return None
 

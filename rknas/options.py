@@ -228,6 +228,16 @@ class SearchOptions(CommandOptions):
         DEFAULT_RETRY_S, ge=0,
         description="Seconds to wait for a storage that went away (a database restart, a network blip, a locked SQLite "
                     "file) before stopping; results that arrive meanwhile are written when it is back.")
+    table: Optional[Path] = Field(
+        None,
+        description="Answer every trial from a benchmark table (`rknas bench build`) instead of training it: the "
+                    "architecture's nearest table entry, one of its seeds (drawn from the trial's seed), its recorded "
+                    "curve played out at its recorded epoch times. Everything else is the real search (Ray Tune, ASHA, "
+                    "the sampler, the storage, heartbeats, several drivers): for trying a strategy, a cluster or a "
+                    "database at scale without the cost of training. The space must be the table's.")
+    time_scale: float = Field(
+        1.0, gt=0, description="With --table: the recorded epoch times are multiplied by this (0.01: a hundred times "
+                               "faster).")
     on_event: Annotated[Union[SearchEvents, EventSink, None], NOT_CLI] = Field(
         None, repr=False, description="Where the search reports its progress (rknas.events).")
 

@@ -113,3 +113,23 @@ def any_storage(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/s.db"
     return request.getfixturevalue("postgres_server").create_database()
+
+
+@pytest.fixture(scope="session")
+def bench_space():
+    """The shipped bench space, with Fashion-MNIST's shape (no data loaded)."""
+    from rknas.search.space import load_space
+
+    space = load_space("fashion_mnist_bench")
+    space.in_channels, space.image_size, space.classes = 1, 28, 10
+    return space
+
+
+@pytest.fixture(scope="session")
+def synthetic_table(tmp_path_factory, bench_space):
+    """(path, {arch: true mean test accuracy}): a table of made-up curves for ``bench_space``
+    (tests/support/synthetic_bench.py), 60 architectures x 2 seeds x 4 epochs, whose last one failed."""
+    from synthetic_bench import make_table
+
+    path = tmp_path_factory.mktemp("bench") / "t.db"
+    return path, make_table(path, bench_space, archs=60, seeds=2, epochs=4, fail=(59,))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.synthetic_bench import make_table
 
 from rknas.bench import regret
 from rknas.bench import replay as rp
@@ -17,23 +16,13 @@ from rknas.errors import ConfigError
 from rknas.hookspecs import hookimpl
 from rknas.report import replay_figure
 from rknas.search.samplers import SamplerSpec
-from rknas.search.space import load_space
 
 SAMPLERS = ["random", "tpe", "nsga2"]
 
 
 @pytest.fixture(scope="module")
-def bench_space():
-    space = load_space("fashion_mnist_bench")
-    space.in_channels, space.image_size, space.classes = 1, 28, 10
-    return space
-
-
-@pytest.fixture(scope="module")
-def table(tmp_path_factory, bench_space):
-    path = tmp_path_factory.mktemp("bench") / "t.db"
-    truth = make_table(path, bench_space, archs=60, seeds=2, epochs=4, fail=(59,))
-    return path, truth
+def table(synthetic_table):
+    return synthetic_table
 
 
 @pytest.fixture(scope="module")

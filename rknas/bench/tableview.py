@@ -30,6 +30,7 @@ class Bench:
     curves: list[list[tuple[np.ndarray, np.ndarray]]]  # per arch, per seed: (val accuracy, cumulative seconds)
     failed: list[list[tuple[float, str]]] = field(default_factory=list)  # per arch: (seconds, status) of bad runs
     tests: list[list[float]] = field(default_factory=list)  # per arch: final test accuracy of each ok seed
+    flops: np.ndarray = field(default_factory=lambda: np.zeros(0))  # FLOPs per architecture
     best: float = 0.0
 
     @property
@@ -73,7 +74,7 @@ def load_bench(path: Path) -> Bench:
     bench = Bench(space=settings["space"], epochs=epochs, keys={a.key: i for i, a in enumerate(kept)},
                   sampled=[a.sampled for a in kept], params=np.array([a.params for a in kept], dtype=float),
                   truth=truth, curves=[by_arch.get(a.arch, []) for a in kept], failed=[bad.get(a.arch, []) for a in kept],
-                  tests=[finals.get(a.arch, []) for a in kept])
+                  tests=[finals.get(a.arch, []) for a in kept], flops=np.array([a.flops for a in kept], dtype=float))
     bench.best = float(truth.max())
     return bench
 

@@ -28,6 +28,8 @@ class Measurements(TypedDict, total=False):
 
     ``device`` and ``threads`` say where it trained, which is what, with its configs and
     seed, reproduces it; ``gpu_memory_mib`` is the peak GPU memory (CUDA only).
+    ``table_run`` names the table run that answered a trial of a table-backed search
+    (``--table``), which trained nothing.
     """
 
     params: int
@@ -38,6 +40,7 @@ class Measurements(TypedDict, total=False):
     device: str
     threads: int
     gpu_memory_mib: float
+    table_run: str
 
 
 class EpochResult(Measurements, total=False):

@@ -23,7 +23,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -183,9 +183,35 @@ def _trainable(config: dict, train: TensorData, val: TensorData, space_dict: dic
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+
 def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     sampler: optuna.samplers.BaseSampler = make_sampler(space.sampler, seed, len(space.objectives))
     return sampler
+
+
+def _trial_work(opts: SearchOptions, space: SearchSpace) -> Callable[[], Any]:
+    """Load what the trials need (the data, or the table of ``--table``) and check it; returns
+    what makes the Tune trainable, called once the study exists."""
+    work: Callable[..., None]
+    if opts.table is not None:  # trials answered from the table: no data to load
+        from rknas.search.table_trials import open_table, table_trainable
+
+        work = table_trainable
+        kwargs: dict[str, Any] = {"bench": open_table(opts.table, space), "time_scale": opts.time_scale,
+                                  "label": Path(str(opts.table)).name}
+    else:
+        ensure_dataset(space.data, download=opts.download)
+        train, val = load_data(space)
+        work = _trainable
+        kwargs = {"train": train, "val": val, "gpus": opts.gpus_per_trial, "cpus": opts.cpus_per_trial}
+
+    def make() -> Any:
+        from ray import tune
+
+        trainable = tune.with_parameters(work, space_dict=space.model_dump(mode="json"), plugins=plugin_env(), **kwargs)
+        return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+
+    return make
 
 
 def make_scheduler(space: SearchSpace) -> Any:
@@ -228,8 +254,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
     try:
         # A study continues only with what its trials meant so far, unless --allow-changes.
         plan = plan_resume(study_name, existing, space, opts.seed, opts.allow_changes)
-        ensure_dataset(space.data, download=opts.download)
-        train, val = load_data(space)
+        work = _trial_work(opts, space)
         # Warm-start entries are checked against the data too, before anything is written.
         starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
         trial_storage = TrialStorage.open(opts.trial_storage, opts.trial_filesystem)
@@ -250,18 +275,13 @@ def run_search(opts: SearchOptions) -> SearchResult:
     remaining = opts.trials - done
     write_plan(study, plan, space, opts.seed)
 
-    from ray import tune
-
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, train=train, val=val, space_dict=space.model_dump(mode="json"),
-                             gpus=opts.gpus_per_trial, cpus=opts.cpus_per_trial, plugins=plugin_env()),
-        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
-    )
+    trainable = work()
     driver = Driver(driver_id(), opts.trials, Heartbeats(storage, opts.heartbeat_interval), revision=plan.revision,
                     deadline=None if opts.timeout is None else started_at + opts.timeout, events=events)
     events.start(study=study_name, storage=safe_url(url), finished=done, target=opts.trials, remaining=remaining,
                  concurrency=concurrency, stale=len(stale), space=space.name, warm_start=warm, driver=driver.name,
-                 revision=plan.revision, changes={k: list(v) for k, v in plan.changes.items()}, deadline=driver.deadline)
+                 revision=plan.revision, changes={k: list(v) for k, v in plan.changes.items()}, deadline=driver.deadline,
+                 table="" if opts.table is None else f"table {opts.table} (recorded times x{opts.time_scale:g})")
     interrupted = False
     try:
         with _GracefulSignals() as signals:

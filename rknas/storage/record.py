@@ -43,6 +43,8 @@ class TrialRecord:
         device: Where the trial trained ("cpu", "cuda"); with ``threads``, what reproduces it.
         threads: torch's intra-op threads during the trial (CPU sums depend on it).
         gpu_memory_mib: Peak GPU memory the trial allocated (CUDA only; trials may share a GPU).
+        table_run: In a table-backed search (``rknas search --table``), the table run that
+            answered the trial (``"<table file> arch N run R"``); nothing was trained.
         driver: The ``rknas search`` process that ran the trial (``host:pid:random``);
             written when the trial starts, so a RUNNING trial names its owner.
         space_revision: The study's space revision the trial was sampled from (0: the space
@@ -70,6 +72,7 @@ class TrialRecord:
     device: Optional[str] = None
     threads: Optional[int] = None
     gpu_memory_mib: Optional[float] = None
+    table_run: Optional[str] = None
     driver: Optional[str] = None
     space_revision: Optional[int] = None
     interrupted: bool = False
