@@ -93,7 +93,7 @@ def rss_mb() -> float:
     return 0.0
 
 
-def run_commands(url: str, out: Path) -> dict[str, float]:
+def run_commands(url: str, out: Path, data_root: str | None) -> dict[str, float]:
     """Wall seconds of the read-only commands on the study, each a fresh process (as a user runs them)."""
     rknas = str(Path(sys.executable).with_name("rknas"))
     times = {}
@@ -111,7 +111,8 @@ def run_commands(url: str, out: Path) -> dict[str, float]:
                 print(name, proc.stderr[-500:], file=sys.stderr)
         # evaluate's planning (finalists, recipe, data, runs): everything before its first training run
         plan = ("from rknas.evaluate import plan_evaluation; from rknas.options import EvaluateOptions; "
-                f"p = plan_evaluation(EvaluateOptions(study={STUDY!r}, storage={url!r}, epochs=1, out={tmp + '/ev'!r})); "
+                f"p = plan_evaluation(EvaluateOptions(study={STUDY!r}, storage={url!r}, epochs=1, out={tmp + '/ev'!r}, "
+                f"data_root={data_root!r})); "
                 "print(len(p.runs))")
         for name, cmd in {"evaluate (planning)": [sys.executable, "-c", plan]}.items():
             t = time.perf_counter()
@@ -135,24 +136,50 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.002, help="real seconds per recorded second of the table")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "scale.jsonl")
     ap.add_argument("--commands-only", action="store_true")
+    ap.add_argument("--pg-dir", type=Path, help="keep the private PostgreSQL server's files here; a later run continues "
+                                                 "the same study from them")
+    ap.add_argument("--data-root", help="Fashion-MNIST's files, for timing evaluate's planning")
     args = ap.parse_args()
 
     server = None
     url = args.storage
     if url is None and args.backend == "postgresql":
-        from rknas_pgserver import PostgresServer
-
-        server = PostgresServer().start()
-        url = server.create_database()
+        server, url = _server(args.pg_dir)
     elif url is None:
         url = f"sqlite:///{tempfile.mkdtemp(prefix='rknas-scale-')}/scale.db"
     try:
         if not args.commands_only:
             chunks(args, url)
-        print(run_commands(url, args.out), flush=True)
+        print(run_commands(url, args.out, args.data_root), flush=True)
     finally:
         if server is not None:
-            server.stop()
+            server.halt() if args.pg_dir else server.stop()
+
+
+def _server(pg_dir: Path | None) -> tuple[Any, str]:
+    """The tests' private PostgreSQL server; with ``pg_dir``, one whose files outlive this run."""
+    import shutil
+
+    from rknas_pgserver import PostgresServer, _free_port
+
+    server = PostgresServer()
+    if pg_dir is None:
+        return server.start(), server.create_database()
+    shutil.rmtree(server.root, ignore_errors=True)
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    server.root, server.data = pg_dir, pg_dir / "data"
+    if server.as_root:
+        shutil.chown(pg_dir, "nobody")
+    if server.data.exists():
+        server.port = _free_port()
+        server.resume()
+        return server, server.url("scale")
+    server.start()
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE scale")
+    return server, server.url("scale")
 
 
 def chunks(args: argparse.Namespace, url: str) -> None:
