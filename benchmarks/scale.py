@@ -189,7 +189,10 @@ def chunks(args: argparse.Namespace, url: str) -> None:
 
     meters = Meters()
     meters.install()
-    study_trials = 0
+    try:  # a continued run counts from the study's trials, not from 0
+        study_trials = len(optuna.load_study(study_name=STUDY, storage=url).trials)
+    except KeyError:
+        study_trials = 0
     while study_trials < args.trials:
         target = min(args.trials, study_trials + args.chunk)
         cpu0, wall0, db0, s0 = time.process_time(), time.perf_counter(), meters.db_s, meters.sampler_s
