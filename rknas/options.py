@@ -251,6 +251,8 @@ class SearchOptions(CommandOptions):
         if self.stale_after <= self.heartbeat_interval:
             raise ValueError(f"--stale-after ({self.stale_after}) must be longer than --heartbeat-interval "
                              f"({self.heartbeat_interval}), or live trials would be taken for dead")
+        if self.time_scale != 1.0 and self.table is None:
+            raise ValueError("--time-scale scales a table's recorded epoch times: give --table too, or leave it out")
         return self
 
 

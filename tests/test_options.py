@@ -122,6 +122,8 @@ def test_describe_flags_are_network_config_fields(cli, wide):
     (["search", "--space", "s", "--max-retries", "-1"], "--max-retries must be 0 or more, got -1"),
     (["search", "--space", "s", "--storage-retry", "-1"], "--storage-retry must be 0 or more (seconds), got -1"),
     (["search", "--space", "s", "--table", "t.db", "--time-scale", "0"], "--time-scale must be positive, got 0"),
+    (["search", "--space", "s", "--time-scale", "0.1"],
+     "--time-scale scales a table's recorded epoch times: give --table too, or leave it out"),
     (["search", "--space", "s", "--heartbeat-interval", "70"],
      "--stale-after (60) must be longer than --heartbeat-interval (70), or live trials would be taken for dead"),
     (["evaluate", "--study", "s", "--epochs", "1", "--top", "2", "--pareto"], "--top and --pareto exclude each other"),
