@@ -62,7 +62,7 @@ def open_table(path: Path, space: SearchSpace) -> Bench:
 
 
 def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, report: Callable[[EpochResult], None],
-                    time_scale: float = 1.0, label: str = "table", snapper: Optional[Snapper] = None,
+                    time_scale: float = 1.0, label: str = "table",
                     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> EpochResult:
     """One trial answered from the table, calling ``report`` after each recorded epoch.
 
@@ -73,7 +73,6 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
         report: As for ``objective.run_trial``; may raise to stop the trial (ASHA).
         time_scale: Multiplies the recorded epoch times.
         label: Names the table in ``table_run``.
-        snapper: Reused between trials of one worker (it caches); default a new one.
         sleep: Waits (tests pass a fake).
         clock: The clock ``wall_time`` is measured on.
 
@@ -85,7 +84,7 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
     t0 = clock()
     seed = int(config.get("seed", 0))
     proposal = {k: v for k, v in config.items() if k != "seed"}
-    arch = (snapper or Snapper(bench)).find(proposal)
+    arch = Snapper(bench).find(proposal)
     sizes: EpochResult = {"params": int(bench.params[arch]), "flops": int(bench.flops[arch]) if len(bench.flops) else 0}
     rng = random.Random(seed)
     violation = space.constraints.violation(sizes["params"], sizes["flops"])
