@@ -47,6 +47,7 @@ from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
+from rknas.storage.bulk import load_trials, pareto_front
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
 from rknas.util import differences, plural, torch_threads, training_threads, usable_device, write_json_atomic
@@ -224,7 +225,7 @@ def select_finalists(
         raise RknasError("--top and --pareto exclude each other")
     if top is not None and top < 1:
         raise RknasError(f"--top must be at least 1, got {top}")
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,))
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial to evaluate")
 
@@ -234,7 +235,7 @@ def select_finalists(
         raise RknasError(f"no completed trial of study {study.study_name!r} has at most {limit}")
     by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number)))
     if pareto or (top is None and len(study.directions) > 1):
-        front = {t.number for t in study.best_trials} if limit.unlimited else _front(study, complete)
+        front = {t.number for t in pareto_front(complete, study.directions)}
         return [t for t in by_accuracy if t.number in front]
     return by_accuracy[: top or 3]
 
@@ -318,18 +319,6 @@ def _read_json(path: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _front(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
-    """The Pareto set among ``trials`` (the study's front may lie outside a size limit)."""
-    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
-
-    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
-        x = [s * v for s, v in zip(signs, a.values)]
-        y = [s * v for s, v in zip(signs, b.values)]
-        return all(p >= q for p, q in zip(x, y)) and any(p > q for p, q in zip(x, y))
-
-    return {t.number for t in trials if not any(dominates(o, t) for o in trials)}
 
 
 def evaluate(options: EvaluateOptions) -> Evaluation:

@@ -5,34 +5,44 @@ the paper's models, and a benchmark replay's anytime regret."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from rknas.errors import RknasError
 from rknas.storage import StudyRecord, TrialRecord
+from rknas.storage.bulk import load_trials
 
 if TYPE_CHECKING:
     from rknas.bench.replay import ReplaySummary
 
 
-def parameter_importances(study: optuna.Study) -> dict[str, float]:
+def parameter_importances(study: optuna.Study, complete: Optional[list[FrozenTrial]] = None) -> dict[str, float]:
     """How much each searched parameter explains validation accuracy (Optuna's fANOVA).
+
+    Args:
+        study: The study.
+        complete: Its completed trials, when the caller has read them already.
 
     Returns:
         Parameter -> importance (summing to 1), largest first; empty with fewer than two
         completed trials or nothing searched.
     """
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete is None:
+        complete = load_trials(study, states=(TrialState.COMPLETE,))
     if len(complete) < 2 or not any(t.params for t in complete):
         return {}
     metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
     index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    # Optuna's evaluator reads the study's trials several times: give it what it reads, in memory.
+    copy = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=study.directions)
+    copy.add_trials([optuna.trial.create_trial(state=TrialState.COMPLETE, values=t.values, params=t.params,
+                                               distributions=t.distributions) for t in complete])
     try:
         found = optuna.importance.get_param_importances(
-            study, target=lambda t: t.values[index], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            copy, target=lambda t: t.values[index], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
         )
     except (RuntimeError, ValueError):  # e.g. every completed trial has the same parameters
         return {}
@@ -40,62 +50,75 @@ def parameter_importances(study: optuna.Study) -> dict[str, float]:
 
 
 def plot_study(study: optuna.Study, path: Path) -> Path:
-    """Write a PNG with three panels; readers see at a glance what the search found."""
+    """Write a PNG with four panels; readers see at a glance what the search found.
+
+    Each panel draws all trials of a state as one collection, so a study of ten thousand
+    trials plots in seconds.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.collections import LineCollection
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
-    trials = study.get_trials(deepcopy=False)
+    trials = load_trials(study)
     records = {t.number: TrialRecord.of(t) for t in trials}
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and records[t.number].val_accuracy_per_epoch]
+    done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
     if not done:
         raise RknasError(f"study {study.study_name!r} has no trained trial to plot yet")
     colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
+    labels = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
     fig, axes = plt.subplots(1, 4, figsize=(21, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    last = {t.number: records[t.number].val_accuracy_per_epoch[-1] for t in done}
+    size = {t.number: records[t.number].params or 0 for t in done}
+    dot = 18 if len(done) <= 500 else 6
 
     ax = axes[0]
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        of = [t.number for t in done if t.state == state]
+        ax.scatter(of, [last[n] for n in of], c=colors[state], s=dot, label=labels[state])
     best, xs, ys = None, [], []
-    for t in sorted(done, key=lambda t: t.number):
-        acc = records[t.number].val_accuracy_per_epoch[-1]
-        ax.scatter(t.number, acc, c=colors[t.state], s=18)
+    for t in done:
         if t.state == TrialState.COMPLETE:
-            best = acc if best is None else max(best, acc)
+            best = last[t.number] if best is None else max(best, last[t.number])
         if best is not None:
             xs.append(t.number)
             ys.append(best)
     ax.step(xs, ys, where="post", c="k", lw=1.2, label="best complete")
     ax.set(xlabel="trial", ylabel="validation accuracy (last epoch)", title="search progress")
-    ax.scatter([], [], c="tab:blue", label="complete")
-    ax.scatter([], [], c="tab:orange", label="pruned")
     ax.legend(loc="lower right", fontsize=8)
 
     ax = axes[1]
-    for t in done:
-        ax.scatter(records[t.number].params or 0, records[t.number].val_accuracy_per_epoch[-1], c=colors[t.state], s=18)
-    complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: records[t.number].params or 0)
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        of = [t.number for t in done if t.state == state]
+        ax.scatter([size[n] for n in of], [last[n] for n in of], c=colors[state], s=dot)
     front, top = [], -1.0
-    for t in complete:  # accuracy/params Pareto front of the completed trials
-        acc = records[t.number].val_accuracy_per_epoch[-1]
-        if acc > top:
-            front.append((records[t.number].params or 0, acc))
-            top = acc
+    for n in sorted((t.number for t in done if t.state == TrialState.COMPLETE), key=lambda n: size[n]):
+        if last[n] > top:  # accuracy/params Pareto front of the completed trials
+            front.append((size[n], last[n]))
+            top = last[n]
     if front:
         ax.step(*zip(*front), where="post", c="k", lw=1.2, label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="accuracy vs size")
 
     ax = axes[2]
-    for t in done:
-        curve = records[t.number].val_accuracy_per_epoch
-        ax.plot(range(1, len(curve) + 1), curve, c=colors[t.state], alpha=0.5, lw=1, marker="o", ms=3)
+    alpha = 0.5 if len(done) <= 500 else 0.15
+    for state in (TrialState.PRUNED, TrialState.COMPLETE):
+        curves = [list(enumerate(records[t.number].val_accuracy_per_epoch, 1)) for t in done if t.state == state]
+        ax.add_collection(LineCollection(curves, colors=colors[state], alpha=alpha, lw=1))
+        if len(done) <= 500:
+            points = [p for c in curves for p in c]
+            ax.scatter([p[0] for p in points], [p[1] for p in points], c=colors[state], s=9, alpha=alpha)
+    ax.autoscale_view()
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
     ax = axes[3]
-    importances = parameter_importances(study)
+    importances = parameter_importances(study, [t for t in trials if t.state == TrialState.COMPLETE])
     if importances:
         names = list(importances)[:12][::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:green")
@@ -104,8 +127,11 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
         ax.text(0.5, 0.5, "needs two completed trials\nwith searched parameters", ha="center", va="center")
         ax.set(xticks=[], yticks=[], title="what mattered")
 
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    fig.suptitle(f"{study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    order = [s.name.lower() for s in TrialState]
+    fig.suptitle(f"{study.study_name}: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts))
     return _save(fig, path)
 
 

@@ -69,7 +69,10 @@ def test_plot_study_shows_progress_size_curves_and_importances(tmp_path, monkeyp
     ys = best_line.get_ydata()
     assert all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] == max(accs)
     assert size.get_xscale() == "log" and size.get_xlabel() == "parameters"
-    assert len(curves.get_lines()) == 12 and all(len(ln.get_xdata()) == 2 for ln in curves.get_lines())
+    from matplotlib.collections import LineCollection
+
+    segments = [seg for c in curves.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    assert len(segments) == 12 and all(len(seg) == 2 for seg in segments)  # one curve per trial, of its 2 epochs
     bars = {t.get_text(): p.get_width() for t, p in zip(importance.get_yticklabels(), importance.patches)}
     assert max(bars, key=bars.get) == "lr"  # the parameter that matters is the longest bar
 

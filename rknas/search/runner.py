@@ -52,7 +52,6 @@ from rknas.storage import (
     accuracy_of,
     best_trial,
     driver_id,
-    finished_trials,
     interrupt_trials,
     open_storage,
     recover_stale,
@@ -62,6 +61,7 @@ from rknas.storage import (
     summarize,
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
+from rknas.storage.bulk import counted
 from rknas.storage.retry import StorageUnavailable
 from rknas.storage.trial_storage import TrialStorage
 
@@ -247,7 +247,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
     new_file = None if new_file is None or new_file.exists() else new_file
     space, study_name, url, storage, existing = prepare(opts)
     if existing is not None:
-        done = len(finished_trials(existing))
+        done = counted(existing)[0]
         if done >= opts.trials:
             events.already_done(finished=done, target=opts.trials)
             return _result(existing, url, opts.trials, 0, False)
@@ -271,7 +271,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
     # Trials of drivers that died (no heartbeat for --stale-after s); live drivers' trials stay.
     stale = recover_stale(study)
     warm = enqueue_starts(study, starts) if existing is None else 0  # a new study's first trials
-    done = len(finished_trials(study))
+    done = counted(study)[0]
     remaining = opts.trials - done
     write_plan(study, plan, space, opts.seed)
 
@@ -311,7 +311,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         interrupted = True
     finally:
         driver.heartbeats.stop()
-    finished = len(finished_trials(study))
+    finished = counted(study)[0]
     timed_out = driver.stop_reason == "timeout" and finished < opts.trials  # SearchResult.timed_out says it
     out = _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)
     out.failed_outside_training = driver.all_failed_outside_training()
@@ -478,7 +478,7 @@ def _result(study: optuna.Study, url: str, target: int, started: int, interrupte
         best = {"number": t.number, "values": t.values, "val_accuracy": accuracy_of(study, t),
                 "params": record.params, "flops": record.flops}
     return SearchResult(
-        study=study.study_name, storage=url, target=target, finished=len(finished_trials(study)),
+        study=study.study_name, storage=url, target=target, finished=counted(study)[0],
         started_now=started, interrupted=interrupted, counts=summarize(study)["counts"], best=best,
         timed_out=timed_out,
     )

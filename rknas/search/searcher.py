@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from rknas.events import SearchEvents
 from rknas.search.outcome import Values, optuna_state, outcome_of
 from rknas.search.space import SearchSpace
+from rknas.storage.bulk import counted
 from rknas.storage.liveness import Heartbeats, recover_stale
-from rknas.storage.queries import finished_trials
 from rknas.storage.record import TrialRecord
 
 clock = time.monotonic  # the clock of --timeout (tests replace it)
@@ -78,8 +78,7 @@ class Driver:
         recovered = recover_stale(study)
         if recovered and self.events is not None:
             self.events.recovered(numbers=recovered)
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        return len(finished_trials(study)), running
+        return counted(study)
 
     def admit(self, study: optuna.Study) -> Optional[str]:
         """Whether another trial may start.

@@ -141,7 +141,7 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     Returns:
         The study names.
     """
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    return [s.study_name for s in storage.get_all_studies()]  # no trials read (a summary reads them all)
 
 
 def open_study(name: str, url: Optional[str] = None) -> optuna.Study:

@@ -12,6 +12,7 @@ from rknas._version import __version__
 from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
+from rknas.storage.bulk import INTERRUPTED, load_trials, pareto_front, tally
 from rknas.storage.record import StudyRecord, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -38,7 +39,7 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     Returns:
         COMPLETE, PRUNED, and FAIL trials except interrupted ones.
     """
-    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not is_interrupted(t)]
+    return [t for t in load_trials(study, states=FINISHED) if not is_interrupted(t)]
 
 
 def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
@@ -65,11 +66,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         ``study``, ``space``, ``objectives``, ``directions``, ``trials``, ``counts`` per state
         (interrupted apart) and ``best_val_accuracy``.
     """
-    trials = study.get_trials(deepcopy=False)
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        key = "INTERRUPTED" if t.state == TrialState.FAIL and is_interrupted(t) else t.state.name
-        counts[key] = counts.get(key, 0) + 1
+    counts = tally(study)
     record = StudyRecord.of(study)
     top = best_trial(study)
     return {
@@ -77,8 +74,8 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "space": record.space_name,
         "objectives": record.metrics or ["value"] * len(study.directions),
         "directions": [d.name.lower() for d in study.directions],
-        "trials": len(trials),
-        "counts": {k: v for k, v in counts.items() if v},
+        "trials": sum(counts.values()),
+        "counts": {k: counts[k] for k in [*(s.name for s in TrialState), INTERRUPTED] if counts.get(k)},
         "best_val_accuracy": accuracy_of(study, top) if top is not None else None,
     }
 
@@ -96,13 +93,13 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     Raises:
         RknasError: The study has no completed trial.
     """
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,))
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial yet")
     if len(study.directions) == 1:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         return sorted(complete, key=lambda t: sign * t.values[0])
-    return sorted(study.best_trials, key=lambda t: -accuracy_of(study, t))
+    return sorted(pareto_front(complete, study.directions), key=lambda t: -accuracy_of(study, t))
 
 
 def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
@@ -142,8 +139,8 @@ def choose(
         RknasError: The trial does not exist or did not complete, or no candidate fits.
     """
     if trial is not None:
-        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
-        if not found or found[0].state != TrialState.COMPLETE:
+        found = [t for t in load_trials(study, states=(TrialState.COMPLETE,)) if t.number == trial]
+        if not found:
             raise RknasError(f"trial {trial} of study {study.study_name!r} does not exist or did not complete")
         return found[0]
     pool = candidates(study)

@@ -1,0 +1,84 @@
+"""rknas.storage.bulk answers exactly what Optuna's own reads answer, on every kind of trial."""
+
+import math
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from rknas.storage import open_storage
+from rknas.storage.bulk import counted, load_trials, pareto_front, tally
+
+
+def _fill(study: optuna.Study) -> None:
+    """Trials of every state, with every kind of value Optuna stores."""
+    dists = {"k": IntDistribution(8, 64, step=8), "lr": FloatDistribution(1e-3, 1.0, log=True),
+             "rule": CategoricalDistribution(["E", "I", "R", None])}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.9, -120.0], params={"k": 16, "lr": 0.01, "rule": "I"},
+                                 distributions=dists, user_attrs={"seed": 3, "network": {"a": [1, 2]}},
+                                 system_attrs={"s": "x"}, intermediate_values={0: 0.5, 1: float("nan"), 2: 0.9}))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[float("inf"), float("-inf")],
+                                 params={"k": 64, "rule": None}, distributions={k: dists[k] for k in ("k", "rule")}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 0.5}, distributions={"lr": dists["lr"]},
+                                 intermediate_values={0: float("inf"), 1: float("-inf")}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "boom"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"interrupted": True}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"interrupted": True}))
+    study.enqueue_trial({"k": 8})
+    study.ask()  # RUNNING (took the enqueued one)
+    study.ask()  # RUNNING
+    study.enqueue_trial({"k": 24})  # WAITING
+
+
+def _same(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+    def norm(x):
+        return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in x.items()}
+
+    return (a.number, a.state, a.values, a.datetime_start, a.datetime_complete, a.params, a.distributions, a.user_attrs,
+            a.system_attrs, norm(a.intermediate_values), a._trial_id) == (
+        b.number, b.state, b.values, b.datetime_start, b.datetime_complete, b.params, b.distributions, b.user_attrs,
+        b.system_attrs, norm(b.intermediate_values), b._trial_id)
+
+
+def test_load_trials_and_tally_equal_optunas_reads_on_a_database(any_storage):
+    _check(open_storage(any_storage))
+
+
+def test_load_trials_and_tally_equal_optunas_reads_in_memory():
+    _check(optuna.storages.InMemoryStorage())
+
+
+def _check(storage):
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    other = optuna.create_study(study_name="other", storage=storage)  # a second study's trials are not counted
+    other.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0))
+    _fill(study)
+
+    expected = study.get_trials(deepcopy=False)
+    got = load_trials(study)
+    assert len(got) == len(expected) == 9
+    assert all(_same(a, b) for a, b in zip(got, expected))
+    for states in [(TrialState.COMPLETE,), (TrialState.PRUNED, TrialState.FAIL), (TrialState.WAITING,)]:
+        assert [t.number for t in load_trials(study, states=states)] == [t.number for t in study.get_trials(states=states)]
+    picked = [expected[0]._trial_id, expected[3]._trial_id]
+    assert [t.number for t in load_trials(study, trial_ids=picked)] == [0, 3]
+    assert load_trials(study, trial_ids=[]) == []
+
+    assert tally(study) == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "INTERRUPTED": 2, "RUNNING": 2, "WAITING": 1}
+    assert counted(study) == (4, 2)
+    assert tally(other) == {"COMPLETE": 1}
+
+
+def test_pareto_front_is_optunas_best_trials():
+    import random
+
+    rng = random.Random(0)
+    for directions in (["maximize", "minimize"], ["maximize", "maximize", "minimize"]):
+        study = optuna.create_study(directions=directions)
+        for _ in range(300):  # a trade-off in coarse values: a front of many points, ties and duplicates
+            gains = [rng.randint(0, 12) for _ in directions[1:]]
+            study.add_trial(create_trial(state=TrialState.COMPLETE, values=[*gains, sum(gains) + rng.randint(0, 3)]))
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        assert [t.number for t in pareto_front(complete, study.directions)] == sorted(t.number for t in study.best_trials)
+        assert len(study.best_trials) > 3
+    assert pareto_front([], study.directions) == []
