@@ -48,6 +48,7 @@ from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
 from rknas.storage.bulk import load_trials, pareto_front
+from rknas.storage.queries import accuracy_index
 from rknas.train import evaluate as evaluate_model
 from rknas.train import fit, resolve_channels_last
 from rknas.util import differences, plural, torch_threads, training_threads, usable_device, write_json_atomic
@@ -233,7 +234,8 @@ def select_finalists(
     complete = [t for t in complete if limit.admits(TrialRecord.of(t).params, TrialRecord.of(t).flops)]
     if not complete:
         raise RknasError(f"no completed trial of study {study.study_name!r} has at most {limit}")
-    by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-accuracy_of(study, t), t.number)))
+    i = accuracy_index(study)
+    by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-t.values[i], t.number)))
     if pareto or (top is None and len(study.directions) > 1):
         front = {t.number for t in pareto_front(complete, study.directions)}
         return [t for t in by_accuracy if t.number in front]

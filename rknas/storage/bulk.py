@@ -151,7 +151,9 @@ def load_trials(
                 .where(*where).order_by(tt.c.trial_id)
             ).all()
             values: dict[int, dict[int, float]] = defaultdict(dict)
-            for tid, objective, value, kind in conn.execute(children(models.TrialValueModel, "objective", "value", "value_type")).all():
+            for tid, objective, value, kind in conn.execute(
+                children(models.TrialValueModel, "objective", "value", "value_type")
+            ).all():
                 values[tid][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
             params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
             for tid, pid, name, value, dist in conn.execute(

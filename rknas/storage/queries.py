@@ -52,8 +52,20 @@ def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
     Returns:
         The trial's validation accuracy.
     """
+    return t.values[accuracy_index(study)]
+
+
+def accuracy_index(study: optuna.Study) -> int:
+    """Which of the study's objective values is the validation accuracy (read once, not per trial).
+
+    Args:
+        study: The study (its record names the objectives).
+
+    Returns:
+        The index of ``val_accuracy`` among the objectives (0 when it is not named).
+    """
     metrics = StudyRecord.of(study).metrics or []
-    return t.values[metrics.index("val_accuracy") if "val_accuracy" in metrics else 0]
+    return metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
 
 
 def summarize(study: optuna.Study) -> dict[str, Any]:
@@ -99,7 +111,8 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     if len(study.directions) == 1:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         return sorted(complete, key=lambda t: sign * t.values[0])
-    return sorted(pareto_front(complete, study.directions), key=lambda t: -accuracy_of(study, t))
+    i = accuracy_index(study)
+    return sorted(pareto_front(complete, study.directions), key=lambda t: -t.values[i])
 
 
 def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
