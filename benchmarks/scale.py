@@ -122,8 +122,15 @@ def run_commands(url: str, out: Path, data_root: str | None) -> dict[str, float]
                 times[name + " (exit)"] = proc.returncode
                 print(name, proc.stderr[-500:], file=sys.stderr)
     with out.open("a") as f:
-        f.write(json.dumps({"kind": "commands", "date": time.strftime("%Y-%m-%dT%H:%M"), "seconds": times}) + "\n")
+        f.write(json.dumps({"kind": "commands", "date": time.strftime("%Y-%m-%dT%H:%M"), "commit": _commit(),
+                            "seconds": times}) + "\n")
     return times
+
+
+def _commit() -> str:
+    """The code measured (figures from before and after a change sit in one file)."""
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -203,7 +210,7 @@ def chunks(args: argparse.Namespace, url: str) -> None:
         n = len(optuna.load_study(study_name=STUDY, storage=url).trials)
         added = max(1, n - study_trials)
         row = {
-            "kind": "chunk", "date": time.strftime("%Y-%m-%dT%H:%M"), "backend": url.split(":", 1)[0],
+            "kind": "chunk", "date": time.strftime("%Y-%m-%dT%H:%M"), "commit": _commit(), "backend": url.split(":", 1)[0],
             "concurrency": args.concurrency, "scale": args.scale, "finished": result.finished, "trials_in_study": n,
             "trials_added": added,
             "driver_cpu_ms_per_trial": round(1000 * (time.process_time() - cpu0) / added, 1),
