@@ -107,7 +107,7 @@ class _Simulation:
                  max_trials: Optional[int], fidelity: Optional[dict[str, int]]):
         import optuna
 
-        from rknas.search.samplers import make_sampler
+        from rknas.search.samplers import make_sampler, windowed
         from rknas.search.space import SearchSpace
         from rknas.search.warmstart import start_params
 
@@ -123,7 +123,8 @@ class _Simulation:
         self.space = SearchSpace.model_validate(raw)
         self.n_obj = len(self.space.objectives)
         directions = [optuna.study.StudyDirection[d.upper()] for d in self.space.directions]
-        self.study = optuna.create_study(directions=directions, sampler=make_sampler(strategy.sampler, seed, self.n_obj))
+        sampler = windowed(make_sampler(strategy.sampler, seed, self.n_obj), self.space.sampler_window)
+        self.study = optuna.create_study(directions=directions, sampler=sampler)
         if strategy.warm:
             for p in start_params(self.space):
                 self.study.enqueue_trial(p, skip_if_exists=True)

@@ -41,7 +41,7 @@ from rknas.search import ray_env
 from rknas.search.objective import pick_device, prepare_worker, run_trial
 from rknas.search.outcome import EpochResult
 from rknas.search.resume import plan_resume, seed_rungs, write_plan
-from rknas.search.samplers import make_sampler
+from rknas.search.samplers import make_sampler, windowed
 from rknas.search.searcher import Driver
 from rknas.search.space import SearchSpace, load_space
 from rknas.search.warmstart import enqueue_starts, start_params
@@ -185,7 +185,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    sampler: optuna.samplers.BaseSampler = make_sampler(space.sampler, seed, len(space.objectives))
+    sampler: optuna.samplers.BaseSampler = windowed(make_sampler(space.sampler, seed, len(space.objectives)),
+                                                    space.sampler_window)
     return sampler
 
 

@@ -148,3 +148,81 @@ def _collect_samplers() -> dict[str, SamplerSpec]:
 
     collect("register_samplers", accept)
     return found
+
+
+class _RecentTrials:
+    """A study as a sampler sees it through a window: every unfinished trial, and the latest finished ones."""
+
+    def __init__(self, study: Any, window: int):
+        self._study, self._window = study, window
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        finished = [t for t in trials if t.state.is_finished()]
+        if len(finished) > self._window:
+            first_kept = finished[-self._window].number
+            trials = [t for t in trials if not t.state.is_finished() or t.number >= first_kept]
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        if deepcopy:
+            import copy
+
+            return copy.deepcopy(trials)
+        return trials
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return self._get_trials(deepcopy, states)
+
+    @property
+    def trials(self) -> list:
+        return self._get_trials()
+
+
+def windowed(sampler: Any, window: Optional[int]) -> Any:
+    """``sampler`` learning from the latest ``window`` finished trials only (None: from all of them).
+
+    TPE reads every finished trial on each proposal, so its cost grows with the study
+    (benchmarks/RESULTS.md, "What one TPE proposal costs"); a window bounds it. A study with
+    no more finished trials than the window is sampled exactly as without one.
+
+    Args:
+        sampler: An Optuna sampler.
+        window: How many of the latest finished trials it sees, or None.
+
+    Returns:
+        The sampler itself when ``window`` is None, else a sampler wrapping it.
+    """
+    return sampler if window is None else WindowedSampler(sampler, window)
+
+
+class WindowedSampler:
+    """An Optuna sampler that proposes from the latest ``window`` finished trials (see ``windowed``).
+
+    Defined at module level so that it pickles like the sampler it wraps.
+    """
+
+    def __init__(self, inner: Any, window: int):
+        self.inner, self.window = inner, window
+
+    def __getattr__(self, name: str) -> Any:  # anything else Optuna asks of a sampler
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.inner.infer_relative_search_space(_RecentTrials(study, self.window), trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.inner.sample_relative(_RecentTrials(study, self.window), trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return self.inner.sample_independent(_RecentTrials(study, self.window), trial, param_name, param_distribution)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)

@@ -152,6 +152,12 @@ class SearchSpace(BaseModel):
         "auto",
         description="The search's Optuna sampler: a registered name (rknas.search.samplers) or auto (the default).",
     )
+    sampler_window: Optional[int] = Field(
+        None,
+        ge=10,
+        description="The sampler learns from the latest this-many finished trials only (default: all); bounds TPE's "
+        "cost per proposal on studies of thousands of trials (benchmarks/RESULTS.md).",
+    )
     constraints: Constraints = Constraints()
     start_from: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list,
