@@ -9,7 +9,16 @@ space, and while it runs injects, at seeded points of the study's progress:
 - ``database``: a restart of the database: PostgreSQL stopped (fast shutdown) and started
   again after ``--outage`` seconds; SQLite locked exclusively by another process for as long;
 - ``join`` / ``leave``: a second `rknas search` on the same study starts, and later stops
-  (Ctrl-C).
+  (Ctrl-C);
+- ``node``: a Ray node lost: every process of the cluster's worker node killed (SIGKILL), and a
+  new worker node started in its place, as an autoscaler would (the search then runs on a
+  two-node cluster it joins with ``--address``: a head and a worker node);
+- ``cut``: a connection cut inside a commit (PostgreSQL): every driver reaches the database
+  through a TCP proxy on 127.0.0.1 (tests/support/cutting_proxy.py), which lets the next COMMIT
+  through and swallows the server's reply, or cuts in the middle of the reply, in turn.
+
+``--table`` answers every trial from a benchmark table (``rknas search --table``), so a run of
+thousands of trials takes minutes: what is exercised is the search, not the training.
 
 At the end it checks and prints (and writes as JSON with ``--out``):
 
@@ -27,6 +36,8 @@ At the end it checks and prints (and writes as JSON with ``--out``):
 Usage:
     python benchmarks/chaos.py --backend sqlite --trials 40 --seed 0 --out benchmarks/chaos_sqlite.json
     python benchmarks/chaos.py --backend postgresql --trials 40 --seed 0 --out benchmarks/chaos_postgresql.json
+    python benchmarks/chaos.py --backend postgresql --trials 1000 --table --concurrency 8 \
+        --faults "driver*8,worker*10,database*6,join*5,leave*5,node*6,cut*12" --out benchmarks/chaos_scale.json
 """
 
 from __future__ import annotations
@@ -67,7 +78,9 @@ SPACE = {
 }
 HEARTBEAT_S, STALE_S = 1, 6
 RESTART_S = 30.0  # a restarted driver's start-up (imports, data, Ray) before it looks for stale trials
-FAULTS = ("driver", "worker", "database", "join", "leave")
+FAULTS = ("driver", "worker", "database", "join", "leave", "node", "cut")
+TABLE = REPO / "benchmarks" / "tables" / "fashion_mnist_bench.db.gz"
+CUT_MODES = ("after", "mid_reply")  # the COMMIT applied and its reply lost; half a reply
 
 
 @dataclass
@@ -87,7 +100,8 @@ class Report:
     counted: int = 0
     running: int = 0
     fail_without_error: int = 0
-    recorded_twice: int = 0
+    recorded_twice: int = 0  # trials with an epoch recorded twice (a longer curve than the space's epochs)
+    created_twice: int = 0  # trials without parameters: what a retried create after a lost reply leaves
     interrupted: int = 0
     retried_trials: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -104,18 +118,24 @@ def schedule(trials: int, seed: int, kinds: list[str]) -> list[Fault]:
     points = sorted(rng.sample(range(max(1, trials // 10), max(2, int(trials * 0.85))), len(kinds)))
     order = [k for k in kinds if k != "leave"]
     rng.shuffle(order)
-    if "leave" in kinds:  # a second driver must have joined before it can leave
-        order.insert(order.index("join") + 1 if "join" in order else len(order), "leave")
+    leaves = kinds.count("leave")
+    for i in [i for i, k in enumerate(order) if k == "join"][::-1]:  # a second driver must have joined before it can leave
+        if leaves:
+            order.insert(i + 1, "leave")
+            leaves -= 1
+    order += ["leave"] * leaves
     return [Fault(kind, at) for kind, at in zip(order, points)]
 
 
-def counted(url: str, study: str = "chaos") -> list[optuna.trial.FrozenTrial]:
+def counted(url: str, study: str = "chaos") -> int:
+    """COMPLETE and PRUNED trials of the study, interrupted ones apart (0 while it is not there or the database is away)."""
+    from rknas.storage.bulk import tally
+
     try:
-        trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+        counts = tally(optuna.load_study(study_name=study, storage=url))
     except Exception:  # not created yet, or the database is away (a fault)
-        return []
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            and not TrialRecord.of(t).interrupted]
+        return 0
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
 
 
 class Search:
@@ -151,10 +171,15 @@ class Database:
             from rknas_pgserver import PostgresServer
 
             self.server = PostgresServer().start()
-            self.url = self.server.create_database()
+            self.direct_url = self.server.create_database()
+            from cutting_proxy import CuttingProxy
+
+            self.proxy = CuttingProxy(self.server.port)  # the drivers' way to the database: `cut` faults happen here
+            self.url = self.proxy.url(self.direct_url)
         else:
             self.path = work / "chaos.db"
             self.url = f"sqlite:///{self.path}"
+        self.monitor_url = getattr(self, "direct_url", self.url)  # the benchmark's own reads: never through the proxy
 
     def outage(self, seconds: float) -> str:
         if self.server is not None:
@@ -175,9 +200,71 @@ class Database:
             return self.server.create_database()
         return f"sqlite:///{self.path.with_name('baseline.db')}"
 
+    def cut(self, mode: str) -> str:
+        """Cut the next COMMIT's connection in ``mode`` (the drivers reach the database through the proxy)."""
+        before = len(self.proxy.cuts)
+        self.proxy.arm(mode, b"COMMIT")
+        deadline = time.time() + 120
+        while len(self.proxy.cuts) == before and time.time() < deadline:
+            time.sleep(0.05)
+        if len(self.proxy.cuts) == before:
+            self.proxy.stop_cutting()
+            return "no COMMIT passed within 120 s: nothing cut"
+        return {"after": "a COMMIT let through, its reply swallowed", "mid_reply": "a COMMIT's reply cut halfway"}[mode]
+
     def close(self) -> None:
         if self.server is not None:
+            self.proxy.close()
             self.server.stop()
+
+
+class Cluster:
+    """A two-node Ray cluster on 127.0.0.1 started with `ray start`: a head and a worker node that ``lose_node`` replaces."""
+
+    def __init__(self, work: Path, cpus: int):
+        import clusters  # tests/support
+
+        self.clusters, self.work, self.cpus = clusters, work, cpus
+        self._head = clusters.head_node(work, cpus, dict(os.environ))
+        self.address, self.temp_dir = self._head.__enter__()
+        self.nodes = 0
+        self.worker: Optional[tuple[subprocess.Popen, str]] = None
+        self.add_node()
+
+    def add_node(self) -> None:
+        import secrets
+
+        self.nodes += 1
+        marker = f"RKNAS_CHAOS_NODE={secrets.token_hex(8)}"
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        key, value = marker.split("=", 1)
+        env[key] = value
+        free = self.clusters.free_port
+        log = self.work / f"node{self.nodes}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [str(self.clusters.RAY), "start", "--address", self.address, "--block", "--node-ip-address", "127.0.0.1",
+                 "--num-cpus", str(self.cpus), "--object-store-memory", str(200 * 1024**2),
+                 "--dashboard-agent-listen-port", str(free()), "--metrics-export-port", str(free()),
+                 "--disable-usage-stats"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work)
+        self.clusters.wait_for(log, "Ray runtime started", proc, self.clusters.START_TIMEOUT)
+        self.worker = (proc, marker)
+
+    def lose_node(self) -> str:
+        """SIGKILL every process of the worker node (its raylet, its trials), then start a new one."""
+        assert self.worker is not None
+        proc, marker = self.worker
+        killed = len(self.clusters.marked_pids(marker))
+        self.clusters.signal_all(proc, marker, signal.SIGKILL)
+        proc.wait(timeout=60)
+        self.add_node()
+        return f"worker node lost ({killed} processes killed), a new one started"
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.clusters.stop([self.worker[0]], self.worker[1])
+        self._head.__exit__(None, None, None)
 
 
 class Stuck(RuntimeError):
@@ -185,15 +272,21 @@ class Stuck(RuntimeError):
 
 
 def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, baseline: bool,
-        work: Path, say=print, deadline_s: float = 3600.0) -> Report:
+        work: Path, say=print, deadline_s: float = 3600.0, table: bool = False, concurrency: int = 2,
+        time_scale: float = 0.02) -> Report:
     space_file = work / "chaos.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     db = Database(backend, work)
+    cluster = Cluster(work, max(1, concurrency // 2)) if "node" in kinds else None
     report = Report(backend=backend, trials=trials, seed=seed, recovery_limit_s=STALE_S + RESTART_S)
+    cut_modes = list(CUT_MODES)
     try:
         def args(url: str) -> list[str]:
-            return ["search", "--space", str(space_file), "--study", "chaos", "--trials", str(trials), "--storage", url,
-                    "--concurrency", "2", "--seed", str(seed), "--heartbeat-interval", str(HEARTBEAT_S),
+            space = ["--space", "fashion_mnist_bench", "--table", str(TABLE), "--time-scale", str(time_scale),
+                     "--cpus-per-trial", "0.25"] if table else ["--space", str(space_file)]
+            where = ["--address", cluster.address] if cluster is not None else []
+            return ["search", *space, *where, "--study", "chaos", "--trials", str(trials), "--storage", url,
+                    "--concurrency", str(concurrency), "--seed", str(seed), "--heartbeat-interval", str(HEARTBEAT_S),
                     "--stale-after", str(STALE_S), "--storage-retry", "120"]
 
         if baseline:
@@ -219,9 +312,9 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                     if proc is not None:
                         proc.kill()
                 tail = (work / "driver.log").read_text(errors="replace").splitlines()[-20:]
-                raise Stuck(f"{len(counted(db.url))}/{trials} trials after {deadline_s:g} s; the driver's log ends:\n"
+                raise Stuck(f"{counted(db.monitor_url)}/{trials} trials after {deadline_s:g} s; the driver's log ends:\n"
                             + "\n".join(tail))
-            done = len(counted(db.url))
+            done = counted(db.monitor_url)
             if pending and done >= pending[0].at_finished:
                 fault = pending.pop(0)
                 fault.injected_at = time.time()
@@ -245,6 +338,13 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                 elif fault.kind == "join":
                     second = Search(args(db.url), work / "second.log")
                     fault.detail = "a second driver joined"
+                elif fault.kind == "node":
+                    assert cluster is not None
+                    fault.detail = cluster.lose_node()
+                elif fault.kind == "cut":
+                    mode = cut_modes[0]
+                    cut_modes.append(cut_modes.pop(0))
+                    fault.detail = db.cut(mode)
                 elif fault.kind == "leave" and second is not None:
                     second.interrupt()
                     second.proc.wait(timeout=300)
@@ -252,7 +352,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                 if fault.injected_at is not None:
                     say(f"  t={fault.injected_at - t0:5.0f} s  {fault.kind:8s} after {done} trials: {fault.detail}")
             if not main.alive():
-                now_counted = len(counted(db.url))
+                now_counted = counted(db.monitor_url)
                 if main.proc.returncode == 0 and now_counted >= trials:
                     break
                 if main.proc.returncode == 0 and now_counted == last_exit_count:
@@ -271,13 +371,15 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
             second.proc.wait(timeout=300)
         report.wall_s = time.time() - t0
         report.faults = [asdict(f) for f in plan if f.injected_at is not None]
-        _check(report, db.url, kills)
+        _check(report, db.monitor_url, kills, epochs=4 if table else 3)  # the tables' and SPACE's fidelity.epochs
     finally:
+        if cluster is not None:
+            cluster.close()
         db.close()
     return report
 
 
-def _check(report: Report, url: str, kills: list[float]) -> None:
+def _check(report: Report, url: str, kills: list[float], epochs: int) -> None:
     trials = optuna.load_study(study_name="chaos", storage=url).get_trials(deepcopy=False)
     records = {t.number: TrialRecord.of(t) for t in trials}
     good = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not records[t.number].interrupted]
@@ -285,7 +387,8 @@ def _check(report: Report, url: str, kills: list[float]) -> None:
     report.running = sum(t.state == TrialState.RUNNING for t in trials)
     report.fail_without_error = sum(t.state == TrialState.FAIL and not records[t.number].interrupted for t in trials)
     report.interrupted = sum(records[t.number].interrupted for t in trials)
-    report.recorded_twice = len(good) - len({t._trial_id for t in good})
+    report.recorded_twice = sum(len(records[t.number].val_accuracy_per_epoch) > epochs for t in trials)
+    report.created_twice = sum(not t.params for t in trials)
     report.retried_trials = sum((records[t.number].attempts or 1) > 1 for t in trials)
     for t in trials:
         r = records[t.number]
@@ -299,6 +402,7 @@ def _check(report: Report, url: str, kills: list[float]) -> None:
         "none RUNNING": report.running == 0,
         "no FAIL without a real error": report.fail_without_error == 0,
         "no result recorded twice": report.recorded_twice == 0,
+        "no trial created twice": report.created_twice == 0,
         "dead drivers' trials recovered in time": all(STALE_S - HEARTBEAT_S <= s <= report.recovery_limit_s
                                                       for s in report.recovery_s),
     }
@@ -310,19 +414,32 @@ def main(argv: Optional[list[str]] = None) -> Report:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--faults", default="driver,worker,database,join,leave,worker,driver",
-                   help="comma-separated kinds, in any order (" + ", ".join(FAULTS) + ")")
+                   help="comma-separated kinds, in any order, KIND*N for N of a kind (" + ", ".join(FAULTS) + ")")
+    p.add_argument("--table", action="store_true", help="answer trials from the shipped Fashion-MNIST table, not by training")
+    p.add_argument("--time-scale", type=float, default=0.02, help="with --table: real seconds per recorded second")
+    p.add_argument("--concurrency", type=int, default=2, help="trials at once (per driver)")
     p.add_argument("--outage", type=float, default=8.0, help="seconds the database is away")
     p.add_argument("--no-baseline", action="store_true", help="skip the fault-free run")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     p.add_argument("--deadline", type=float, default=3600.0, help="give up (exit 1) after this many seconds")
     a = p.parse_args(argv)
-    kinds = [k.strip() for k in a.faults.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in FAULTS]
+    kinds = []
+    for item in (k.strip() for k in a.faults.split(",") if k.strip()):
+        kind, _, times = item.partition("*")
+        if times and not times.isdigit():
+            p.error(f"bad count in {item!r}: write KIND*N, N a whole number")
+        kinds += [kind] * int(times or 1)
+    bad = sorted({k for k in kinds if k not in FAULTS})
     if bad or a.trials < len(kinds) + 2:
         p.error(f"unknown faults {bad}" if bad else f"--trials must be at least {len(kinds) + 2} for {len(kinds)} faults")
+    if "cut" in kinds and a.backend != "postgresql":
+        p.error("cut faults need --backend postgresql (the proxy speaks PostgreSQL's protocol)")
     with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
-        report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline)
+        report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
+                     table=a.table, concurrency=a.concurrency, time_scale=a.time_scale)
     lost = f", lost to faults {report.wall_s - report.baseline_wall_s:.0f} s" if report.baseline_wall_s else ""
+    by_kind = {k: sum(f["kind"] == k for f in report.faults) for k in FAULTS}
+    print("faults by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind.items() if n))
     print(f"{report.backend}: {len(report.faults)} faults injected, {report.counted}/{report.trials} trials counted, "
           f"{report.interrupted} interrupted (recovered), {report.retried_trials} retried after a worker death, "
           f"{report.driver_starts} driver starts; wall {report.wall_s:.0f} s{lost}")

@@ -86,6 +86,16 @@ class Meters:
         setattr(cls, name, timed)
 
 
+def census(top: int = 12) -> dict[str, int]:
+    """The driver's live Python objects by type, most numerous first (after a full collection)."""
+    import collections
+    import gc
+
+    gc.collect()
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    return {**dict(counts.most_common(top)), "total": sum(counts.values())}
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -127,10 +137,15 @@ def run_commands(url: str, out: Path, data_root: str | None) -> dict[str, float]
     return times
 
 
+_COMMIT: list[str] = []
+
+
 def _commit() -> str:
-    """The code measured (figures from before and after a change sit in one file)."""
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
+    """The code measured: HEAD when this run started (figures from before and after a change sit in one file)."""
+    if not _COMMIT:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        _COMMIT.append(out.stdout.strip() or "unknown")
+    return _COMMIT[0]
 
 
 def main() -> None:
@@ -146,7 +161,10 @@ def main() -> None:
     ap.add_argument("--pg-dir", type=Path, help="keep the private PostgreSQL server's files here; a later run continues "
                                                  "the same study from them")
     ap.add_argument("--data-root", help="Fashion-MNIST's files, for timing evaluate's planning")
+    ap.add_argument("--census", action="store_true", help="after each chunk, count the driver's live Python objects by "
+                                                          "type (where its memory goes)")
     args = ap.parse_args()
+    _commit()  # the code this process imports
 
     server = None
     url = args.storage
@@ -220,6 +238,8 @@ def chunks(args: argparse.Namespace, url: str) -> None:
             "rss_mb": round(rss_mb(), 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        if args.census:
+            row["python_objects"] = census()
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(row, flush=True)

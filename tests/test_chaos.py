@@ -33,6 +33,18 @@ def test_the_schedule_is_seeded_and_a_driver_joins_before_it_leaves():
         [(f.kind, f.at_finished) for f in a]
 
 
+def test_several_drivers_join_and_leave_in_turn_and_counts_are_written_kind_times_n():
+    chaos = load()
+    plan = chaos.schedule(1000, 0, ["join"] * 3 + ["leave"] * 3 + ["node"] * 4 + ["cut"] * 5)
+    kinds = [f.kind for f in plan]
+    assert len(plan) == 15 and kinds.count("node") == 4 and kinds.count("cut") == 5
+    assert all(kinds[i + 1] == "leave" for i, k in enumerate(kinds) if k == "join")  # each join is followed by its leave
+    with pytest.raises(SystemExit):  # a cut needs PostgreSQL's wire protocol
+        chaos.main(["--backend", "sqlite", "--trials", "20", "--faults", "cut*2"])
+    with pytest.raises(SystemExit):
+        chaos.main(["--backend", "sqlite", "--trials", "20", "--faults", "worker*two"])
+
+
 def test_a_short_chaos_run_loses_nothing(tmp_path):
     chaos = load()
     report = chaos.main(["--backend", "sqlite", "--trials", "8", "--faults", "worker,driver,database", "--outage", "2",
