@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--pg-dir", type=Path, help="keep the private PostgreSQL server's files here; a later run continues "
                                                  "the same study from them")
     ap.add_argument("--data-root", help="Fashion-MNIST's files, for timing evaluate's planning")
+    ap.add_argument("--sampler-window", type=int, help="continue with the space's sampler_window set to this (a new "
+                                                         "space revision, as --allow-changes makes it)")
     ap.add_argument("--census", action="store_true", help="after each chunk, count the driver's live Python objects by "
                                                           "type (where its memory goes)")
     args = ap.parse_args()
@@ -218,18 +220,28 @@ def chunks(args: argparse.Namespace, url: str) -> None:
         study_trials = len(optuna.load_study(study_name=STUDY, storage=url).trials)
     except KeyError:
         study_trials = 0
+    space = "fashion_mnist_bench"
+    if args.sampler_window is not None:
+        import yaml
+
+        raw = yaml.safe_load((REPO / "search_spaces" / "fashion_mnist_bench.yaml").read_text())
+        raw["sampler_window"] = args.sampler_window
+        space = str(Path(tempfile.mkdtemp(prefix="rknas-scale-")) / "fashion_mnist_bench_window.yaml")
+        Path(space).write_text(yaml.safe_dump(raw))
     while study_trials < args.trials:
         target = min(args.trials, study_trials + args.chunk)
         cpu0, wall0, db0, s0 = time.process_time(), time.perf_counter(), meters.db_s, meters.sampler_s
         result = run_search(SearchOptions(
-            space="fashion_mnist_bench", table=TABLE, time_scale=args.scale, trials=target, storage=url,
+            space=space, allow_changes=args.sampler_window is not None, table=TABLE, time_scale=args.scale, trials=target,
+            storage=url,
             study=STUDY, concurrency=args.concurrency, cpus_per_trial=max(0.01, 2 / args.concurrency),
             heartbeat_interval=10, stale_after=120))
         n = len(optuna.load_study(study_name=STUDY, storage=url).trials)
         added = max(1, n - study_trials)
         row = {
             "kind": "chunk", "date": time.strftime("%Y-%m-%dT%H:%M"), "commit": _commit(), "backend": url.split(":", 1)[0],
-            "concurrency": args.concurrency, "scale": args.scale, "finished": result.finished, "trials_in_study": n,
+            "concurrency": args.concurrency, "scale": args.scale, "sampler_window": args.sampler_window,
+            "finished": result.finished, "trials_in_study": n,
             "trials_added": added,
             "driver_cpu_ms_per_trial": round(1000 * (time.process_time() - cpu0) / added, 1),
             "wall_ms_per_trial": round(1000 * (time.perf_counter() - wall0) / added, 1),

@@ -151,22 +151,16 @@ def _collect_samplers() -> dict[str, SamplerSpec]:
 
 
 class _RecentTrials:
-    """A study as a sampler sees it through a window: every unfinished trial, and the latest finished ones."""
+    """A study as a sampler sees it through a window: one snapshot of its trials per proposal."""
 
-    def __init__(self, study: Any, window: int):
-        self._study, self._window = study, window
+    def __init__(self, study: Any, trials: list):
+        self._study, self._trials = study, trials
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
-        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
-        finished = [t for t in trials if t.state.is_finished()]
-        if len(finished) > self._window:
-            first_kept = finished[-self._window].number
-            trials = [t for t in trials if not t.state.is_finished() or t.number >= first_kept]
-        if states is not None:
-            trials = [t for t in trials if t.state in states]
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
         if deepcopy:
             import copy
 
@@ -201,28 +195,46 @@ def windowed(sampler: Any, window: Optional[int]) -> Any:
 class WindowedSampler:
     """An Optuna sampler that proposes from the latest ``window`` finished trials (see ``windowed``).
 
-    Defined at module level so that it pickles like the sampler it wraps.
+    The study's trials are read once per proposal, not once per parameter as TPE reads them
+    with its constant liar: one snapshot serves every call made for the same trial. Defined at
+    module level so that it pickles like the sampler it wraps.
     """
 
     def __init__(self, inner: Any, window: int):
         self.inner, self.window = inner, window
+        self._snapshot: Optional[tuple[int, int, list]] = None  # (study id, trial number, trials in the window)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_snapshot": None}
 
     def __getattr__(self, name: str) -> Any:  # anything else Optuna asks of a sampler
-        if name == "inner":
+        if name in ("inner", "window", "_snapshot"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def _view(self, study: Any, trial: Any) -> _RecentTrials:
+        key = (id(study), trial.number)
+        if self._snapshot is None or self._snapshot[:2] != key:
+            trials = study._get_trials(deepcopy=False, states=None, use_cache=False)
+            finished = [t for t in trials if t.state.is_finished()]
+            if len(finished) > self.window:
+                first_kept = finished[-self.window].number
+                trials = [t for t in trials if not t.state.is_finished() or t.number >= first_kept]
+            self._snapshot = (*key, trials)
+        return _RecentTrials(study, self._snapshot[2])
+
     def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-        return self.inner.infer_relative_search_space(_RecentTrials(study, self.window), trial)
+        return self.inner.infer_relative_search_space(self._view(study, trial), trial)
 
     def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
-        return self.inner.sample_relative(_RecentTrials(study, self.window), trial, search_space)
+        return self.inner.sample_relative(self._view(study, trial), trial, search_space)
 
     def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
-        return self.inner.sample_independent(_RecentTrials(study, self.window), trial, param_name, param_distribution)
+        return self.inner.sample_independent(self._view(study, trial), trial, param_name, param_distribution)
 
     def before_trial(self, study: Any, trial: Any) -> None:
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self._snapshot = None
         self.inner.after_trial(study, trial, state, values)
