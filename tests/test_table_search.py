@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pytest
@@ -131,3 +133,20 @@ def test_a_table_backed_search_runs_tune_asha_and_the_study_as_a_real_one(ray_lo
         assert record.params == int(bench.params[arch]) and record.network is not None
         if t.state == TrialState.COMPLETE:
             assert t.value == curve[-1] and len(record.val_accuracy_per_epoch) == EPOCHS
+
+
+def test_a_search_with_a_sampler_window_runs_through_tunes_searcher(ray_local, table, tmp_path):
+    """Ray Tune's Optuna searcher accepts only Optuna samplers: the windowed one is one."""
+    import yaml
+
+    from rknas.search.runner import SearchOptions, run_search
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces" / "fashion_mnist_bench.yaml").read_text())
+    space_file = tmp_path / "windowed.yaml"
+    space_file.write_text(yaml.safe_dump({**raw, "sampler": "tpe", "sampler_window": 10}))
+    url = f"sqlite:///{tmp_path}/w.db"
+    result = run_search(SearchOptions(space=str(space_file), epochs=EPOCHS, table=table, time_scale=0.01, trials=14,
+                                      storage=url, seed=2))
+    assert result.finished == 14
+    trials = optuna.load_study(study_name="fashion_mnist_bench", storage=url).trials
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) and len(trials) == 14

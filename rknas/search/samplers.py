@@ -189,15 +189,15 @@ def windowed(sampler: Any, window: Optional[int]) -> Any:
     Returns:
         The sampler itself when ``window`` is None, else a sampler wrapping it.
     """
-    return sampler if window is None else WindowedSampler(sampler, window)
+    return sampler if window is None else _windowed_class()(sampler, window)
 
 
-class WindowedSampler:
-    """An Optuna sampler that proposes from the latest ``window`` finished trials (see ``windowed``).
+class _Windowed:
+    """What ``WindowedSampler`` does; mixed into Optuna's ``BaseSampler`` on first use (see below),
+    so that importing this module imports no Optuna.
 
     The study's trials are read once per proposal, not once per parameter as TPE reads them
-    with its constant liar: one snapshot serves every call made for the same trial. Defined at
-    module level so that it pickles like the sampler it wraps.
+    with its constant liar: one snapshot serves every call made for the same trial.
     """
 
     def __init__(self, inner: Any, window: int):
@@ -238,3 +238,24 @@ class WindowedSampler:
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         self._snapshot = None
         self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def __getattr__(name: str) -> Any:
+    """``WindowedSampler``: an Optuna sampler (Ray Tune's searcher accepts only ``BaseSampler``s)
+    that proposes from the latest ``window`` finished trials; built when first asked for, at
+    module level, so it pickles like the sampler it wraps."""
+    if name == "WindowedSampler":
+        return _windowed_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _windowed_class() -> type:
+    if "WindowedSampler" not in globals():
+        import optuna
+
+        globals()["WindowedSampler"] = type("WindowedSampler", (_Windowed, optuna.samplers.BaseSampler),
+                                            {"__module__": __name__, "__doc__": _Windowed.__doc__})
+    return globals()["WindowedSampler"]
