@@ -47,6 +47,7 @@ import datetime
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -102,6 +103,7 @@ class Report:
     fail_without_error: int = 0
     recorded_twice: int = 0  # trials with an epoch recorded twice (a longer curve than the space's epochs)
     created_twice: int = 0  # trials without parameters: what a retried create after a lost reply leaves
+    offenders: list[dict] = field(default_factory=list)  # the trials behind a failed invariant, as recorded
     interrupted: int = 0
     retried_trials: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -141,9 +143,9 @@ def counted(url: str, study: str = "chaos") -> int:
 class Search:
     """One `rknas search` process, in a process group of its own (its Ray included)."""
 
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, env: Optional[dict[str, str]] = None):
         self.log = open(log, "a")
-        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = env or {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "rknas.cli", *args], stdout=self.log, stderr=self.log,
                                      start_new_session=True, env=env)
 
@@ -219,14 +221,36 @@ class Database:
 
 
 class Cluster:
-    """A two-node Ray cluster on 127.0.0.1 started with `ray start`: a head and a worker node that ``lose_node`` replaces."""
+    """A two-node Ray cluster on this machine's address, started with `ray start` as on two machines
+    (token auth, no loopback switch): a head and a worker node that ``lose_node`` replaces."""
 
     def __init__(self, work: Path, cpus: int):
+        import re
+        import secrets
+
         import clusters  # tests/support
 
         self.clusters, self.work, self.cpus = clusters, work, cpus
-        self._head = clusters.head_node(work, cpus, dict(os.environ))
-        self.address, self.temp_dir = self._head.__enter__()
+        self.home = work / "home"  # the users' HOME: Ray's token is read from ~/.ray/auth_token
+        (self.home / ".ray").mkdir(parents=True)
+        self.token = secrets.token_hex(32)
+        (self.home / ".ray" / "auth_token").write_text(self.token)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rkc"))  # short: Ray's socket paths live under it
+        self.marker = f"RKNAS_CHAOS_CLUSTER={secrets.token_hex(8)}"
+        key, value = self.marker.split("=", 1)
+        self.env = {**clusters.client_env(self.home, RAY_USAGE_STATS_ENABLED="0"), key: value}
+        free = clusters.free_port
+        log = work / "head.log"
+        with log.open("w") as out:
+            self.head = subprocess.Popen(
+                [str(clusters.RAY), "start", "--head", "--block", "--port", str(free()), "--temp-dir", str(self.temp_dir),
+                 "--num-cpus", str(cpus), "--object-store-memory", str(200 * 1024**2), "--include-dashboard", "false",
+                 "--dashboard-port", str(free()), "--dashboard-agent-listen-port", str(free()), "--disable-usage-stats"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
+        text = clusters.wait_for(log, "Ray runtime started", self.head, clusters.START_TIMEOUT)
+        found = re.search(r"ray start --address='([^']+)'", text)
+        assert found, text
+        self.address = found.group(1)
         self.nodes = 0
         self.worker: Optional[tuple[subprocess.Popen, str]] = None
         self.add_node()
@@ -235,21 +259,20 @@ class Cluster:
         import secrets
 
         self.nodes += 1
-        marker = f"RKNAS_CHAOS_NODE={secrets.token_hex(8)}"
-        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-        key, value = marker.split("=", 1)
-        env[key] = value
+        node_marker = f"RKNAS_CHAOS_NODE={secrets.token_hex(8)}"
+        key, value = node_marker.split("=", 1)
+        env = {**self.env, key: value, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         free = self.clusters.free_port
         log = self.work / f"node{self.nodes}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [str(self.clusters.RAY), "start", "--address", self.address, "--block", "--node-ip-address", "127.0.0.1",
-                 "--num-cpus", str(self.cpus), "--object-store-memory", str(200 * 1024**2),
-                 "--dashboard-agent-listen-port", str(free()), "--metrics-export-port", str(free()),
-                 "--disable-usage-stats"],
+                [str(self.clusters.RAY), "start", "--address", self.address, "--block", "--num-cpus", str(self.cpus),
+                 "--object-store-memory", str(200 * 1024**2), "--dashboard-agent-listen-port", str(free()),
+                 "--metrics-export-port", str(free()), "--runtime-env-agent-port", str(free()),
+                 "--dashboard-agent-grpc-port", str(free()), "--disable-usage-stats"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work)
         self.clusters.wait_for(log, "Ray runtime started", proc, self.clusters.START_TIMEOUT)
-        self.worker = (proc, marker)
+        self.worker = (proc, node_marker)
 
     def lose_node(self) -> str:
         """SIGKILL every process of the worker node (its raylet, its trials), then start a new one."""
@@ -262,9 +285,9 @@ class Cluster:
         return f"worker node lost ({killed} processes killed), a new one started"
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.clusters.stop([self.worker[0]], self.worker[1])
-        self._head.__exit__(None, None, None)
+        procs = [self.head] + ([self.worker[0]] if self.worker is not None else [])
+        self.clusters.stop(procs, self.marker)  # the node's processes carry the cluster's marker too
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 class Stuck(RuntimeError):
@@ -280,6 +303,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
     cluster = Cluster(work, max(1, concurrency // 2)) if "node" in kinds else None
     report = Report(backend=backend, trials=trials, seed=seed, recovery_limit_s=STALE_S + RESTART_S)
     cut_modes = list(CUT_MODES)
+    env = cluster.env if cluster is not None else None  # the drivers join the cluster as its users would
     try:
         def args(url: str) -> list[str]:
             space = ["--space", "fashion_mnist_bench", "--table", str(TABLE), "--time-scale", str(time_scale),
@@ -299,7 +323,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
         plan = schedule(trials, seed, kinds)
         say("faults: " + ", ".join(f"{f.kind}@{f.at_finished}" for f in plan))
         t0 = time.time()
-        main = Search(args(db.url), work / "driver.log")
+        main = Search(args(db.url), work / "driver.log", env)
         report.driver_starts = 1
         second: Optional[Search] = None
         kills: list[float] = []
@@ -321,7 +345,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                 if fault.kind == "driver":
                     main.kill()
                     kills.append(fault.injected_at)
-                    main = Search(args(db.url), work / "driver.log")
+                    main = Search(args(db.url), work / "driver.log", env)
                     report.driver_starts += 1
                     fault.detail = "SIGKILL of the driver's process group, same command restarted"
                 elif fault.kind == "worker":
@@ -336,7 +360,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                     outage_thread = threading.Thread(target=lambda f=fault: setattr(f, "detail", db.outage(outage)))
                     outage_thread.start()
                 elif fault.kind == "join":
-                    second = Search(args(db.url), work / "second.log")
+                    second = Search(args(db.url), work / "second.log", env)
                     fault.detail = "a second driver joined"
                 elif fault.kind == "node":
                     assert cluster is not None
@@ -362,7 +386,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                     break
                 last_exit_count = now_counted
                 say(f"  the driver exited {main.proc.returncode} early: starting the same command again")
-                main = Search(args(db.url), work / "driver.log")
+                main = Search(args(db.url), work / "driver.log", env)
                 report.driver_starts += 1
             time.sleep(0.5)
         if outage_thread is not None:
@@ -387,7 +411,12 @@ def _check(report: Report, url: str, kills: list[float], epochs: int) -> None:
     report.running = sum(t.state == TrialState.RUNNING for t in trials)
     report.fail_without_error = sum(t.state == TrialState.FAIL and not records[t.number].interrupted for t in trials)
     report.interrupted = sum(records[t.number].interrupted for t in trials)
-    report.recorded_twice = sum(len(records[t.number].val_accuracy_per_epoch) > epochs for t in trials)
+    twice = [t for t in trials if len(records[t.number].val_accuracy_per_epoch) > epochs]
+    report.recorded_twice = len(twice)
+    report.offenders = [{"number": t.number, "state": t.state.name, "curve": records[t.number].val_accuracy_per_epoch,
+                         "attempts": records[t.number].attempts, "retry_reasons": records[t.number].retry_reasons,
+                         "intermediate": t.intermediate_values, "table_run": records[t.number].table_run}
+                        for t in twice]
     report.created_twice = sum(not t.params for t in trials)
     report.retried_trials = sum((records[t.number].attempts or 1) > 1 for t in trials)
     for t in trials:
@@ -446,6 +475,8 @@ def main(argv: Optional[list[str]] = None) -> Report:
     print(f"recovery of dead drivers' trials: {report.recovery_s} s (limit {report.recovery_limit_s:g} s)")
     for name, ok in report.invariants.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    for offender in report.offenders:
+        print(f"  offender: {offender}")
     if a.out:
         a.out.write_text(json.dumps({**asdict(report), "date": datetime.date.today().isoformat()}, indent=2) + "\n")
     if not all(report.invariants.values()):

@@ -83,3 +83,30 @@ def test_a_worker_death_counts_only_once_the_retries_are_spent(tmp_path, deaths,
             assert [t.system_attrs["fixed_params"] for t in waiting] == [first.params] and config is not None
     finally:
         beats.stop()
+
+
+def test_an_attempt_that_starts_again_replaces_the_curve_from_its_epoch(tmp_path):
+    """A retried trial whose worker died before a checkpoint reports epochs 1, 2 again: each epoch is recorded once."""
+    from rknas.search.tune_adapter import StudySearch
+    from rknas.storage import TrialRecord
+
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db")
+    space = parse_space({**SPACE, "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
+                         "fidelity": {"epochs": 3, "early_stopping": False}}, "t")
+    beats = Heartbeats(storage, interval=3600)
+    search = StudySearch(space=space.sample, metric="val_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1),
+                         study_name="s", storage=storage, rk_space=space, rk_versions={}, rk_max_retries=2,
+                         rk_driver=Driver("me", target=5, heartbeats=beats))
+    try:
+        search.suggest("tune-1")
+        for epoch, acc in [(1, 0.5), (2, 0.6)]:  # the first attempt, then its worker dies
+            search.on_trial_result("tune-1", {"epoch": epoch, "val_accuracy": acc})
+        search.note_retry("tune-1", "the trial's worker crashed: ActorDiedError")
+        for epoch, acc in [(1, 0.51), (2, 0.61)]:  # the second attempt starts over
+            search.on_trial_result("tune-1", {"epoch": epoch, "val_accuracy": acc})
+        search.on_trial_complete("tune-1", result={"epoch": 3, "val_accuracy": 0.7})
+        (t,) = optuna.load_study(study_name="s", storage=storage).trials
+        assert TrialRecord.of(t).val_accuracy_per_epoch == [0.51, 0.61, 0.7] and TrialRecord.of(t).attempts == 2
+        assert t.state == TrialState.COMPLETE and t.value == 0.7
+    finally:
+        beats.stop()

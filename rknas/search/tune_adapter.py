@@ -129,7 +129,11 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if ended_early(result) or not result.get("epoch"):
             return
-        self._rk_history[trial_id].append(result["val_accuracy"])
+        # Each epoch once: an attempt that starts again at an earlier epoch (its worker died before
+        # a checkpoint, as a table trial's always does) replaces the curve from there on.
+        history = self._rk_history[trial_id]
+        del history[int(result["epoch"]) - 1:]
+        history.append(result["val_accuracy"])
         if not isinstance(self.metric, list):
             unless_finished(self._ot_trials[trial_id].report, result["val_accuracy"], int(result["epoch"]))
 
