@@ -300,7 +300,11 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
     space_file = work / "chaos.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     db = Database(backend, work)
-    cluster = Cluster(work, max(1, concurrency // 2)) if "node" in kinds else None
+    try:
+        cluster = Cluster(work, max(1, concurrency // 2)) if "node" in kinds else None
+    except BaseException:
+        db.close()
+        raise
     report = Report(backend=backend, trials=trials, seed=seed, recovery_limit_s=STALE_S + RESTART_S)
     cut_modes = list(CUT_MODES)
     env = cluster.env if cluster is not None else None  # the drivers join the cluster as its users would
@@ -315,7 +319,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
 
         if baseline:
             t0 = time.time()
-            base = Search(args(db.fresh()), work / "baseline.log")
+            base = Search(args(db.fresh()), work / "baseline.log", env)
             base.proc.wait()
             report.baseline_wall_s = time.time() - t0
             say(f"baseline (no faults): {report.baseline_wall_s:.0f} s, exit {base.proc.returncode}")
@@ -463,9 +467,13 @@ def main(argv: Optional[list[str]] = None) -> Report:
         p.error(f"unknown faults {bad}" if bad else f"--trials must be at least {len(kinds) + 2} for {len(kinds)} faults")
     if "cut" in kinds and a.backend != "postgresql":
         p.error("cut faults need --backend postgresql (the proxy speaks PostgreSQL's protocol)")
-    with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
-        report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
-                     table=a.table, concurrency=a.concurrency, time_scale=a.time_scale)
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped run stops its servers and cluster too
+    try:
+        with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
+            report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
+                         table=a.table, concurrency=a.concurrency, time_scale=a.time_scale)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     lost = f", lost to faults {report.wall_s - report.baseline_wall_s:.0f} s" if report.baseline_wall_s else ""
     by_kind = {k: sum(f["kind"] == k for f in report.faults) for k in FAULTS}
     print("faults by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind.items() if n))
