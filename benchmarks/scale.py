@@ -96,6 +96,14 @@ def census(top: int = 12) -> dict[str, int]:
     return {**dict(counts.most_common(top)), "total": sum(counts.values())}
 
 
+def trimmed_rss_mb() -> float:
+    """RSS after glibc hands its free memory back (``malloc_trim``): what is left is held, not fragmentation."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb()
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,7 +172,7 @@ def main() -> None:
     ap.add_argument("--sampler-window", type=int, help="continue with the space's sampler_window set to this (a new "
                                                          "space revision, as --allow-changes makes it)")
     ap.add_argument("--census", action="store_true", help="after each chunk, count the driver's live Python objects by "
-                                                          "type (where its memory goes)")
+                                                          "type and measure RSS after malloc_trim (where its memory goes)")
     args = ap.parse_args()
     _commit()  # the code this process imports
 
@@ -252,6 +260,7 @@ def chunks(args: argparse.Namespace, url: str) -> None:
         }
         if args.census:
             row["python_objects"] = census()
+            row["rss_mb_after_malloc_trim"] = round(trimmed_rss_mb(), 1)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(row, flush=True)
