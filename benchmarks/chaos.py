@@ -102,8 +102,8 @@ class Report:
     running: int = 0
     fail_without_error: int = 0
     recorded_twice: int = 0  # trials with an epoch recorded twice (a longer curve than the space's epochs)
-    created_twice: int = 0  # trials without parameters: what a retried create after a lost reply leaves
-    offenders: list[dict] = field(default_factory=list)  # the trials behind a failed invariant, as recorded
+    created_twice: int = 0  # trials sharing one create call's key: what a retried create after a lost reply made
+    offenders: list[dict] = field(default_factory=list)  # trials to look at: a curve too long, or no parameters
     interrupted: int = 0
     retried_trials: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -421,7 +421,12 @@ def _check(report: Report, url: str, kills: list[float], epochs: int) -> None:
                          "attempts": records[t.number].attempts, "retry_reasons": records[t.number].retry_reasons,
                          "intermediate": t.intermediate_values, "table_run": records[t.number].table_run}
                         for t in twice]
-    report.created_twice = sum(not t.params for t in trials)
+    from rknas.storage.retry import CREATE_KEY
+
+    keys = [t.system_attrs.get(CREATE_KEY) for t in trials if t.system_attrs.get(CREATE_KEY)]
+    report.created_twice = len(keys) - len(set(keys))
+    report.offenders += [{"number": t.number, "state": t.state.name, "no parameters": True,
+                          "fail_reason": records[t.number].fail_reason} for t in trials if not t.params]
     report.retried_trials = sum((records[t.number].attempts or 1) > 1 for t in trials)
     for t in trials:
         r = records[t.number]
@@ -468,12 +473,16 @@ def main(argv: Optional[list[str]] = None) -> Report:
     if "cut" in kinds and a.backend != "postgresql":
         p.error("cut faults need --backend postgresql (the proxy speaks PostgreSQL's protocol)")
     before = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped run stops its servers and cluster too
+    # Started in the background by a shell, this process ignores SIGINT, and so would the drivers it
+    # starts until rknas installs its own handler: a `leave` during a driver's start-up went unheard.
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
             report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
                          table=a.table, concurrency=a.concurrency, time_scale=a.time_scale)
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
     lost = f", lost to faults {report.wall_s - report.baseline_wall_s:.0f} s" if report.baseline_wall_s else ""
     by_kind = {k: sum(f["kind"] == k for f in report.faults) for k in FAULTS}
     print("faults by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind.items() if n))
@@ -484,7 +493,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
     for name, ok in report.invariants.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     for offender in report.offenders:
-        print(f"  offender: {offender}")
+        print(f"  to look at: {offender}")
     if a.out:
         a.out.write_text(json.dumps({**asdict(report), "date": datetime.date.today().isoformat()}, indent=2) + "\n")
     if not all(report.invariants.values()):
