@@ -103,6 +103,7 @@ class Report:
     fail_without_error: int = 0
     recorded_twice: int = 0  # trials with an epoch recorded twice (a longer curve than the space's epochs)
     created_twice: int = 0  # trials sharing one create call's key: what a retried create after a lost reply made
+    lost_interrupts: int = 0  # second drivers that ran on after their Ctrl-C (exit 0 at the end, not 130)
     offenders: list[dict] = field(default_factory=list)  # trials to look at: a curve too long, or no parameters
     interrupted: int = 0
     retried_trials: int = 0
@@ -330,6 +331,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
         main = Search(args(db.url), work / "driver.log", env)
         report.driver_starts = 1
         second: Optional[Search] = None
+        lingering: list[Search] = []  # second drivers that did not stop on their Ctrl-C
         kills: list[float] = []
         pending = list(plan)
         last_exit_count = -1
@@ -375,8 +377,13 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                     fault.detail = db.cut(mode)
                 elif fault.kind == "leave" and second is not None:
                     second.interrupt()
-                    second.proc.wait(timeout=300)
-                    fault.detail = f"the second driver stopped (Ctrl-C), exit {second.proc.returncode}"
+                    try:  # a driver that does not stop must not hold back the faults after it
+                        second.proc.wait(timeout=60)
+                        fault.detail = f"the second driver stopped (Ctrl-C), exit {second.proc.returncode}"
+                    except subprocess.TimeoutExpired:
+                        fault.detail = "the second driver did not stop within 60 s of its Ctrl-C (it runs on)"
+                        report.lost_interrupts += 1
+                        lingering.append(second)
                 if fault.injected_at is not None:
                     say(f"  t={fault.injected_at - t0:5.0f} s  {fault.kind:8s} after {done} trials: {fault.detail}")
             if not main.alive():
@@ -397,6 +404,8 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
             outage_thread.join()
         if second is not None and second.alive():
             second.proc.wait(timeout=300)
+        for other in lingering:
+            other.proc.wait(timeout=300)
         report.wall_s = time.time() - t0
         report.faults = [asdict(f) for f in plan if f.injected_at is not None]
         _check(report, db.monitor_url, kills, epochs=4 if table else 3)  # the tables' and SPACE's fidelity.epochs
@@ -441,6 +450,7 @@ def _check(report: Report, url: str, kills: list[float], epochs: int) -> None:
         "no FAIL without a real error": report.fail_without_error == 0,
         "no result recorded twice": report.recorded_twice == 0,
         "no trial created twice": report.created_twice == 0,
+        "every Ctrl-C stopped its driver": report.lost_interrupts == 0,
         "dead drivers' trials recovered in time": all(STALE_S - HEARTBEAT_S <= s <= report.recovery_limit_s
                                                       for s in report.recovery_s),
     }
