@@ -179,7 +179,7 @@ def windowed(sampler: Any, window: Optional[int]) -> Any:
     """``sampler`` learning from the latest ``window`` finished trials only (None: from all of them).
 
     TPE reads every finished trial on each proposal, so its cost grows with the study
-    (benchmarks/RESULTS.md, "What one TPE proposal costs"); a window bounds it. A study with
+    (benchmarks/RESULTS.md, "A study of thousands of trials"); a window bounds it. A study with
     no more finished trials than the window is sampled exactly as without one.
 
     Args:

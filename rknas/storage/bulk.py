@@ -25,10 +25,13 @@ from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from rknas.storage.record import TrialRecord
+
 T = TypeVar("T")
 
 INTERRUPTED = "INTERRUPTED"  # a FAIL trial that a stopped search left unfinished (TrialRecord.interrupted)
-_INTERRUPTED_KEY = "interrupted"  # TrialRecord's field, as Optuna stores it (json true)
+# The user attribute TrialRecord.interrupted is stored under (record.py is the one place keys are spelled).
+(_INTERRUPTED_KEY,) = set(TrialRecord(interrupted=True).user_attrs()) - set(TrialRecord().user_attrs())
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -58,7 +61,7 @@ def tally(study: optuna.Study) -> dict[str, int]:
     if storage is None:
         counts: dict[str, int] = defaultdict(int)
         for t in study.get_trials(deepcopy=False):
-            counts[INTERRUPTED if t.state == TrialState.FAIL and t.user_attrs.get(_INTERRUPTED_KEY) else t.state.name] += 1
+            counts[INTERRUPTED if t.state == TrialState.FAIL and TrialRecord.of(t).interrupted else t.state.name] += 1
         return dict(counts)
 
     import sqlalchemy as sa
