@@ -2,6 +2,7 @@
 refused with other settings; and the table file's own guarantees."""
 
 import gzip
+import json
 import shutil
 
 import pytest
@@ -116,6 +117,17 @@ def test_build_a_tiny_table_continue_it_and_refuse_other_settings(ray_local, cli
     assert code == 2 and "built with other settings (epochs differ)" in err and len(err.strip().splitlines()) == 1
     with BenchTable.open(out) as t:
         assert len(t.done()) == 6
+    # A table built before a space key existed (its stored space lacks it) continues like any other.
+    with BenchTable.create(out, BenchTable.open(out).settings) as t, t.conn:
+        old = dict(t.settings, space={k: v for k, v in t.settings["space"].items() if k != "sampler_window"}, seeds=2)
+        t.conn.execute("UPDATE meta SET value=? WHERE key='settings'", (json.dumps(old, sort_keys=True),))
+    # More seeds continue the table: only the new seeds train, the old runs stay as they were.
+    code, stdout, err = cli("bench", "build", "--space", space, "--archs", "3", "--seeds", "3", "--out", out)
+    assert code == 0, err
+    assert "3 architectures x 3 seeds, 9 runs (3 new" in stdout
+    with BenchTable.open(out) as t:
+        assert sorted(t.done()) == sorted((a, s) for a in (1, 2, 3) for s in (0, 1, 2))
+        assert t.curves()[(1, 0)] == curves[(1, 0)]
 
 
 def test_pack_copies_a_table_a_build_is_still_writing(tmp_path, cli):

@@ -44,9 +44,20 @@ def check_recipe(space: SearchSpace) -> None:
 
 
 def table_settings(space: SearchSpace, opts: BenchBuildOptions, epochs: int) -> dict[str, Any]:
-    """What defines a table: a build with other settings must not append to it."""
-    return {"space": space.model_dump(mode="json", exclude={"description"}), "epochs": epochs, "seeds": opts.seeds,
-            "draw_seed": opts.seed}
+    """What defines a table: a build with other settings must not append to it.
+
+    Neither ``--archs`` nor ``--seeds`` is a setting: more of either continues the table.
+    """
+    return {"space": space.model_dump(mode="json", exclude={"description"}), "epochs": epochs, "draw_seed": opts.seed}
+
+
+def today_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """A table's stored settings read through today's space schema, so a key added since it was built is no difference."""
+    try:
+        space = SearchSpace.model_validate(stored["space"]).model_dump(mode="json", exclude={"description"})
+    except Exception:  # a space today's schema cannot read: compared as stored, its differences named
+        return stored
+    return {**stored, "space": space}
 
 
 def space_data(space: SearchSpace, data_root: Optional[str], download: bool) -> tuple[TensorData, TensorData, TensorData]:
@@ -182,7 +193,7 @@ def build_table(opts: BenchBuildOptions) -> dict[str, Any]:
         raise ConfigError(f"space {space.name!r} holds only {len(drawn)} distinct architectures (within its constraints); "
                           f"ask for --archs {len(drawn)} or widen the space")
     settings = table_settings(space, opts, epochs)
-    with BenchTable.create(opts.out, settings) as table:
+    with BenchTable.create(opts.out, settings, normalize=today_settings) as table:
         table.add_archs(arch_rows(space, drawn))
         archs = table.archs()[: opts.archs]
         done = table.done()

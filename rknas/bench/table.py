@@ -29,7 +29,7 @@ import json
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -81,8 +81,11 @@ def arch_key(sampled: dict[str, Any]) -> str:
     return json.dumps(sampled, sort_keys=True, separators=(",", ":"))
 
 
+GROWING = {"seeds"}  # tables before the seed count could grow stored it among their settings
+
+
 def _settings_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    keys = sorted(set(stored) | set(wanted))
+    keys = sorted((set(stored) | set(wanted)) - GROWING)
     return [k for k in keys if stored.get(k) != wanted.get(k)]
 
 
@@ -101,12 +104,15 @@ class BenchTable:
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, settings: dict[str, Any]) -> BenchTable:
+    def create(cls, path: Path, settings: dict[str, Any],
+               normalize: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> BenchTable:
         """Open ``path`` for a build with ``settings``, creating it when it does not exist.
 
         Args:
             path: The table file (``.db``); its folder is created.
-            settings: What defines the table (space, recipe, epochs, seeds, data); JSON-able.
+            settings: What defines the table (space, recipe, epochs, data); JSON-able.
+            normalize: Brings the stored settings to today's schema before they are compared
+                (a key added to the space since the table was built is not a difference).
 
         Returns:
             The table, writable.
@@ -124,6 +130,7 @@ class BenchTable:
         try:
             if existed:
                 stored = _read_settings(conn, path)
+                stored = normalize(stored) if normalize else stored
                 differ = _settings_diff(stored, settings)
                 if differ:
                     raise ConfigError(f"{path} was built with other settings ({', '.join(differ)} differ): "
