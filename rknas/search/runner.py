@@ -300,10 +300,9 @@ def run_search(opts: SearchOptions) -> SearchResult:
                     events.waiting(running=running, finished=finished, target=opts.trials)
                     time.sleep(WAIT_POLL_S)
                     continue
-                with signals.tune():
-                    stopped_by_signal = _tune_round(opts, space, study, storage, trainable, driver, concurrency, events,
-                                                   trial_storage)
-                if stopped_by_signal:
+                with signals.tune() as round_signals:
+                    _tune_round(opts, space, study, storage, trainable, driver, concurrency, events, trial_storage)
+                if round_signals.received:
                     interrupted = True
                     break
                 if driver.stop_reason == "timeout":
@@ -325,16 +324,13 @@ OWN_LEFT = "interrupted: the search that ran it stopped before the trial finishe
 
 def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, storage: optuna.storages.BaseStorage,
                 trainable: Any, driver: Driver, concurrency: int, events: SearchEvents,
-                trial_storage: TrialStorage) -> bool:
-    """Let Tune run trials until the driver admits no more and this driver's trials ended.
+                trial_storage: TrialStorage) -> None:
+    """Let Tune run trials until the driver admits no more and this driver's trials ended, or a signal.
 
     The searcher asks the study before each trial (``Driver.admit``), so Tune's sample count
     is unbounded; ASHA starts from the study's earlier learning curves (``seed_rungs``). The
     trials this driver started and did not finish (Ctrl-C, SIGTERM) are marked interrupted,
-    and only those.
-
-    Returns:
-        Whether Tune stopped because of a signal.
+    and only those. Whether a signal ended the round is ``_GracefulSignals.received``.
     """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -405,8 +401,6 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
             if left:
                 events.interrupted_trials(numbers=left)
         trial_storage.remove(name)  # rknas resumes from the study, never from Tune's experiment folder
-    # With an unbounded sample count Tune ends a round only when the searcher says so, or on a signal.
-    return driver.stop_reason is None
 
 
 def _storage_unavailable(exc: BaseException) -> Optional[StorageUnavailable]:
@@ -424,30 +418,43 @@ def _storage_unavailable(exc: BaseException) -> Optional[StorageUnavailable]:
 class _GracefulSignals:
     """SIGINT and SIGTERM stop a search gracefully, inside Tune and between its rounds.
 
-    Tune stops gracefully on SIGINT/SIGUSR1 but aborts on SIGTERM, and leaves its SIGINT
-    handler installed after ``fit``. Inside ``tune()`` TERM is routed to USR1 (Tune's graceful
-    path); between rounds SIGINT and SIGTERM raise ``KeyboardInterrupt``. The previous
-    handlers come back on exit. Signals can only be handled in the main thread: elsewhere
-    this does nothing.
+    Between rounds both raise ``KeyboardInterrupt``. Inside ``tune()`` rknas keeps SIGINT
+    (``TUNE_DISABLE_SIGINT_HANDLER``) and handles both itself: it records the stop in
+    ``received``, then calls the handler Tune put on SIGUSR1, Tune's graceful stop (Tune aborts
+    on SIGTERM). The round's result comes from ``received``, never from why the driver stopped
+    admitting trials: a Ctrl-C during a round's last trials was lost that way. A signal before
+    Tune has set up its handler, or a second one, raises ``KeyboardInterrupt``. The previous
+    handlers come back on exit. Signals can only be handled in the main thread: elsewhere this
+    does nothing.
     """
 
     NAMES = ("SIGINT", "SIGTERM", "SIGUSR1")
 
     def __init__(self) -> None:
         self.in_tune = False
+        self.received = False
         self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
         self.previous: dict[str, Any] = {}
 
-    def _on_term(self, signum: int, frame: Any) -> None:
-        if self.in_tune:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        else:
-            raise KeyboardInterrupt
+    def _between(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def _in_tune(self, signum: int, frame: Any) -> None:
+        first = not self.received
+        self.received = True
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not first or not callable(tune_stop) or tune_stop == self._between:
+            raise KeyboardInterrupt  # Tune is not running its loop yet, or the user insists
+        tune_stop(signal.SIGUSR1, frame)
 
     def _install(self) -> None:
         if self.active:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, self._on_term)
+            handler = self._in_tune if self.in_tune else self._between
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+            # Tune's SIGUSR1 handler of an earlier round stays installed: clear it, so that a
+            # signal before this round's Tune sets up its own is not sent to a finished run.
+            signal.signal(signal.SIGUSR1, self._between)
 
     def __enter__(self) -> _GracefulSignals:
         if self.active:
@@ -460,12 +467,20 @@ class _GracefulSignals:
             signal.signal(getattr(signal, n), handler)
 
     @contextlib.contextmanager
-    def tune(self) -> Iterator[None]:
-        """The block in which Tune runs."""
+    def tune(self) -> Iterator[_GracefulSignals]:
+        """The block in which Tune runs; ``received`` says whether a signal stopped it."""
         self.in_tune = True
+        self.received = False
+        self._install()
+        saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         try:
-            yield
+            yield self
         finally:
+            if saved is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved
             self.in_tune = False
             self._install()
 
