@@ -494,12 +494,19 @@ class ReplayProgress:
 
 
 def replay_table(result: dict[str, Any], target: float) -> Table:
-    """Per strategy: median time to the target regret, regret at the budget, trials per search."""
+    """Per strategy: median time to the target regret, regret at the budget, trials per search, and
+    how far the score a search reports overstates its network (one objective)."""
     summaries = result["summaries"]
     first = summaries[0]
-    out = table("strategy", f"median time to within {target * 100:.1f} points", "reached", "regret at budget (median [IQR])",
-                "trials per search", title=f"{result['table']}: {result['archs']} architectures, best {result['best']:.4f}; "
-                f"{first.repeats} replays of {first.budget_s / 60:.0f} simulated min on {first.workers} workers")
+    judged = "on seeds the search never saw" if first.judge == "unseen" else "on every seed, the ones it saw included"
+    columns = ["strategy", f"median time to within {target * 100:.1f} points", "reached", "regret at budget (median [IQR])",
+               "trials per search"]
+    single = any(v is not None for s in summaries for v in s.overstatement)
+    if single:
+        columns.append("reported score over its judged mean (median)")
+    out = table(*columns, title=f"{result['table']}: {result['archs']} architectures, best {result['best']:.4f}; "
+                f"{first.repeats} replays of {first.budget_s / 60:.0f} simulated min on {first.workers} workers; "
+                f"judged {judged}")
     random_t = next((s.median_time_to_target() for s in summaries if s.strategy == "random"), None)
     for s in summaries:
         t = s.median_time_to_target()
@@ -509,8 +516,12 @@ def replay_table(result: dict[str, Any], target: float) -> Table:
         reached = sum(x is not None for x in s.time_to_target)
         final = sorted(s.final_regret)
         q = [final[int(p * (len(final) - 1))] * 100 for p in (0.5, 0.25, 0.75)]
-        out.add_row(s.strategy, shown, f"{reached}/{s.repeats}", f"{q[0]:.2f} [{q[1]:.2f}, {q[2]:.2f}] points",
-                    f"{sorted(s.trials)[len(s.trials) // 2]}")
+        row = [s.strategy, shown, f"{reached}/{s.repeats}", f"{q[0]:.2f} [{q[1]:.2f}, {q[2]:.2f}] points",
+               f"{sorted(s.trials)[len(s.trials) // 2]}"]
+        if single:
+            over = s.median_overstatement()
+            row.append("-" if over is None else f"{over * 100:+.2f} points")
+        out.add_row(*row)
     noise = result.get("noise") or {}
     if noise.get("sigma") is not None:
         out.caption = (f"the table's seed spread (pooled std over {noise['networks']} architectures): "

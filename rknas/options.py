@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -364,6 +364,10 @@ class BenchReplayOptions(CommandOptions):
     reduction_factor: Optional[int] = Field(None, ge=2, description="ASHA's reduction factor (default: the table space's).")
     seed: int = Field(0, description="Base seed of the repeats.")
     target: float = Field(0.003, gt=0, description="Regret counted as reached (0.003 = 0.3 accuracy points).")
+    judge: Literal["unseen", "all"] = Field(
+        "unseen", description="unseen: each search observes half of every architecture's seeds and is judged on the "
+                              "mean of the others; all: it observes every seed and is judged on all of them (the "
+                              "ones it saw included, which flatters a lucky seed).")
     jobs: Optional[int] = Field(None, ge=1, description="Processes replaying in parallel (default: every CPU).")
     out: Optional[Path] = Field(None, description="Write OUT.json (every figure) and OUT.png (the plot).")
     as_json: Json = False

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_bench import make_table
 
 from rknas.bench import regret
 from rknas.bench import replay as rp
@@ -126,10 +127,48 @@ def test_simulated_time_runs_the_recorded_epochs_on_w_workers(bench):
 
 
 def test_random_search_with_room_for_everything_ends_at_zero_regret(bench):
-    out = rp.replay_once(bench, sim.Strategy("random"), 1e9, 4, seed=0, max_trials=600)
+    out = rp.replay_once(bench, sim.Strategy("random"), 1e9, 4, seed=0, max_trials=600, judge="all")
     assert out["trials"] == 600
     best_seen = out["events"][-1][1]
     assert best_seen <= 0.003  # the best it observed may differ from the best by seed noise only
+
+
+def test_judging_on_unseen_seeds_splits_each_architectures_seeds(tmp_path, bench_space):
+    path = tmp_path / "four.db"
+    make_table(path, bench_space, archs=12, seeds=4, noise=0.01)
+    b = tv.load_bench(path)
+    v = b.judged_on_unseen(3)
+    assert (b.judge, v.judge) == ("all", "unseen")
+    for i in range(b.size):
+        assert len(v.curves[i]) == 2  # half the seeds stay observable ...
+        seen = [next(j for j, c in enumerate(b.curves[i]) if c[0] is s[0]) for s in v.curves[i]]
+        judging = [j for j in range(4) if j not in seen]
+        # ... and the other half alone judges: truth on test accuracy, val_truth on validation accuracy
+        assert v.truth[i] == pytest.approx(statistics.mean(b.tests[i][j] for j in judging))
+        assert v.val_truth[i] == pytest.approx(statistics.mean(b.curves[i][j][0][-1] for j in judging))
+        assert b.truth[i] == pytest.approx(statistics.mean(b.tests[i]))
+    assert v.best == max(v.truth) and b.best == max(b.truth)
+    assert np.array_equal(b.judged_on_unseen(3).truth, v.truth)  # the split is the seed's
+    assert not np.array_equal(b.judged_on_unseen(4).truth, v.truth)
+
+
+def test_a_search_that_cannot_see_its_judges_seeds_shows_the_winners_curse(tmp_path, bench_space):
+    """Architectures equal up to seed noise: the best observed score is a lucky draw. Judged on
+    unseen seeds the reported score overstates the network; judged on every seed it is partly
+    its own judge, and the overstatement looks smaller."""
+    path = tmp_path / "noisy.db"
+    make_table(path, bench_space, archs=40, seeds=4, noise=0.02)
+    b = tv.load_bench(path)
+    unseen = [rp.replay_once(b, sim.Strategy("random"), 1e9, 2, seed=i, max_trials=40)["overstatement"] for i in range(8)]
+    seen = [rp.replay_once(b, sim.Strategy("random"), 1e9, 2, seed=i, max_trials=40, judge="all")["overstatement"]
+            for i in range(8)]
+    assert statistics.median(unseen) > 0.01  # the maximum of 40 draws with sd 0.02, judged fairly
+    assert statistics.median(seen) < statistics.median(unseen)
+
+
+def test_a_pareto_replay_reports_no_overstatement(bench):
+    out = rp.replay_once(bench, sim.Strategy("nsga2"), 300, 2, seed=0, pareto=True)
+    assert out["overstatement"] is None and out["worst"] == regret.worst_regret(bench.judged_on_unseen(0), pareto=True)
 
 
 @pytest.mark.slow  # Ray's ASHA scheduler imports Ray
@@ -189,7 +228,7 @@ def test_pareto_regret_is_hypervolume_short_of_the_true_front(bench):
 
 
 def test_summaries_give_median_quartiles_and_time_to_target(bench):
-    [s] = rp.replay(bench, [sim.Strategy("random")], 300, 2, repeats=5, jobs=1)
+    [s] = rp.replay(bench, [sim.Strategy("random")], 300, 2, repeats=5, jobs=1, judge="all")
     assert s.repeats == 5 and len(s.grid) == rp.GRID_POINTS and s.grid[-1] == 300
     assert all(lo <= m <= hi for lo, m, hi in zip(s.q25, s.median, s.q75))
     # A median may rise (the incumbent is chosen on noisy validation), so no monotonicity: the
@@ -199,6 +238,11 @@ def test_summaries_give_median_quartiles_and_time_to_target(bench):
     assert all(0 <= r <= worst for r in s.final_regret) and max(s.median) <= worst
     for t in s.time_to_target:
         assert t is None or 0 < t <= 300
+    # Judged on unseen seeds, each repeat has its own judges, so its own worst.
+    [u] = rp.replay(bench, [sim.Strategy("random")], 300, 2, repeats=5, seed=10, jobs=1)
+    worsts = [regret.worst_regret(bench.judged_on_unseen(10 + i), pareto=False) for i in range(5)]
+    assert u.judge == "unseen" and all(0 <= r <= w for r, w in zip(u.final_regret, worsts))
+    assert len(u.overstatement) == 5 and all(isinstance(o, float) for o in u.overstatement)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -263,6 +307,9 @@ def test_cli_replay_writes_json_and_png(cli, table, tmp_path):
     assert doc["archs"] == 60 and len(doc["strategies"][0]["final_regret"]) == 3
     assert (tmp_path / "r" / "replay.png").read_bytes()[:4] == b"\x89PNG"
     assert "median time to within 0.3 points" in stdout
+    assert "judged on seeds the search never saw" in stdout and doc["judge"] == "unseen"
+    assert "reported score over its judged mean" in stdout
+    assert all(len(s["overstatement"]) == 3 for s in doc["strategies"])
 
 
 @pytest.mark.parametrize("args,match", [
@@ -271,11 +318,16 @@ def test_cli_replay_writes_json_and_png(cli, table, tmp_path):
     (["--strategy", "random+warm", "--table", "{broken}"], "not a readable benchmark table"),
     (["--table", "{missing}"], "no such table"),
     (["--strategy", "random+asha", "--min-epochs", "4"], "stops nothing"),
+    (["--table", "{one_seed}"], "--judge unseen needs two or more complete seeds"),
+    (["--judge", "mine"], "judge"),
 ])
-def test_bad_replay_input_is_one_line_exit_2_nothing_written(cli, table, tmp_path, args, match):
+def test_bad_replay_input_is_one_line_exit_2_nothing_written(cli, table, tmp_path, args, match, bench_space):
     broken = tmp_path / "broken.db"
     broken.write_bytes(table[0].read_bytes()[:5000])
-    args = [str(a).format(broken=broken, missing=tmp_path / "none.db") for a in args]
+    one_seed = tmp_path / "one.db"
+    if "{one_seed}" in args:
+        make_table(one_seed, bench_space, archs=5, seeds=1)
+    args = [str(a).format(broken=broken, missing=tmp_path / "none.db", one_seed=one_seed) for a in args]
     base = {"--table": str(table[0]), "--budget": "100", "--repeats": "2", "--jobs": "1"}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]

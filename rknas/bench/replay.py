@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,18 +33,34 @@ GRID_POINTS = 200  # anytime regret is reported on this many evenly spaced times
 
 
 def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
-                max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None) -> dict[str, Any]:
+                max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
+                judge: str = "unseen") -> dict[str, Any]:
     """One simulated search (``simulator.simulate``) and its regret.
 
+    Args:
+        judge: "unseen": the search observes half of each architecture's seeds and is judged
+            on the others (``Bench.judged_on_unseen``, split by ``seed``); "all": it observes
+            every seed and is judged on all of them, the ones it saw included.
+
     Returns:
-        ``trials`` (started), ``completed``, ``pruned``, ``failed``, ``snapped`` and ``events``:
-        a list of ``(time, regret)`` at each change of what the search would return.
+        ``trials`` (started), ``completed``, ``pruned``, ``failed``, ``snapped``, ``events``:
+        a list of ``(time, regret)`` at each change of what the search would return,
+        ``worst`` (the regret of returning nothing), and ``overstatement``: by how much the
+        validation accuracy the search reports for its returned network exceeds that network's
+        mean final validation accuracy over the judging seeds (None for a Pareto search or one
+        that completed nothing).
 
     Raises:
         ConfigError: ``+asha`` on a space whose fidelity stops nothing.
     """
-    done, counts = simulate(bench, strategy, budget_s, workers, seed, pareto, max_trials, fidelity)
-    return {**counts, "events": regret_events(bench, done, pareto)}
+    view = bench.judged_on_unseen(seed) if judge == "unseen" else bench
+    done, counts = simulate(view, strategy, budget_s, workers, seed, pareto, max_trials, fidelity)
+    over = None
+    if not pareto and done:
+        _, arch, reported = max(done, key=lambda d: d[2])  # the first of equal scores, as regret_events keeps it
+        over = reported - float(view.val_truth[arch])
+    return {**counts, "events": regret_events(view, done, pareto), "worst": worst_regret(view, pareto),
+            "overstatement": over}
 
 
 _worker_bench: Optional[Bench] = None
@@ -98,6 +114,13 @@ class ReplaySummary:
     trials: list[int]
     pruned: list[int]
     snapped: list[int]
+    judge: str = "unseen"
+    overstatement: list[Optional[float]] = field(default_factory=list)  # per repeat (see replay_once)
+
+    def median_overstatement(self) -> Optional[float]:
+        """The median over repeats that returned a network (None if none did, or for a Pareto replay)."""
+        values = [v for v in self.overstatement if v is not None]
+        return float(np.median(values)) if values else None
 
     def median_time_to_target(self) -> Optional[float]:
         """The median over repeats (a repeat that never got there counts as infinitely slow)."""
@@ -106,12 +129,14 @@ class ReplaySummary:
         return None if math.isinf(m) or math.isnan(m) else m
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "median_time_to_target": self.median_time_to_target()}
+        return {**self.__dict__, "median_time_to_target": self.median_time_to_target(),
+                "median_overstatement": self.median_overstatement()}
 
 
 def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: int, repeats: int, seed: int = 0,
            pareto: bool = False, max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
-           jobs: Optional[int] = None, on_repeat: Any = None, target: float = TARGET) -> list[ReplaySummary]:
+           jobs: Optional[int] = None, on_repeat: Any = None, target: float = TARGET,
+           judge: str = "unseen") -> list[ReplaySummary]:
     """Replay each strategy ``repeats`` times and summarise its anytime regret.
 
     Args:
@@ -127,6 +152,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
         jobs: Processes (default: the CPU count); 1 runs in this process.
         on_repeat: Called as ``on_repeat(strategy_name, done, total)`` after each repeat.
         target: The regret counted as reached (``time_to_target``).
+        judge: "unseen" or "all" (``replay_once``).
 
     Returns:
         One summary per strategy, in order.
@@ -134,11 +160,10 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
     from rknas.plugins import plugin_env
 
     grid = np.linspace(0.0, budget_s, GRID_POINTS + 1)[1:]
-    worst = worst_regret(bench, pareto)
     tasks = [(s, i) for s in strategies for i in range(repeats)]
     results: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = min(jobs or os.cpu_count() or 1, len(tasks))
-    args = [(s, budget_s, workers, seed + i, pareto, max_trials, fidelity) for s, i in tasks]
+    args = [(s, budget_s, workers, seed + i, pareto, max_trials, fidelity, judge) for s, i in tasks]
     done_per: dict[str, int] = {}
 
     def record(task: tuple[Strategy, int], res: dict[str, Any]) -> None:
@@ -160,7 +185,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
                 # A short replay of each strategy here first: its imports and first-call costs
                 # are then inherited by every worker instead of paid in each.
                 for s in strategies:
-                    replay_once(bench, s, budget_s, workers, seed, pareto, WARM_UP_TRIALS, fidelity)
+                    replay_once(bench, s, budget_s, workers, seed, pareto, WARM_UP_TRIALS, fidelity, judge)
                 _worker_bench = bench
             else:
                 init, initargs = _init_worker, (bench, plugin_env())
@@ -178,14 +203,14 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
     out = []
     for s in strategies:
         runs = [results[(s.name, i)] for i in range(repeats)]
-        curves = np.array([regret_curve(r["events"], grid, worst) for r in runs])
+        curves = np.array([regret_curve(r["events"], grid, r["worst"]) for r in runs])
         out.append(ReplaySummary(
             strategy=s.name, repeats=repeats, budget_s=budget_s, workers=workers, grid=grid.tolist(),
             median=np.median(curves, axis=0).tolist(), q25=np.percentile(curves, 25, axis=0).tolist(),
             q75=np.percentile(curves, 75, axis=0).tolist(),
             time_to_target=[next((t for t, r in run["events"] if r <= target), None) for run in runs],
             final_regret=curves[:, -1].tolist(), trials=[r["trials"] for r in runs], pruned=[r["pruned"] for r in runs],
-            snapped=[r["snapped"] for r in runs],
+            snapped=[r["snapped"] for r in runs], judge=judge, overstatement=[r["overstatement"] for r in runs],
         ))
     return out
 
@@ -235,6 +260,9 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
             raise ConfigError(f"--pareto: {', '.join(single)} handle one objective; choose samplers among "
                               f"{', '.join(n for n, k in known.items() if k.multi_objective)}")
     bench = load_bench(opts.table)
+    if opts.judge == "unseen" and bench.max_seeds() < 2:
+        raise ConfigError(f"{opts.table}: --judge unseen needs two or more complete seeds of an architecture, and this "
+                          "table has one; build more (rknas bench build --seeds 2) or give --judge all")
     fidelity = {k: v for k, v in (("min_epochs", opts.min_epochs), ("reduction_factor", opts.reduction_factor)) if v}
     min_epochs = fidelity.get("min_epochs", bench.space.get("fidelity", {}).get("min_epochs", 2))
     if any(s.asha for s in strategies) and bench.epochs <= min_epochs:
@@ -244,12 +272,12 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
         raise ConfigError("+warm: the table's space has no start_from models to start from; replay without +warm")
     summaries = replay(bench, strategies, opts.budget, opts.workers, opts.repeats, seed=opts.seed, pareto=opts.pareto,
                        max_trials=opts.trials, fidelity=fidelity or None, jobs=opts.jobs, on_repeat=opts.on_event,
-                       target=opts.target)
+                       target=opts.target, judge=opts.judge)
     files: list[str] = []
     if opts.out is not None:
         meta = {"table": str(opts.table), "archs": bench.size, "best": bench.best, "pareto": opts.pareto,
                 "noise": noise_summary(bench.tests, opts.target),
-                "target": opts.target, "fidelity": fidelity,
+                "target": opts.target, "fidelity": fidelity, "judge": opts.judge,
                 "title": f"{Path(opts.table).name}: {opts.repeats} replays, budget {opts.budget / 60:.0f} min"}
         files = [str(p) for p in write_outputs(summaries, opts.out, meta)]
     return {"table": str(opts.table), "archs": bench.size, "best": bench.best, "summaries": summaries, "files": files,

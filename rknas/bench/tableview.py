@@ -2,12 +2,14 @@
 
 ``load_bench`` reads a table (``rknas.bench.table``) once into arrays: each architecture's
 curves per seed, its failed runs, and its truth (the mean final test accuracy over its seeds).
-``Snapper`` finds a sampler's proposal in the table, or the nearest architecture the table has.
+``Bench.judged_on_unseen`` splits each architecture's seeds into the ones a replayed search may
+observe and the ones that judge it. ``Snapper`` finds a sampler's proposal in the table, or the
+nearest architecture the table has.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,47 @@ class Bench:
     tests: list[list[float]] = field(default_factory=list)  # per arch: final test accuracy of each ok seed
     flops: np.ndarray = field(default_factory=lambda: np.zeros(0))  # FLOPs per architecture
     best: float = 0.0
+    # Mean final validation accuracy over the judging seeds: what a search's reported score
+    # (one seed's validation accuracy) is an estimate of.
+    val_truth: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    judge: str = "all"  # "all": truth over every seed; "unseen": over the seeds the search cannot observe
 
     @property
     def size(self) -> int:
         return len(self.sampled)
+
+    def max_seeds(self) -> int:
+        """The most complete seeds any architecture has."""
+        return max((len(c) for c in self.curves), default=0)
+
+    def judged_on_unseen(self, seed: int) -> Bench:
+        """A view for one replay judged on seeds it never sees.
+
+        For each architecture with two or more complete seeds, half of them (rounded down,
+        drawn by ``seed``) stay observable: a trial draws its curve from these. The truth
+        (mean final test accuracy) and ``val_truth`` come from the other half only. An
+        architecture with a single complete seed keeps it on both sides (``load_bench``'s
+        judging), as there is nothing else to judge it by.
+
+        Args:
+            seed: Draws the split (one per replayed search).
+
+        Returns:
+            A new ``Bench`` sharing the table's arrays; ``judge`` is "unseen".
+        """
+        rng = np.random.default_rng(seed)
+        curves: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        truth, val_truth = self.truth.copy(), self.val_truth.copy()
+        for i, (runs, tests) in enumerate(zip(self.curves, self.tests)):
+            if len(runs) < 2:
+                curves.append(runs)
+                continue
+            order = rng.permutation(len(runs))
+            seen, judging = sorted(order[: len(runs) // 2]), order[len(runs) // 2:]
+            curves.append([runs[j] for j in seen])
+            truth[i] = float(np.mean([tests[j] for j in judging]))
+            val_truth[i] = float(np.mean([runs[j][0][-1] for j in judging]))
+        return replace(self, curves=curves, truth=truth, val_truth=val_truth, best=float(truth.max()), judge="unseen")
 
 
 def load_bench(path: Path) -> Bench:
@@ -71,10 +110,12 @@ def load_bench(path: Path) -> Bench:
     if not any(a.arch in by_arch for a in kept):
         raise ConfigError(f"{path}: no architecture has a complete run yet; build the table further first")
     truth = np.array([np.mean(finals[a.arch]) if a.arch in finals else 0.0 for a in kept])
+    val_truth = np.array([np.mean([c[0][-1] for c in by_arch[a.arch]]) if a.arch in by_arch else 0.0 for a in kept])
     bench = Bench(space=settings["space"], epochs=epochs, keys={a.key: i for i, a in enumerate(kept)},
                   sampled=[a.sampled for a in kept], params=np.array([a.params for a in kept], dtype=float),
                   truth=truth, curves=[by_arch.get(a.arch, []) for a in kept], failed=[bad.get(a.arch, []) for a in kept],
-                  tests=[finals.get(a.arch, []) for a in kept], flops=np.array([a.flops for a in kept], dtype=float))
+                  tests=[finals.get(a.arch, []) for a in kept], flops=np.array([a.flops for a in kept], dtype=float),
+                  val_truth=val_truth)
     bench.best = float(truth.max())
     return bench
 
