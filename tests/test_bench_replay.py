@@ -37,6 +37,7 @@ def bench(table):
     ("tpe+asha+warm", sim.Strategy("tpe", asha=True, warm=True)),
     ("tpe+warm+asha", sim.Strategy("tpe", asha=True, warm=True)),
     ("nsga2+warm", sim.Strategy("nsga2", warm=True)),
+    ("tpe+asha+warm+race3", sim.Strategy("tpe", asha=True, warm=True, race=3)),
 ])
 def test_strategy_names(text, want):
     assert sim.parse_strategy(text, SAMPLERS) == want
@@ -44,8 +45,12 @@ def test_strategy_names(text, want):
 
 @pytest.mark.parametrize("text,match", [
     ("bohb", r"no sampler 'bohb'; samplers: random, tpe, nsga2"),
-    ("tpe+hyperband", r"only \+asha and \+warm"),
+    ("tpe+hyperband", r"only \+asha, \+warm and \+raceN"),
     ("tpe+asha+asha", r"once each"),
+    ("tpe+race2+race3", r"once each"),
+    ("tpe+race1", r"\+raceN needs a whole number of runs N of 2 or more"),
+    ("tpe+race0", r"\+raceN needs a whole number of runs N of 2 or more"),
+    ("tpe+racex", r"\+raceN needs a whole number"),
 ])
 def test_unknown_strategies_name_what_exists(text, match):
     with pytest.raises(ConfigError, match=match):
@@ -418,3 +423,78 @@ def test_the_evaluation_table_says_when_a_difference_is_inside_the_seed_spread()
     cells = [str(c) for c in t.columns[-1]._cells]
     assert cells[0] == "best" and cells[1].endswith("within spread") and cells[2] == "-10.00 pts"
     assert "seeds per model" in str(t.caption)
+
+
+@pytest.mark.parametrize("runs,want", [
+    ({}, None),
+    ({1: [0.9], 2: [0.8, 0.8]}, (2, 0.8, 2)),  # two runs (the cap) outrank one better run
+    ({1: [0.9, 0.7, 0.7], 2: [0.75, 0.75]}, (1, pytest.approx(0.7667, abs=1e-4), 3)),  # runs count up to the cap only
+    ({1: [0.8, 0.7], 2: [0.76, 0.76]}, (2, 0.76, 2)),  # equal runs: the better mean
+    ({1: [0.8, 0.7], 2: [0.75, 0.75]}, (2, 0.75, 2)),  # equal means: fewer parameters (arch 2 has fewer)
+    ({3: [0.8, 0.7], 4: [0.75, 0.75]}, (3, 0.75, 2)),  # and equal parameters: the one that completed first
+])
+def test_the_incumbent_rule(runs, want):
+    params = {1: 5000.0, 2: 1000.0, 3: 2000.0, 4: 2000.0}
+    assert regret.incumbent(runs, 2, params) == want
+
+
+def test_without_racing_the_search_returns_its_best_single_run():
+    done = [(1.0, 7, 0.5), (2.0, 3, 0.8), (3.0, 9, 0.8), (4.0, 3, 0.6), (5.0, 4, 0.81)]
+    assert list(regret.returned(done, 1, [1.0] * 10)) == [(1.0, 7, 0.5), (2.0, 3, 0.8), (5.0, 4, 0.81)]
+    # racing: arch 9 ties arch 3, which completed first and stays; arch 3's second run brings its
+    # mean to 0.7, and with two runs it outranks every single run, arch 4's 0.81 included
+    assert list(regret.returned(done, 2, [1.0] * 10)) == [(1.0, 7, 0.5), (2.0, 3, 0.8), (4.0, 3, pytest.approx(0.7))]
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory, bench_space):
+    """40 architectures equal but for seed noise (sd 2 points), 4 seeds each: the best single run is luck."""
+    path = tmp_path_factory.mktemp("noisy") / "noisy.db"
+    make_table(path, bench_space, archs=40, seeds=4, noise=0.02)
+    return tv.load_bench(path)
+
+
+def test_racing_re_measures_a_challenger_on_a_seed_it_has_not_used(noisy, monkeypatch):
+    starts = []
+    orig = sim._Simulation.start
+
+    def spy(self, now):
+        before = {k: set(v) for k, v in self.used.items()}
+        queued = list(self.repeats)
+        orig(self, now)
+        if queued and len(self.repeats) < len(queued):  # this start ran the first queued repeat
+            arch = queued[0][0]
+            starts.append((arch, before.get(arch, set()), self.used[arch]))
+
+    monkeypatch.setattr(sim._Simulation, "start", spy)
+    out = rp.replay_once(noisy, sim.Strategy("random", race=2), 1e9, 2, seed=1, max_trials=60)
+    assert out["repeats"] > 0 and len(starts) == out["repeats"]  # an unlimited budget: every repeat started completes
+    for _arch, before, after in starts:
+        assert len(before) == 1 and len(after) == 2  # the judged view leaves two seeds: the repeat takes the other
+
+
+@pytest.mark.slow  # +asha imports Ray's scheduler
+def test_a_repeat_runs_at_full_fidelity_outside_asha(noisy, monkeypatch):
+    from ray.tune.schedulers import ASHAScheduler
+
+    seen = set()
+    orig = ASHAScheduler.on_trial_add
+
+    def spy(self, controller, trial):
+        seen.add(trial.trial_id)
+        return orig(self, controller, trial)
+
+    monkeypatch.setattr(ASHAScheduler, "on_trial_add", spy)
+    out = rp.replay_once(noisy, sim.Strategy("random", asha=True, race=2), 1e9, 2, seed=0, max_trials=80)
+    assert out["repeats"] > 0 and out["pruned"] > 0
+    assert len(seen) == out["trials"] - out["repeats"] - (1 if out["trials"] > out["completed"] + out["pruned"] else 0)
+
+
+def test_racing_shrinks_the_winners_curse(noisy):
+    """What a search reports for its network, against that network's mean on seeds it never saw."""
+    def median_over(strategy):
+        return statistics.median(rp.replay_once(noisy, strategy, 1e9, 2, seed=i, max_trials=60)["overstatement"]
+                                 for i in range(15))
+
+    plain, raced = median_over(sim.Strategy("random")), median_over(sim.Strategy("random", race=2))
+    assert plain > 0.01 and raced < plain - 0.005

@@ -1,20 +1,23 @@
 """Regret: how far what a search would return at each moment lies below the table's best.
 
 For one objective, the returned network is the completed trial with the highest observed
-validation accuracy, judged by its architecture's truth (mean test accuracy over seeds) below
-the table's best truth. For two (accuracy, parameters), the regret is the hypervolume of the
-table's true front minus that of the observed non-dominated set, both over (truth, log params)
-normalised to the table's ranges.
+validation accuracy (with racing, ``incumbent``), judged by its architecture's truth (mean test
+accuracy over the judging seeds) below the table's best truth. For two (accuracy, parameters),
+the regret is the hypervolume of the table's true front minus that of the observed
+non-dominated set, both over (truth, log params) normalised to the table's ranges.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Optional, Union
 
 import numpy as np
 
 from rknas.bench.tableview import Bench
 
+Params = Union[Sequence[float], np.ndarray, Mapping[int, float]]  # parameter count by architecture index
 TARGET = 0.003  # "within 0.3 points of the table's best" (accuracy as a fraction)
 
 
@@ -51,15 +54,64 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
     return keep
 
 
-def regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bool) -> list[tuple[float, float]]:
-    """(time, regret) each time what the search would return changes."""
-    events: list[tuple[float, float]] = []
-    if not pareto:
+def incumbent(runs: dict[int, list[float]], race: int, params: Params) -> Optional[tuple[int, float, int]]:
+    """The network a racing search returns, and the score and number of runs it reports.
+
+    The rule: the most complete runs, counted up to the cap ``race``, first; then the best mean
+    over them; a tie goes to fewer parameters, then to the architecture that completed a run first.
+
+    Args:
+        runs: Architecture -> final validation accuracy of each complete run, in the order the
+            architectures first completed a run.
+        race: The cap of runs a challenger needs.
+        params: Parameter count per architecture.
+
+    Returns:
+        ``(architecture, mean, runs)``, or None before any run completed.
+    """
+    best: Optional[tuple[int, float, int]] = None
+    best_key: Optional[tuple[int, float, float, int]] = None
+    for order, (arch, values) in enumerate(runs.items()):
+        if not values:
+            continue
+        mean = float(np.mean(values))
+        key = (min(len(values), race), mean, -float(params[arch]), -order)
+        if best_key is None or key > best_key:
+            best, best_key = (arch, mean, len(values)), key
+    return best
+
+
+def returned(done: list[tuple[float, int, float]], race: int, params: Params) -> Iterator[tuple[float, int, float]]:
+    """``(time, architecture, reported score)`` each time what a one-objective search returns changes.
+
+    Without racing (``race`` 1) it is the best single run (the first of equal scores); with
+    racing, ``incumbent``.
+    """
+    if race <= 1:
         best_val = -math.inf
         for t, arch, v in done:
             if v > best_val:
                 best_val = v
-                events.append((t, bench.best - float(bench.truth[arch])))
+                yield t, arch, v
+        return
+    runs: dict[int, list[float]] = {}
+    last: Optional[tuple[int, float]] = None
+    for t, arch, v in done:
+        runs.setdefault(arch, []).append(v)
+        inc = incumbent(runs, race, params)
+        if inc is not None and (inc[0], inc[1]) != last:
+            last = (inc[0], inc[1])
+            yield t, inc[0], inc[1]
+
+
+def regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bool, race: int = 1) -> list[tuple[float, float]]:
+    """(time, regret) each time what the search would return changes."""
+    events: list[tuple[float, float]] = []
+    if not pareto:
+        for t, arch, _ in returned(done, race, bench.params):
+            regret = bench.best - float(bench.truth[arch])
+            if not events or regret != events[-1][1] or race <= 1:
+                events.append((t, regret))
         return events
     best_hv = true_hv(bench)
     seen: list[tuple[int, float]] = []

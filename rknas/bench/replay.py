@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from rknas.bench.noise import noise_summary
-from rknas.bench.regret import TARGET, regret_curve, regret_events, worst_regret
+from rknas.bench.regret import TARGET, regret_curve, regret_events, returned, worst_regret
 from rknas.bench.simulator import Strategy, parse_strategy, simulate
 from rknas.bench.tableview import Bench, load_bench
 from rknas.errors import ConfigError
@@ -43,7 +43,8 @@ def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int,
             every seed and is judged on all of them, the ones it saw included.
 
     Returns:
-        ``trials`` (started), ``completed``, ``pruned``, ``failed``, ``snapped``, ``events``:
+        ``trials`` (started), ``completed``, ``pruned``, ``failed``, ``repeats`` (re-measurements
+        among the completed, with ``+raceN``), ``snapped``, ``events``:
         a list of ``(time, regret)`` at each change of what the search would return,
         ``worst`` (the regret of returning nothing), and ``overstatement``: by how much the
         validation accuracy the search reports for its returned network exceeds that network's
@@ -57,9 +58,9 @@ def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int,
     done, counts = simulate(view, strategy, budget_s, workers, seed, pareto, max_trials, fidelity)
     over = None
     if not pareto and done:
-        _, arch, reported = max(done, key=lambda d: d[2])  # the first of equal scores, as regret_events keeps it
+        *_, (_, arch, reported) = returned(done, strategy.race, view.params)  # what the search returns at the end
         over = reported - float(view.val_truth[arch])
-    return {**counts, "events": regret_events(view, done, pareto), "worst": worst_regret(view, pareto),
+    return {**counts, "events": regret_events(view, done, pareto, strategy.race), "worst": worst_regret(view, pareto),
             "overstatement": over}
 
 

@@ -8,7 +8,10 @@ simulated time on ``workers`` parallel workers. With ``+asha`` each epoch's vali
 accuracy goes to the same Ray ``ASHAScheduler`` object a search builds (``runner.make_scheduler``),
 driven through its public ``on_trial_add``/``on_trial_result``/``on_trial_complete``, so
 the stopping rule is the scheduler's own code. ``+warm`` enqueues the space's ``start_from``
-models first, as a search does.
+models first, as a search does. ``+raceN`` re-measures a challenger before believing it: an
+architecture whose mean so far beats the incumbent's is run again, on a seed it has not used
+(the same parameters, asked of the study as an enqueued trial, at full fidelity), up to N runs;
+the incumbent is chosen by ``regret.incumbent``.
 """
 
 from __future__ import annotations
@@ -28,38 +31,48 @@ Completed = tuple[float, int, float]  # (simulated time, architecture index, fin
 
 @dataclass(frozen=True)
 class Strategy:
-    """A replayable strategy: ``<sampler>[+asha][+warm]``."""
+    """A replayable strategy: ``<sampler>[+asha][+warm][+raceN]``."""
 
     sampler: str
     asha: bool = False
     warm: bool = False
+    race: int = 1  # runs a challenger needs before it is believed; 1: believe one run
 
     @property
     def name(self) -> str:
-        return self.sampler + ("+asha" if self.asha else "") + ("+warm" if self.warm else "")
+        return (self.sampler + ("+asha" if self.asha else "") + ("+warm" if self.warm else "")
+                + (f"+race{self.race}" if self.race > 1 else ""))
 
 
 def parse_strategy(text: str, known: list[str]) -> Strategy:
     """A strategy from its name.
 
     Args:
-        text: ``random``, ``tpe+asha``, ``tpe+asha+warm``, ``<plugin sampler>+asha``, ...
+        text: ``random``, ``tpe+asha``, ``tpe+asha+warm``, ``tpe+asha+race2``, ``<plugin sampler>+asha``, ...
         known: The registered sampler names.
 
     Returns:
         The strategy.
 
     Raises:
-        ConfigError: An unknown sampler or modifier.
+        ConfigError: An unknown sampler or modifier, or a racing cap below 2.
     """
     sampler, *mods = text.strip().split("+")
     if sampler not in known:
         raise ConfigError(f"unknown strategy {text!r}: no sampler {sampler!r}; samplers: {', '.join(known)} "
-                          "(add +asha and/or +warm, e.g. tpe+asha+warm)")
-    bad = [m for m in mods if m not in ("asha", "warm")]
-    if bad or len(set(mods)) != len(mods):
-        raise ConfigError(f"unknown strategy {text!r}: after the sampler only +asha and +warm may follow, once each")
-    return Strategy(sampler, "asha" in mods, "warm" in mods)
+                          "(add +asha, +warm and/or +raceN, e.g. tpe+asha+warm)")
+    races = [m for m in mods if m.startswith("race")]
+    bad = [m for m in mods if m not in ("asha", "warm") and m not in races]
+    if bad or len(set(mods)) != len(mods) or len(races) > 1:
+        raise ConfigError(f"unknown strategy {text!r}: after the sampler only +asha, +warm and +raceN may follow, once each")
+    race = 1
+    if races:
+        digits = races[0][len("race"):]
+        if not digits.isdigit() or int(digits) < 2:
+            raise ConfigError(f"strategy {text!r}: +raceN needs a whole number of runs N of 2 or more (+race2: a "
+                              "challenger is run twice before it is believed)")
+        race = int(digits)
+    return Strategy(sampler, "asha" in mods, "warm" in mods, race)
 
 
 @dataclass
@@ -71,6 +84,7 @@ class _Running:
     wall: np.ndarray
     start: float
     fake: Any
+    repeat: bool = False  # a re-measurement: runs at full fidelity, outside the scheduler
 
 
 def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
@@ -136,10 +150,15 @@ class _Simulation:
             if type(self.scheduler).__name__ == "FIFOScheduler":
                 raise ConfigError("the table's space has no early stopping to replay (fidelity.epochs must exceed min_epochs)")
         self.snap = Snapper(bench)
+        self.race = strategy.race
+        self.runs: dict[int, list[float]] = {}  # arch -> final validation accuracy of each complete run
+        self.used: dict[int, set[int]] = {}  # arch -> the curves (seeds) its runs drew
+        self.repeats: list[tuple[int, dict[str, Any]]] = []  # (arch, params) to run again, in order
+        self.racing: set[int] = set()  # archs with a repeat queued or running
         self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
         self.running: dict[int, _Running] = {}
         self.epoch_of: dict[int, int] = {}
-        self.counts = {"trials": 0, "completed": 0, "pruned": 0, "failed": 0}
+        self.counts = {"trials": 0, "completed": 0, "pruned": 0, "failed": 0, "repeats": 0}
         self.tie = 0
 
     def _push(self, t: float, rid: int) -> None:
@@ -156,8 +175,15 @@ class _Simulation:
 
         if now >= self.budget_s or (self.max_trials is not None and self.counts["trials"] >= self.max_trials):
             return
+        repeat = bool(self.repeats)
+        if repeat:
+            arch, params = self.repeats.pop(0)
+            self.study.enqueue_trial(params)  # the same parameters, asked of the study like any trial
         ot = self.study.ask()
-        arch = self.snap.find({**self.space.sample(ot), **ot.params})
+        if not repeat:
+            arch = self.snap.find({**self.space.sample(ot), **ot.params})
+        else:
+            self.space.sample(ot)
         self.counts["trials"] += 1
         runs = self.bench.curves[arch]
         if not runs:  # every run of this architecture failed: the trial fails after its recorded time
@@ -166,12 +192,33 @@ class _Simulation:
             self.counts["failed"] += 1
             self._push(now + max(failed_s, 1e-9), -1)
             return
-        val, wall = runs[self.rng.randrange(len(runs))]
+        pick = self.rng.randrange(len(runs))
+        if repeat:  # a seed this architecture has not used, while there is one
+            fresh = [j for j in range(len(runs)) if j not in self.used.get(arch, set())]
+            pick = fresh[self.rng.randrange(len(fresh))] if fresh else pick
+        self.used.setdefault(arch, set()).add(pick)
+        val, wall = runs[pick]
         fake = SimpleNamespace(trial_id=f"t{ot.number}")
-        if self.scheduler is not None:
+        if self.scheduler is not None and not repeat:
             self.scheduler.on_trial_add(None, fake)
-        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake)
+        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake, repeat)
         self._push(now + float(wall[0]), ot.number)
+
+    def _race(self, r: _Running, v: float, done: list[Completed]) -> None:
+        """After a complete run: queue a repeat of its architecture if its mean beats the incumbent's."""
+        from rknas.bench.regret import incumbent
+
+        self.runs.setdefault(r.arch, []).append(v)
+        self.racing.discard(r.arch)
+        if self.race <= 1 or self.n_obj != 1:
+            return
+        n = len(self.runs[r.arch])
+        best = incumbent(self.runs, self.race, self.bench.params)
+        beats = best is None or best[0] == r.arch or (
+            float(np.mean(self.runs[r.arch])) > float(np.mean(self.runs[best[0]])))
+        if n < self.race and beats and r.arch not in self.racing:
+            self.racing.add(r.arch)
+            self.repeats.append((r.arch, dict(r.ot.params)))
 
     def run(self, workers: int) -> list[Completed]:
         """Play the search out; returns its completed trials as ``(time, arch, final val accuracy)``."""
@@ -195,18 +242,21 @@ class _Simulation:
             if self.n_obj == 1:
                 r.ot.report(v, e)
             result = {"epoch": e, "val_accuracy": v}
-            action = self.scheduler.on_trial_result(None, r.fake, result) if self.scheduler is not None else "CONTINUE"
+            scheduled = self.scheduler is not None and not r.repeat
+            action = self.scheduler.on_trial_result(None, r.fake, result) if scheduled else "CONTINUE"
             last = e == len(r.val)
             if not (last or action == "STOP"):
                 self._push(r.start + float(r.wall[e]), rid)
                 continue
-            if self.scheduler is not None:
+            if scheduled:
                 self.scheduler.on_trial_complete(None, r.fake, result)
             del self.running[rid]
             if last:
                 self.study.tell(r.ot, [v, float(self.bench.params[r.arch])] if self.n_obj == 2 else v)
                 self.counts["completed"] += 1
+                self.counts["repeats"] += r.repeat
                 done.append((now, r.arch, v))
+                self._race(r, v, done)
             else:
                 self.study.tell(r.ot, state=TrialState.PRUNED)
                 self.counts["pruned"] += 1
