@@ -296,8 +296,10 @@ def best(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         val = cfg["provenance"]["values"].get("val_accuracy", 0)
+        behind = cfg["provenance"].get("runs")
+        shown = f"{val:.4f}" if not behind else f"{behind['mean']:.4f} (mean of {behind['runs']} seeds)"
         err_console.print(
-            f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {val:.4f}, "
+            f"Wrote {output}: trial {chosen.number}, {cfg['name']}, val accuracy {shown}, "
             f"{cfg['provenance']['params']:,} params"
             + ("" if evaluated is None else ", evaluated test accuracy "
                + display.mean_std(evaluated["mean"], evaluated["std"], evaluated.get("test_accuracy")))

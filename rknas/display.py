@@ -118,6 +118,7 @@ class SearchProgress(SearchListener):
         self.running: set[str] = set()
         self.epochs: dict[str, int] = {}  # the last epoch each running trial reported
         self.best: Optional[float] = None
+        self.best_runs: Optional[int] = None  # with racing: the runs behind ``best``
         self.t0 = 0.0
         self.done_now = 0
         self.remaining = 0
@@ -172,6 +173,16 @@ class SearchProgress(SearchListener):
         )
         self._refresh()
 
+    def trial_repeat(self, *, number: int, repeat_of: int, repeat: int) -> None:
+        self.bar.console.print(f"  racing: trial {number}'s configuration (first run: trial {repeat_of}) would lead; "
+                               f"it runs again on a new seed (repeat {repeat}) before it is believed")
+        self._refresh()
+
+    def incumbent(self, *, number: int, value: float, runs: int) -> None:
+        self.best_runs = runs
+        self.best = value
+        self._refresh()
+
     def recovered(self, *, numbers: list[int]) -> None:
         self.bar.console.print(
             f"  [yellow]trial(s) {', '.join(map(str, numbers))} of a search that stopped "
@@ -217,7 +228,8 @@ class SearchProgress(SearchListener):
             size += f", GPU {record.gpu_memory_mib:,.0f} MiB"
         if state == "COMPLETE":
             acc = values[0] if isinstance(values, list) else values
-            self.best = acc if self.best is None else max(self.best, acc)
+            if self.best_runs is None:  # with racing, the incumbent event says what is best
+                self.best = acc if self.best is None else max(self.best, acc)
             what = f"[green]COMPLETE[/] val {acc:.4f}"
         elif state == "PRUNED":
             why = record.constraint_violation or record.diverged or f"stopped at epoch {record.pruned_at_epoch}"
@@ -235,6 +247,8 @@ class SearchProgress(SearchListener):
             left = (time.time() - self.t0) / self.done_now * max(0, self.remaining - self.done_now)
             eta = f" | ETA {int(left // 60)}m{int(left % 60):02d}s"
         best = f"{self.best:.4f}" if self.best is not None else "-"
+        if self.best is not None and self.best_runs is not None:
+            best += f" (mean of {self.best_runs})"
         epochs = sorted(self.epochs.values(), reverse=True)
         at = f" at epoch {', '.join(map(str, epochs[:8]))}{', ...' if len(epochs) > 8 else ''}" if epochs else ""
         return (
@@ -271,9 +285,16 @@ def studies_table(rows: list[dict[str, Any]], url: str) -> Table:
             ", ".join(f"{m} ({d[:3]})" for m, d in zip(r["objectives"], r["directions"])),
             str(r["trials"]),
             ", ".join(f"{k.lower()} {v}" for k, v in r["counts"].items()),
-            f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] is not None else "-",
+            _best_cell(r),
         )
     return out
+
+
+def _best_cell(r: dict[str, Any]) -> str:
+    if r["best_val_accuracy"] is None:
+        return "-"
+    runs = r.get("best_runs") or 1
+    return f"{r['best_val_accuracy']:.4f}" + (f" (mean of {runs})" if runs > 1 else "")
 
 
 def rows_table(rows: list[dict[str, Any]], columns: dict[str, str], title: Optional[str] = None) -> Table:

@@ -130,6 +130,26 @@ class SearchEvents(Protocol):
         """
         return None
 
+    def trial_repeat(self, *, number: int, repeat_of: int, repeat: int) -> None:
+        """Racing asked for a re-measurement: the configuration of trial ``number`` runs again.
+
+        Args:
+            number: The trial whose result made the configuration a challenger.
+            repeat_of: The configuration's first trial.
+            repeat: Which re-measurement (1: the configuration's second run).
+        """
+        return None
+
+    def incumbent(self, *, number: int, value: float, runs: int) -> None:
+        """With racing, the configuration the search would return now (``rknas.storage.racing.RULE``).
+
+        Args:
+            number: The configuration's first trial.
+            value: Its mean objective value over its complete runs.
+            runs: How many runs stand behind it.
+        """
+        return None
+
     def recovered(self, *, numbers: list[int]) -> None:
         """Trials of a driver that stopped recording heartbeats were recovered (FAIL, interrupted).
 

@@ -498,3 +498,8 @@ def test_racing_shrinks_the_winners_curse(noisy):
 
     plain, raced = median_over(sim.Strategy("random")), median_over(sim.Strategy("random", race=2))
     assert plain > 0.01 and raced < plain - 0.005
+
+
+def test_racing_a_pareto_replay_is_refused_in_one_line(cli, table):
+    code, _, err = cli("bench", "replay", "--table", table[0], "--strategy", "tpe+race2", "--pareto", "--budget", "10")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "+raceN races the leader of one objective" in err, err

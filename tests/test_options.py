@@ -224,7 +224,7 @@ def test_bench_build_takes_a_plain_callable_as_its_options_say():
 
 def test_the_kinds_are_todays():
     assert SEARCH_EVENTS == {"already_done", "start", "progress", "waiting", "trial_start", "trial_result", "trial_retry",
-                             "trial_end", "recovered", "interrupted_trials"}
+                             "trial_end", "trial_repeat", "incumbent", "recovered", "interrupted_trials"}
     assert EVALUATION_EVENTS == {"start", "run_start", "epoch", "run_end"}
 
 

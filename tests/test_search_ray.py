@@ -357,3 +357,35 @@ def test_a_sampler_that_cannot_be_pickled_still_searches(ray_local, tmp_path, mo
     assert samplers and samplers[-1].asked >= 2  # the live sampler proposed the trials
     study = optuna.load_study(study_name="locked", storage=url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_racing_runs_the_leader_again_on_a_new_seed_and_best_exports_the_mean(ray_local, tmp_path, capsys):
+    """racing: 2. The first trial leads on one run, so its configuration runs again (a trial of its
+    own, the same parameters, its own seed, every epoch despite ASHA); `best` exports it by the
+    mean of both runs and says so."""
+    space_file = tmp_path / "race.yaml"
+    space_file.write_text(yaml.safe_dump({**SPACE, "racing": 2}))
+    url = f"sqlite:///{tmp_path}/race.db"
+    enqueue(url, GOOD)
+    events = []
+    res = run_search(SearchOptions(space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1, seed=5,
+                                   on_event=lambda k, d: events.append((k, d))))
+    assert res.finished == 3
+    t = states(url)
+    first, repeat = t[0], t[1]
+    assert first.state == repeat.state == TrialState.COMPLETE and repeat.params == first.params == GOOD
+    assert repeat.user_attrs["repeat_of"] == 0 and repeat.user_attrs["repeat"] == 1
+    assert (first.user_attrs["seed"], repeat.user_attrs["seed"]) == (5, 6)  # seed + trial number: a new seed
+    assert len(repeat.user_attrs["val_accuracy_per_epoch"]) == SPACE["fidelity"]["epochs"]
+    assert ("trial_repeat", {"number": 0, "repeat_of": 0, "repeat": 1}) in events
+    mean = (first.value + repeat.value) / 2
+    leads = [d for k, d in events if k == "incumbent"]
+    assert leads[0] == {"number": 0, "value": first.value, "runs": 1}
+    assert leads[1] == {"number": 0, "value": pytest.approx(mean), "runs": 2}
+    out = tmp_path / "best.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["best", "--study", "tiny", "--storage", url, "-o", str(out)])
+    assert exc.value.code == 0
+    assert f"val accuracy {mean:.4f} (mean of 2 seeds)" in capsys.readouterr().err
+    runs = yaml.safe_load(out.read_text())["provenance"]["runs"]
+    assert runs["trials"] == [0, 1] and runs["seeds"] == [5, 6] and runs["mean"] == pytest.approx(mean)

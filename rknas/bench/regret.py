@@ -57,8 +57,9 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 def incumbent(runs: dict[int, list[float]], race: int, params: Params) -> Optional[tuple[int, float, int]]:
     """The network a racing search returns, and the score and number of runs it reports.
 
-    The rule: the most complete runs, counted up to the cap ``race``, first; then the best mean
-    over them; a tie goes to fewer parameters, then to the architecture that completed a run first.
+    The rule is the search's (``rknas.storage.racing.RULE``): the most complete runs, counted up
+    to the cap ``race``, first; then the best mean over them; a tie goes to fewer parameters,
+    then to the architecture that completed a run first.
 
     Args:
         runs: Architecture -> final validation accuracy of each complete run, in the order the
@@ -69,13 +70,15 @@ def incumbent(runs: dict[int, list[float]], race: int, params: Params) -> Option
     Returns:
         ``(architecture, mean, runs)``, or None before any run completed.
     """
+    from rknas.storage.racing import rank_key
+
     best: Optional[tuple[int, float, int]] = None
-    best_key: Optional[tuple[int, float, float, int]] = None
+    best_key: Optional[tuple] = None
     for order, (arch, values) in enumerate(runs.items()):
         if not values:
             continue
         mean = float(np.mean(values))
-        key = (min(len(values), race), mean, -float(params[arch]), -order)
+        key = rank_key(len(values), mean, float(params[arch]), order, race)
         if best_key is None or key > best_key:
             best, best_key = (arch, mean, len(values)), key
     return best

@@ -62,6 +62,7 @@ from rknas.storage import (
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
 from rknas.storage.bulk import counted
+from rknas.storage.racing import REPEAT_CONFIG_KEY
 from rknas.storage.retry import StorageUnavailable
 from rknas.storage.trial_storage import TrialStorage
 
@@ -220,12 +221,15 @@ def make_scheduler(space: SearchSpace) -> Any:
 
     The benchmark replay uses this same object, so a replayed search stops what a real one would.
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from rknas.search.tune_adapter import RepeatAwareASHA
 
     f = space.fidelity
     if f.early_stopping and f.epochs > f.min_epochs:
-        return ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=f.epochs,
-                             grace_period=f.min_epochs, reduction_factor=f.reduction_factor)
+        # ASHA, except for racing's re-measurements, which run every epoch (rknas.storage.racing)
+        return RepeatAwareASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=f.epochs,
+                               grace_period=f.min_epochs, reduction_factor=f.reduction_factor)
     return FIFOScheduler()
 
 
@@ -343,7 +347,9 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
 
     def define(trial: optuna.Trial) -> dict:
         fixed = space.sample(trial)
-        fixed["seed"] = base_seed + trial.number
+        fixed["seed"] = base_seed + trial.number  # a repeat (racing) is a trial too: its own seed
+        if trial.user_attrs.get("repeat"):
+            fixed[REPEAT_CONFIG_KEY] = True  # runs every epoch, outside ASHA (tune_adapter.RepeatAwareASHA)
         return fixed
 
     multi = len(space.metrics) > 1

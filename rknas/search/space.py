@@ -158,6 +158,12 @@ class SearchSpace(BaseModel):
         description="The sampler learns from the latest this-many finished trials only (default: all); bounds TPE's "
         "cost per proposal on studies of thousands of trials (benchmarks/RESULTS.md).",
     )
+    racing: int = Field(
+        1,
+        ge=1,
+        description="Runs a configuration needs before it is believed: one that would become the best is run again on "
+        "new seeds (a trial each, costing budget) up to this many times; 1: believe one run (rknas.storage.racing).",
+    )
     constraints: Constraints = Constraints()
     start_from: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list,
@@ -175,6 +181,13 @@ class SearchSpace(BaseModel):
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives repeat a metric: {metrics}")
         return v
+
+    @model_validator(mode="after")
+    def _racing(self) -> SearchSpace:
+        if self.racing > 1 and len(self.objectives) > 1:
+            raise ValueError("racing re-measures the leader of one objective; a Pareto space (several objectives) "
+                             "cannot race yet: remove racing or keep one objective")
+        return self
 
     @model_validator(mode="after")
     def _fidelity(self) -> SearchSpace:

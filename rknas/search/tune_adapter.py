@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from rknas.errors import ConfigError
@@ -28,6 +29,7 @@ from rknas.events import EventSink, SearchEvents, search_listener
 from rknas.search.outcome import MEASUREMENTS, WORKER_CRASHED, Values, ended_early, worker_death_reason
 from rknas.search.searcher import Driver, already_finished, trial_state, unless_finished
 from rknas.search.space import SearchSpace
+from rknas.storage.racing import REPEAT_CONFIG_KEY
 from rknas.storage.record import TrialRecord
 from rknas.storage.retry import StorageUnavailable
 
@@ -251,6 +253,28 @@ class StudySearch(OptunaSearch):
         if self._rk_events is not None:
             self._rk_events.trial_end(trial_id=trial_id, number=ot.number, state=shown, record=record, values=values,
                                       note=note)
+        if note is None and state == TrialState.COMPLETE and self._rk_space.racing > 1:
+            try:
+                self._race(ot)
+            except StorageUnavailable as exc:
+                self._rk_storage_error = exc
+                raise
+
+    def _race(self, ot: Any) -> None:
+        """Racing: ask for a re-measurement of the configuration just measured, if it needs one."""
+        from rknas.storage.queries import race_step
+
+        space, study = self._rk_space, self._ot_study
+        assert study is not None
+        if len(space.metrics) != 1:
+            return
+        best, repeat = race_step(study, ot.params, space.racing)
+        if self._rk_events is not None:
+            self._rk_events.incumbent(number=best.numbers[0], value=best.mean, runs=best.runs)
+        if repeat is not None:
+            study.enqueue_trial(dict(ot.params), user_attrs=repeat)
+            if self._rk_events is not None:
+                self._rk_events.trial_repeat(number=ot.number, repeat_of=repeat["repeat_of"], repeat=repeat["repeat"])
 
     def unfinished(self) -> list[int]:
         """Optuna ids of the trials this searcher asked for and has not told yet."""
@@ -290,3 +314,32 @@ class TrialEvents(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.record_error(trial.trial_id, error_line(trial.error_file))
+
+
+class RepeatAwareASHA(ASHAScheduler):
+    """Ray's ASHA, leaving rknas's re-measurements (racing) alone: they run to the last epoch.
+
+    A repeat exists to give a full-fidelity value, so its results never reach the scheduler,
+    nor its rungs (``rknas.storage.racing``).
+    """
+
+    @staticmethod
+    def is_repeat(trial: Any) -> bool:
+        return bool((getattr(trial, "config", None) or {}).get(REPEAT_CONFIG_KEY))
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if not self.is_repeat(trial):
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if self.is_repeat(trial):
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if not self.is_repeat(trial):
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if not self.is_repeat(trial):
+            super().on_trial_remove(tune_controller, trial)

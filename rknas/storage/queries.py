@@ -13,6 +13,7 @@ from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
 from rknas.storage.bulk import INTERRUPTED, load_trials, pareto_front, tally
+from rknas.storage.racing import RULE, Group, config_key, group_runs, needs_repeat, ranked, repeat_attrs
 from rknas.storage.record import StudyRecord, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -81,6 +82,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     counts = tally(study)
     record = StudyRecord.of(study)
     top = best_trial(study)
+    behind = evidence(study, top) if top is not None else None
     return {
         "study": study.study_name,
         "space": record.space_name,
@@ -88,8 +90,70 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "directions": [d.name.lower() for d in study.directions],
         "trials": sum(counts.values()),
         "counts": {k: counts[k] for k in [*(s.name for s in TrialState), INTERRUPTED] if counts.get(k)},
-        "best_val_accuracy": accuracy_of(study, top) if top is not None else None,
+        "best_val_accuracy": (behind["mean"] if behind else accuracy_of(study, top)) if top is not None else None,
+        "best_runs": behind["runs"] if behind else (1 if top is not None else None),
     }
+
+
+def racing_cap(study: optuna.Study) -> int:
+    """The runs a configuration needs before the study believes it (the space's ``racing``; 1: one run)."""
+    return int((StudyRecord.of(study).space_at() or {}).get("racing") or 1)
+
+
+def _groups(study: optuna.Study, complete: list[FrozenTrial]) -> list[Group]:
+    return group_runs((t.number, t.params, t.values[0], TrialRecord.of(t).params or 0) for t in complete)
+
+
+def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[Group, Optional[dict[str, int]]]:
+    """After a complete run of ``params``: the incumbent, and the repeat to ask for, if any.
+
+    The decision reads the study, so every driver sees the others' runs and pending repeats: a
+    repeat already waiting or running is not asked for again.
+
+    Args:
+        study: A single-objective study with at least one complete trial (the run just recorded).
+        params: The sampled parameters of that run.
+        cap: The racing cap (the space's ``racing``).
+
+    Returns:
+        ``(incumbent, repeat)``: the configuration the search would return now (by
+        ``racing.RULE``), and the user attributes of the repeat to enqueue (``repeat_of``,
+        ``repeat``), or None when none is needed or one is already pending.
+    """
+    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    groups = _groups(study, complete)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = ranked(groups, cap, maximize)[0]
+    key = config_key(params)
+    if not needs_repeat(groups, key, cap, maximize):
+        return best, None
+    attrs = repeat_attrs(next(g for g in groups if g.key == key))
+    for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING)):
+        r = TrialRecord.of(t)
+        if (r.repeat_of, r.repeat) == (attrs["repeat_of"], attrs["repeat"]):
+            return best, None
+    return best, attrs
+
+
+def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
+    """What stands behind a trial's score in a racing study: every complete run of its configuration.
+
+    Args:
+        study: The study.
+        t: A completed trial.
+
+    Returns:
+        ``trials``, ``seeds``, ``values`` (one per run), ``mean``, ``runs`` and the ``rule`` the
+        search chose by; None when the study does not race or has several objectives.
+    """
+    if racing_cap(study) <= 1 or len(study.directions) != 1:
+        return None
+    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    key = config_key(t.params)
+    runs = [c for c in complete if config_key(c.params) == key]
+    values = [c.values[0] for c in runs]
+    return {"trials": [c.number for c in runs], "seeds": [TrialRecord.of(c).seed for c in runs], "values": values,
+            "mean": sum(values) / len(values), "runs": len(runs), "rule": RULE}
 
 
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
@@ -99,8 +163,9 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
         study: The study.
 
     Returns:
-        Single objective: completed trials best first. Several: the Pareto set, most
-        accurate first.
+        Single objective: completed trials best first; in a racing study, one trial per
+        configuration (its first run), ranked by ``rknas.storage.racing.RULE``. Several: the
+        Pareto set, most accurate first.
 
     Raises:
         RknasError: The study has no completed trial.
@@ -108,6 +173,11 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     complete = load_trials(study, states=(TrialState.COMPLETE,))
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial yet")
+    cap = racing_cap(study)
+    if len(study.directions) == 1 and cap > 1:
+        by_number = {t.number: t for t in complete}
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return [by_number[g.numbers[0]] for g in ranked(_groups(study, complete), cap, maximize)]
     if len(study.directions) == 1:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         return sorted(complete, key=lambda t: sign * t.values[0])
@@ -204,6 +274,7 @@ def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, An
             "space": info.space_name,
             "space_revision": record.space_revision or 0,
             "values": dict(zip(metrics, t.values)),
+            **({"runs": behind} if (behind := evidence(study, t)) else {}),
             "val_accuracy_per_epoch": record.val_accuracy_per_epoch,
             "params": record.params,
             "flops": record.flops,

@@ -53,6 +53,9 @@ class TrialRecord:
         attempts: How many times the trial ran: more than 1 when its worker died (killed,
             out of memory, node lost) and it ran again from its last finished epoch.
         retry_reasons: Why each earlier attempt ended (the worker's death, from Ray).
+        repeat_of: With racing (``rknas.storage.racing``), the number of the configuration's
+            first trial: this trial re-measures that configuration on its own seed.
+        repeat: Which re-measurement this is (1: the configuration's second run).
     """
 
     val_accuracy_per_epoch: list[float] = field(default_factory=list)
@@ -78,6 +81,8 @@ class TrialRecord:
     interrupted: bool = False
     attempts: Optional[int] = None
     retry_reasons: Optional[list[str]] = None
+    repeat_of: Optional[int] = None
+    repeat: Optional[int] = None
 
     def user_attrs(self) -> dict[str, Any]:
         """The non-empty fields, as Optuna user attributes.

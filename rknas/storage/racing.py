@@ -1,0 +1,117 @@
+"""Racing: a configuration is believed only after it survives re-measurement on new seeds.
+
+One training run's seed noise is larger than the differences a search resolves, so the best
+single run is partly a lucky draw. With a space's ``racing: N`` (N >= 2), a completed run
+whose configuration's mean beats the incumbent's is run again: the same parameters as a new
+trial, with its own seed and a repeat index (``TrialRecord.repeat_of``/``repeat``), costing
+budget like any trial, up to N runs. Repeats run at full fidelity
+(``tune_adapter.RepeatAwareASHA`` leaves them alone). The incumbent is chosen by ``RULE``; ``rknas best`` exports by it.
+
+This module is torch-free and Ray-free; ``bench.regret`` replays the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+RULE = ("the most runs (counted up to the racing cap) first, then the best mean, then fewer parameters, "
+        "then the configuration that completed a run first")
+REPEAT_CONFIG_KEY = "rk_repeat"  # in a Tune trial's config: the trial is a re-measurement (tune_adapter.RepeatAwareASHA)
+
+
+def config_key(params: Mapping[str, Any]) -> str:
+    """What makes two trials runs of one configuration: their sampled parameters, seed aside."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def rank_key(runs: int, mean: float, params: float, order: int, cap: int, maximize: bool = True) -> tuple:
+    """The sort key of ``RULE`` (larger is better).
+
+    Args:
+        runs: Complete runs of the configuration.
+        mean: Their mean objective value.
+        params: The network's parameter count.
+        order: When the configuration first completed a run (smaller: earlier).
+        cap: The racing cap; runs beyond it earn no more precedence.
+        maximize: The objective's direction.
+
+    Returns:
+        A tuple to compare.
+    """
+    return min(runs, cap), mean if maximize else -mean, -params, -order
+
+
+@dataclass
+class Group:
+    """The complete runs of one configuration, in the order they completed."""
+
+    key: str
+    numbers: list[int] = field(default_factory=list)  # trial numbers
+    values: list[float] = field(default_factory=list)  # the objective of each run
+    params: float = 0.0
+    order: int = 0
+
+    @property
+    def runs(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+def group_runs(runs: Iterable[tuple[int, Mapping[str, Any], float, float]]) -> list[Group]:
+    """Complete runs grouped by configuration.
+
+    Args:
+        runs: ``(trial number, sampled params, objective value, parameter count)`` per complete run.
+
+    Returns:
+        One group per configuration, in the order of each one's first run (by trial number).
+    """
+    found: dict[str, Group] = {}
+    for number, params, value, size in sorted(runs, key=lambda r: r[0]):
+        key = config_key(params)
+        g = found.get(key)
+        if g is None:
+            g = found[key] = Group(key, params=float(size or 0), order=len(found))
+        g.numbers.append(number)
+        g.values.append(float(value))
+    return list(found.values())
+
+
+def ranked(groups: Sequence[Group], cap: int, maximize: bool = True) -> list[Group]:
+    """The groups best first, by ``RULE``."""
+    return sorted(groups, key=lambda g: rank_key(g.runs, g.mean, g.params, g.order, cap, maximize), reverse=True)
+
+
+def needs_repeat(groups: Sequence[Group], key: str, cap: int, maximize: bool = True) -> bool:
+    """Whether configuration ``key`` (just measured) should run again before it is believed.
+
+    It should while it has fewer than ``cap`` runs and its mean beats the incumbent's (or it is
+    the incumbent: a configuration ranked first on too few runs).
+    """
+    if cap <= 1:
+        return False
+    by_key = {g.key: g for g in groups}
+    g = by_key.get(key)
+    if g is None or g.runs >= cap:
+        return False
+    best = ranked(groups, cap, maximize)[0]
+    if best.key == key:
+        return True
+    return g.mean > best.mean if maximize else g.mean < best.mean
+
+
+def repeat_attrs(group: Group) -> dict[str, int]:
+    """The user attributes of the next repeat of a group (``TrialRecord.repeat_of``/``repeat``)."""
+    return {"repeat_of": group.numbers[0], "repeat": group.runs}
+
+
+def repeat_marker(attrs: Mapping[str, Any]) -> Optional[tuple[int, int]]:
+    """``(repeat_of, repeat)`` of a trial that is a repeat, from its user attributes; None otherwise."""
+    of, k = attrs.get("repeat_of"), attrs.get("repeat")
+    return None if of is None or k is None else (int(of), int(k))

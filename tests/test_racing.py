@@ -1,0 +1,160 @@
+"""Racing: which configuration a study believes, when one runs again, and what `best` exports."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from rich.console import Console
+
+from rknas.display import studies_table
+from rknas.storage import queries
+from rknas.storage.racing import RULE, config_key, group_runs, needs_repeat, ranked
+from rknas.storage.record import StudyRecord
+
+A = {"p1_k": 8, "lr": 0.1}
+B = {"p1_k": 16, "lr": 0.1}
+C = {"p1_k": 24, "lr": 0.1}
+
+
+def test_a_configuration_is_its_parameters_without_the_seed():
+    assert config_key({**A, "seed": 3}) == config_key({"lr": 0.1, "p1_k": 8, "seed": 9}) != config_key(B)
+
+
+def test_runs_are_grouped_by_configuration_in_the_order_they_first_completed():
+    groups = group_runs([(4, B, 0.7, 200), (1, A, 0.6, 100), (6, A, 0.8, 100)])
+    assert [(g.numbers, g.values, g.order) for g in groups] == [([1, 6], [0.6, 0.8], 0), ([4], [0.7], 1)]
+    assert groups[0].mean == pytest.approx(0.7) and groups[0].runs == 2
+
+
+@pytest.mark.parametrize("runs,cap,maximize,want", [
+    ([(0, A, 0.9, 100), (1, B, 0.8, 100), (2, B, 0.8, 100)], 2, True, [B, A]),  # runs up to the cap first
+    ([(0, A, 0.9, 100), (1, B, 0.8, 100), (2, B, 0.8, 100)], 1, True, [A, B]),  # cap 1: the mean alone
+    ([(0, A, 0.8, 100), (1, A, 0.7, 100), (2, A, 0.9, 100), (3, B, 0.78, 100), (4, B, 0.78, 100)], 2, True, [A, B]),
+    ([(0, A, 0.8, 300), (1, B, 0.8, 100)], 2, True, [B, A]),  # equal runs and means: fewer parameters
+    ([(0, A, 0.8, 100), (1, B, 0.8, 100)], 2, True, [A, B]),  # and then the one that completed first
+    ([(0, A, 0.2, 100), (1, B, 0.1, 100)], 2, False, [B, A]),  # a loss: lower is better
+])
+def test_the_rule(runs, cap, maximize, want):
+    assert [g.key for g in ranked(group_runs(runs), cap, maximize)] == [config_key(w) for w in want]
+
+
+@pytest.mark.parametrize("runs,key,want", [
+    ([(0, A, 0.8, 1)], A, True),  # the first run of all leads on one run: measure it again
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1)], A, False),  # it has its two runs
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.85, 1)], B, True),  # a challenger above the incumbent's mean
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.75, 1)], B, False),  # one below it is not believed, nor repeated
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.8, 1)], B, False),  # a tie does not beat the incumbent
+])
+def test_when_a_configuration_runs_again(runs, key, want):
+    assert needs_repeat(group_runs(runs), config_key(key), 2) is want
+
+
+def test_no_racing_no_repeats():
+    assert not needs_repeat(group_runs([(0, A, 0.8, 1)]), config_key(A), 1)
+
+
+def racing_study(cap=2):
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("space", {"racing": cap})
+    assert StudyRecord.of(study).space_at() == {"racing": cap}
+    return study
+
+
+def run(study, params, value, **attrs):
+    dists = {k: optuna.distributions.CategoricalDistribution([8, 16, 24] if k == "p1_k" else [0.1]) for k in params}
+    t = optuna.trial.create_trial(params=params, distributions=dists, value=value,
+                                  user_attrs={"params": 1000, "seed": 100 + len(study.trials), **attrs})
+    study.add_trial(t)
+
+
+def test_a_repeat_is_asked_for_once_whoever_asks():
+    study = racing_study()
+    run(study, A, 0.8)
+    best, repeat = queries.race_step(study, A, 2)
+    assert best.numbers == [0] and repeat == {"repeat_of": 0, "repeat": 1}
+    study.enqueue_trial(A, user_attrs=repeat)
+    # another driver (or this one again) deciding from the same study sees the waiting repeat
+    assert queries.race_step(study, A, 2)[1] is None
+    t = study.ask()  # a driver starts it: RUNNING, still pending
+    got = {"p1_k": t.suggest_categorical("p1_k", [8, 16, 24]), "lr": t.suggest_categorical("lr", [0.1])}
+    assert got == A and t.user_attrs == {"repeat_of": 0, "repeat": 1}  # the same configuration, marked
+    assert queries.race_step(study, A, 2)[1] is None
+    study.tell(t, 0.7)
+    best, repeat = queries.race_step(study, A, 2)
+    assert (best.numbers, best.runs, repeat) == ([0, 1], 2, None) and best.mean == pytest.approx(0.75)
+
+
+def test_best_exports_the_believed_configuration_and_says_what_stands_behind_it():
+    study = racing_study()
+    run(study, A, 0.9)  # one lucky run, never confirmed
+    run(study, B, 0.8)
+    run(study, B, 0.78, repeat_of=1, repeat=1)
+    chosen = queries.choose(study)
+    assert chosen.number == 1  # B, on two runs, over A's single 0.9
+    behind = queries.evidence(study, chosen)
+    assert behind["trials"] == [1, 2] and behind["seeds"] == [101, 102] and behind["runs"] == 2
+    assert behind["mean"] == pytest.approx(0.79) and behind["rule"] == RULE
+    summary = queries.summarize(study)
+    assert summary["best_val_accuracy"] == pytest.approx(0.79) and summary["best_runs"] == 2
+    console = Console(width=200, record=True)
+    console.print(studies_table([summary], "sqlite:///x.db"))
+    assert "0.7900 (mean of 2)" in console.export_text()
+    assert [t.number for t in queries.candidates(study)] == [1, 0]  # one per configuration
+
+
+def test_a_study_without_racing_keeps_the_best_single_run():
+    study = racing_study(cap=1)
+    run(study, A, 0.9)
+    run(study, B, 0.8)
+    run(study, B, 0.78)
+    assert queries.choose(study).number == 0 and queries.evidence(study, queries.choose(study)) is None
+    assert queries.summarize(study)["best_runs"] == 1
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
+@pytest.mark.slow  # imports Ray's scheduler
+def test_asha_leaves_a_repeat_to_run_every_epoch():
+    from types import SimpleNamespace
+
+    from rknas.search.tune_adapter import RepeatAwareASHA
+    from rknas.storage.racing import REPEAT_CONFIG_KEY
+
+    asha = RepeatAwareASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=4, grace_period=1,
+                           reduction_factor=2)
+    good, bad = SimpleNamespace(trial_id="a", config={}), SimpleNamespace(trial_id="b", config={})
+    repeat = SimpleNamespace(trial_id="r", config={REPEAT_CONFIG_KEY: True})
+    for t in (good, bad, repeat):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, good, {"epoch": 1, "val_accuracy": 0.9}) == "CONTINUE"
+    assert asha.on_trial_result(None, bad, {"epoch": 1, "val_accuracy": 0.1}) == "STOP"  # what ASHA does to a trial
+    assert asha.on_trial_result(None, repeat, {"epoch": 1, "val_accuracy": 0.1}) == "CONTINUE"  # and not to a repeat
+    assert "r" not in asha._trial_info  # nor does the repeat enter a bracket's rungs
+    asha.on_trial_complete(None, repeat, {"epoch": 4, "val_accuracy": 0.1})
+
+
+@pytest.mark.parametrize("value,match", [
+    (0, "racing"),
+    (-1, "racing"),
+    ("two", "racing"),
+])
+def test_a_bad_racing_cap_is_one_line_exit_2(cli, tmp_path, value, match):
+    import yaml
+    from gated import SPACE
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "racing": value}))
+    code, _, err = cli("search", "--space", path, "--trials", "1", "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_racing_with_several_objectives_is_refused_in_one_line():
+    from gated import SPACE
+
+    from rknas.errors import ConfigError
+    from rknas.search.space import parse_space
+
+    pareto = [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}]
+    with pytest.raises(ConfigError, match="a Pareto space .* cannot race yet") as exc:
+        parse_space({**SPACE, "racing": 2, "objectives": pareto}, "t")
+    assert "\n" not in str(exc.value)
+    assert parse_space({**SPACE, "racing": 1, "objectives": pareto}, "t").racing == 1
