@@ -45,6 +45,18 @@ def test_several_drivers_join_and_leave_in_turn_and_counts_are_written_kind_time
         chaos.main(["--backend", "sqlite", "--trials", "20", "--faults", "worker*two"])
 
 
+def test_a_recovery_may_take_as_long_as_a_database_outage_that_fell_inside_it():
+    chaos = load()
+    limit = chaos.STALE_S + chaos.RESTART_S
+    report = chaos.Report(backend="postgresql", trials=10, seed=0, recovery_limit_s=limit)
+    report.recovery_s, report.recovery_outage_s = [6.5, limit + 7.0], [0.0, 8.0]
+    assert chaos.recovered_in_time(report)
+    report.recovery_outage_s = [0.0, 0.0]  # no outage: 7 s over the limit is late
+    assert not chaos.recovered_in_time(report)
+    report.recovery_s, report.recovery_outage_s = [2.0], [0.0]  # sooner than staleness allows: a live driver's trials
+    assert not chaos.recovered_in_time(report)
+
+
 def test_a_short_chaos_run_loses_nothing(tmp_path):
     chaos = load()
     report = chaos.main(["--backend", "sqlite", "--trials", "8", "--faults", "worker,driver,database", "--outage", "2",
