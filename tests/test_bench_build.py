@@ -4,6 +4,7 @@ refused with other settings; and the table file's own guarantees."""
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -104,6 +105,7 @@ def test_build_a_tiny_table_continue_it_and_refuse_other_settings(ray_local, cli
         curves = t.curves()
         assert all([r.epoch for r in c] == [1, 2] for c in curves.values())
         assert all(0 <= r.test_accuracy <= 1 and r.wall_s > 0 for c in curves.values() for r in c)
+        assert all(r.val_loss is not None and r.val_loss > 0 for c in curves.values() for r in c)
         # two seeds of one architecture train differently
         assert curves[(1, 0)][-1].train_loss != curves[(1, 1)][-1].train_loss
         assert {a.source for a in t.archs()} == {"sampled"} and all(a.params > 0 for a in t.archs())
@@ -145,3 +147,18 @@ def test_pack_copies_a_table_a_build_is_still_writing(tmp_path, cli):
     with BenchTable.open(tmp_path / "out" / "t.db.gz") as t:
         assert t.done() == {(1, 0), (2, 0)} and t.settings == {"a": 1}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t.db.gz"]  # no temporary left
+
+
+def test_a_table_from_before_val_loss_reads_as_none_and_records_it_once_extended(tmp_path):
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "fashion_mnist_bench.db.gz"
+    with BenchTable.open(shipped) as t:  # built before the column existed
+        old = t.curves()
+    assert old and all(r.val_loss is None for c in old.values() for r in c)
+    path = tmp_path / "old.db"
+    with gzip.open(shipped) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with BenchTable.create(path, BenchTable.open(path).settings) as t:  # a build continues it: the column is added
+        t.add_run(1, 9, [EpochRow(1, 0.5, 0.4, 1.0, 2.0, val_loss=1.25)])
+    with BenchTable.open(path) as t:
+        curves = t.curves()
+    assert curves[(1, 9)][0].val_loss == 1.25 and curves[(1, 0)] == old[(1, 0)]

@@ -157,7 +157,7 @@ def _run(space_dict: dict, params: dict, seed: int, epochs: int, data: tuple[Ten
         ev = evaluate(model, test_d, mean.to(device), std.to(device), precision=precision, channels_last=channels_last)
         test_s += clock() - t1
         rows.append({"epoch": epoch, "val_accuracy": metrics["val_accuracy"], "test_accuracy": ev["accuracy"],
-                     "train_loss": metrics.get("train_loss"), "wall_s": train_s})
+                     "train_loss": metrics.get("train_loss"), "wall_s": train_s, "val_loss": metrics.get("val_loss")})
 
     try:
         fit(network, training, train, val, device=device, on_epoch=on_epoch, model=model)

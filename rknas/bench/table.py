@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT, wall_s REAL NOT NULL, PRIMARY KEY (arch, seed));
 CREATE TABLE IF NOT EXISTS curves (
     arch INTEGER NOT NULL, seed INTEGER NOT NULL, epoch INTEGER NOT NULL, val_accuracy REAL NOT NULL,
-    test_accuracy REAL NOT NULL, train_loss REAL, wall_s REAL NOT NULL, PRIMARY KEY (arch, seed, epoch));
+    test_accuracy REAL NOT NULL, train_loss REAL, wall_s REAL NOT NULL, val_loss REAL, PRIMARY KEY (arch, seed, epoch));
 """
 
 
@@ -74,6 +74,7 @@ class EpochRow:
     test_accuracy: float
     train_loss: Optional[float]
     wall_s: float
+    val_loss: Optional[float] = None  # tables built before 2026-12-05 did not record it
 
 
 def arch_key(sampled: dict[str, Any]) -> str:
@@ -220,8 +221,9 @@ class BenchTable:
         with self.conn:
             self.conn.execute("DELETE FROM curves WHERE arch=? AND seed=?", (arch, seed))
             self.conn.executemany(
-                "INSERT INTO curves VALUES (?,?,?,?,?,?,?)",
-                [(arch, seed, r.epoch, r.val_accuracy, r.test_accuracy, r.train_loss, r.wall_s) for r in rows],
+                "INSERT INTO curves (arch, seed, epoch, val_accuracy, test_accuracy, train_loss, wall_s, val_loss) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(arch, seed, r.epoch, r.val_accuracy, r.test_accuracy, r.train_loss, r.wall_s, r.val_loss) for r in rows],
             )
             self.conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?)", (arch, seed, status, error, wall))
 
@@ -243,10 +245,12 @@ class BenchTable:
     def curves(self) -> dict[tuple[int, int], list[EpochRow]]:
         """Every run's curve, keyed by (arch, seed), epochs in order."""
         out: dict[tuple[int, int], list[EpochRow]] = {}
+        val_loss = "val_loss" if _has_val_loss(self.conn) else "NULL"
         rows = self.conn.execute(
-            "SELECT arch, seed, epoch, val_accuracy, test_accuracy, train_loss, wall_s FROM curves ORDER BY arch, seed, epoch")
-        for a, s, e, v, t, loss, w in rows:
-            out.setdefault((a, s), []).append(EpochRow(e, v, t, loss, w))
+            f"SELECT arch, seed, epoch, val_accuracy, test_accuracy, train_loss, wall_s, {val_loss} FROM curves "
+            "ORDER BY arch, seed, epoch")
+        for a, s, e, v, t, loss, w, vl in rows:
+            out.setdefault((a, s), []).append(EpochRow(e, v, t, loss, w, vl))
         return out
 
     def frames(self) -> dict[str, Any]:
@@ -298,11 +302,19 @@ def pack(path: Path, out: Path) -> dict[str, Any]:
     return {"archs": int(archs), "runs": int(runs), "bytes": out.stat().st_size}
 
 
+def _has_val_loss(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "val_loss" for row in conn.execute("PRAGMA table_info(curves)"))
+
+
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn = sqlite3.connect(path, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "curves" in tables and not _has_val_loss(conn):  # a table from before val_loss was recorded
+        with conn:
+            conn.execute("ALTER TABLE curves ADD COLUMN val_loss REAL")
     return conn
 
 
