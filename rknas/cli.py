@@ -283,7 +283,9 @@ def best(
         evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops, number=number)
     if evaluated is not None:
         trial = evaluated["trial"]
-    chosen = db.choose(st, max_params=max_params, max_flops=max_flops, trial=trial)
+    pool = db.candidates(st) if trial is None else None
+    chosen = db.choose(st, max_params=max_params, max_flops=max_flops, trial=trial, pool=pool)
+    tied = db.ties(st, pool, chosen) if pool is not None else 0
     cfg = db.export_config(st, chosen, url)
     if evaluated is not None:
         cfg["provenance"]["evaluation"] = {k: evaluated[k] for k in ("test_accuracy", "mean", "std")}
@@ -304,6 +306,10 @@ def best(
             + ("" if evaluated is None else ", evaluated test accuracy "
                + display.mean_std(evaluated["mean"], evaluated["std"], evaluated.get("test_accuracy")))
         )
+    if tied:
+        from rknas.storage.racing import TIE_RULE
+
+        err_console.print(f"{tied} other trial(s) score the same; the tie went to {TIE_RULE}")
 
 
 @command()

@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Column, Table
 
 from rknas.events import BenchListener, EvaluationListener, SearchListener
+from rknas.storage.racing import TIE_RULE
 from rknas.storage.record import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ class SearchProgress(SearchListener):
 
     def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
               stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
-              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "") -> None:
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "",
+              val_images: int = 0) -> None:
         if stale:
             self.console.print(
                 f"[yellow]{stale} trial(s) of a search that stopped recording heartbeats (killed) "
@@ -148,6 +150,11 @@ class SearchProgress(SearchListener):
             f"Study [bold]{study}[/] in {storage}: {finished} of {target} trials finished, "
             f"running {remaining} more, {concurrency} at a time."
         )
+        if val_images:
+            self.console.print(
+                f"Trials are scored on {val_images:,} validation images: accuracy moves in steps of "
+                f"{100 / val_images:.2g} points, so trials can tie; a tie goes to {TIE_RULE}."
+            )
         self.t0, self.remaining = time.time(), remaining
         self.bar.start()
         self.task = self.bar.add_task(space, total=target, completed=finished, stats="starting Ray")

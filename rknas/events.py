@@ -46,7 +46,8 @@ class SearchEvents(Protocol):
 
     def start(self, *, study: str, storage: str, finished: int, target: int, remaining: int, concurrency: int,
               stale: int, space: str, warm_start: int = 0, driver: str = "", revision: int = 0,
-              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "") -> None:
+              changes: Optional[dict[str, list]] = None, deadline: Optional[float] = None, table: str = "",
+              val_images: int = 0) -> None:
         """Every check passed, the study exists: trials start now.
 
         Args:
@@ -65,6 +66,8 @@ class SearchEvents(Protocol):
             deadline: ``--timeout``'s deadline on the driver's clock, if any.
             table: The benchmark table answering the trials (``--table``, with its time
                 scale), or "" when they train.
+            val_images: Images in the validation split the trials are scored on (0 with a
+                table): accuracies move in steps of one image, so trials can tie.
         """
         return None
 

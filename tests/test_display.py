@@ -36,3 +36,21 @@ def test_trial_lines_show_state_architecture_size_and_gpu_memory():
     assert "PRUNED stopped at epoch 1, val 0.4000" in text
     assert "FAIL PluginError: boom" in text
     assert "GPU" not in text.split("trial    1")[1]  # CPU trials show no GPU column
+
+
+def test_the_start_names_the_validation_split_and_racing_shows_the_mean_behind_best():
+    text = lines(
+        ("start", {**START[1], "val_images": 400}),
+        ("trial_end", {"trial_id": "a", "number": 0, "state": "COMPLETE", "values": 0.91, "record": TrialRecord()}),
+        ("trial_repeat", {"number": 0, "repeat_of": 0, "repeat": 1}),
+        ("incumbent", {"number": 0, "value": 0.9, "runs": 2}),
+    )
+    assert "scored on 400 validation images: accuracy moves in steps of 0.25 points" in text
+    assert "a tie goes to fewer parameters, then the earlier trial" in text
+    assert "trial 0's configuration (first run: trial 0) would lead; it runs again on a new seed (repeat 1)" in text
+    view = SearchProgress(Console(file=io.StringIO(), width=200, force_terminal=False))
+    view("incumbent", {"number": 3, "value": 0.8765, "runs": 2})
+    assert view._stats().endswith("best val 0.8765 (mean of 2)")
+    plain = SearchProgress(Console(file=io.StringIO(), width=200, force_terminal=False))
+    plain("trial_end", {"trial_id": "a", "number": 0, "state": "COMPLETE", "values": 0.91, "record": TrialRecord()})
+    assert "best val 0.9100 |" in plain._stats() and "mean of" not in plain._stats()

@@ -59,9 +59,9 @@ def racing_study(cap=2):
     return study
 
 
-def run(study, params, value, **attrs):
-    dists = {k: optuna.distributions.CategoricalDistribution([8, 16, 24] if k == "p1_k" else [0.1]) for k in params}
-    t = optuna.trial.create_trial(params=params, distributions=dists, value=value,
+def run(study, config, value, **attrs):
+    dists = {k: optuna.distributions.CategoricalDistribution([8, 16, 24] if k == "p1_k" else [0.1]) for k in config}
+    t = optuna.trial.create_trial(params=config, distributions=dists, value=value,
                                   user_attrs={"params": 1000, "seed": 100 + len(study.trials), **attrs})
     study.add_trial(t)
 
@@ -158,3 +158,42 @@ def test_racing_with_several_objectives_is_refused_in_one_line():
         parse_space({**SPACE, "racing": 2, "objectives": pareto}, "t")
     assert "\n" not in str(exc.value)
     assert parse_space({**SPACE, "racing": 1, "objectives": pareto}, "t").racing == 1
+
+
+def test_without_racing_a_tie_goes_to_fewer_parameters_then_the_earlier_trial():
+    study = racing_study(cap=1)
+    run(study, A, 0.8, params=3000)
+    run(study, B, 0.8, params=1000)
+    run(study, C, 0.8, params=1000)
+    run(study, {"p1_k": 8, "lr": 0.1}, 0.7, params=10)
+    pool = queries.candidates(study)
+    assert [t.number for t in pool] == [1, 2, 0, 3]
+    assert queries.ties(study, pool, pool[0]) == 2 and queries.ties(study, pool, pool[3]) == 0
+
+
+def test_with_racing_a_tie_is_the_same_mean_over_as_many_runs():
+    study = racing_study(cap=2)
+    run(study, A, 0.8)
+    run(study, A, 0.7, repeat_of=0, repeat=1)
+    run(study, B, 0.75)
+    run(study, B, 0.75, repeat_of=2, repeat=1)
+    run(study, C, 0.75)  # the same mean on one run: not a tie
+    pool = queries.candidates(study)
+    assert [t.number for t in pool] == [0, 2, 4]  # A and B tie on two runs: A completed first
+    assert queries.ties(study, pool, pool[0]) == 1
+
+
+def test_best_says_how_many_trials_tie_and_how_the_tie_went(cli, tmp_path):
+    from rknas.config import NetworkConfig, TrainConfig
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    study = optuna.create_study(study_name="t", storage=url, direction="maximize")
+    study.set_user_attr("space", {"racing": 1})
+    configs = {"network": NetworkConfig(strategy=["E"], stages=[1], k=[8]).model_dump(mode="json"),
+               "training": TrainConfig().model_dump(mode="json")}
+    run(study, A, 0.8, params=3000, **configs)
+    run(study, B, 0.8, params=1000, **configs)
+    code, _, err = cli("best", "--study", "t", "--storage", url, "-o", tmp_path / "best.yaml")
+    assert code == 0, err
+    assert "trial 1," in err  # the smaller of the two
+    assert "1 other trial(s) score the same; the tie went to fewer parameters, then the earlier trial" in err, err

@@ -213,6 +213,7 @@ def _trial_work(opts: SearchOptions, space: SearchSpace) -> Callable[[], Any]:
         trainable = tune.with_parameters(work, space_dict=space.model_dump(mode="json"), plugins=plugin_env(), **kwargs)
         return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
+    make.val_images = len(kwargs["val"]) if "val" in kwargs else 0  # type: ignore[attr-defined]  # shown at the start
     return make
 
 
@@ -286,7 +287,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
     events.start(study=study_name, storage=safe_url(url), finished=done, target=opts.trials, remaining=remaining,
                  concurrency=concurrency, stale=len(stale), space=space.name, warm_start=warm, driver=driver.name,
                  revision=plan.revision, changes={k: list(v) for k, v in plan.changes.items()}, deadline=driver.deadline,
-                 table="" if opts.table is None else f"table {opts.table} (recorded times x{opts.time_scale:g})")
+                 table="" if opts.table is None else f"table {opts.table} (recorded times x{opts.time_scale:g})",
+                 val_images=getattr(work, "val_images", 0))
     interrupted = False
     try:
         with _GracefulSignals() as signals:

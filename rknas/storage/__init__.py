@@ -22,10 +22,12 @@ if TYPE_CHECKING:
         best_trial,
         candidates,
         choose,
+        evidence,
         export_config,
         finished_trials,
         is_interrupted,
         summarize,
+        ties,
     )
     from rknas.storage.record import StudyRecord, TrialRecord
 
@@ -38,8 +40,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
         "Heartbeats", "driver_id", "interrupt_trials", "recover_stale",
     ),
     "rknas.storage.queries": (
-        "FINISHED", "accuracy_of", "best_trial", "candidates", "choose", "export_config", "finished_trials",
-        "is_interrupted", "summarize",
+        "FINISHED", "accuracy_of", "best_trial", "candidates", "choose", "evidence", "export_config", "finished_trials",
+        "is_interrupted", "summarize", "ties",
     ),
     "rknas.storage.record": (
         "StudyRecord", "TrialRecord",
@@ -58,6 +60,7 @@ __all__ = [
     "candidates",
     "choose",
     "driver_id",
+    "evidence",
     "export_config",
     "finished_trials",
     "interrupt_trials",
@@ -70,4 +73,5 @@ __all__ = [
     "storage_url",
     "study_names",
     "summarize",
+    "ties",
 ]

@@ -163,7 +163,8 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
         study: The study.
 
     Returns:
-        Single objective: completed trials best first; in a racing study, one trial per
+        Single objective: completed trials best first, a tie to fewer parameters, then the
+        earlier trial (``racing.TIE_RULE``); in a racing study, one trial per
         configuration (its first run), ranked by ``rknas.storage.racing.RULE``. Several: the
         Pareto set, most accurate first.
 
@@ -178,9 +179,9 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
         by_number = {t.number: t for t in complete}
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         return [by_number[g.numbers[0]] for g in ranked(_groups(study, complete), cap, maximize)]
-    if len(study.directions) == 1:
+    if len(study.directions) == 1:  # a tie goes to fewer parameters, then the earlier trial (racing.TIE_RULE)
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-        return sorted(complete, key=lambda t: sign * t.values[0])
+        return sorted(complete, key=lambda t: (sign * t.values[0], TrialRecord.of(t).params or 0, t.number))
     i = accuracy_index(study)
     return sorted(pareto_front(complete, study.directions), key=lambda t: -t.values[i])
 
@@ -206,6 +207,7 @@ def choose(
     max_params: Optional[float] = None,
     max_flops: Optional[float] = None,
     trial: Optional[int] = None,
+    pool: Optional[list[FrozenTrial]] = None,
 ) -> FrozenTrial:
     """The trial to export.
 
@@ -214,6 +216,7 @@ def choose(
         max_params: Only candidates with at most this many parameters.
         max_flops: Only candidates with at most this many FLOPs.
         trial: Export this trial number instead of choosing.
+        pool: ``candidates(study)``, when the caller has read them already.
 
     Returns:
         ``trial`` if given, else the first candidate (most accurate) within the limits.
@@ -226,7 +229,7 @@ def choose(
         if not found:
             raise RknasError(f"trial {trial} of study {study.study_name!r} does not exist or did not complete")
         return found[0]
-    pool = candidates(study)
+    pool = candidates(study) if pool is None else pool
 
     def size(t: FrozenTrial) -> tuple[int, int]:
         r = TrialRecord.of(t)
@@ -240,6 +243,34 @@ def choose(
             f"no candidate of study {study.study_name!r} fits the limits; the smallest has {params:,} params and {flops:,} FLOPs"
         )
     return ok[0]
+
+
+def ties(study: optuna.Study, pool: list[FrozenTrial], chosen: FrozenTrial) -> int:
+    """How many other candidates score exactly what ``chosen`` scores (single objective).
+
+    Accuracy on a validation split moves in steps of one image, so ties at the top are common;
+    the rule that broke them is ``racing.TIE_RULE`` (with racing: ``racing.RULE``).
+
+    Args:
+        study: The study.
+        pool: ``candidates(study)``.
+        chosen: One of them.
+
+    Returns:
+        The number of other candidates with the same score (with racing: the same mean over as
+        many runs); 0 with several objectives.
+    """
+    if len(study.directions) != 1:
+        return 0
+    if racing_cap(study) > 1:
+        complete = load_trials(study, states=(TrialState.COMPLETE,))
+        groups = {g.numbers[0]: g for g in _groups(study, complete)}
+        g = groups.get(chosen.number)
+        if g is None:
+            return 0
+        cap = racing_cap(study)
+        return sum(1 for o in groups.values() if o is not g and min(o.runs, cap) == min(g.runs, cap) and o.mean == g.mean)
+    return sum(1 for t in pool if t.number != chosen.number and t.values[0] == chosen.values[0])
 
 
 def export_config(study: optuna.Study, t: FrozenTrial, url: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+TIE_RULE = "fewer parameters, then the earlier trial"  # between equal scores, with or without racing
 RULE = ("the most runs (counted up to the racing cap) first, then the best mean, then fewer parameters, "
         "then the configuration that completed a run first")
 REPEAT_CONFIG_KEY = "rk_repeat"  # in a Tune trial's config: the trial is a re-measurement (tune_adapter.RepeatAwareASHA)
