@@ -167,3 +167,85 @@ def test_the_documented_example_space_and_its_start_from_load():
     raw = yaml.safe_load(re.search(r"## Keys\n\n```yaml\n(.*?)```", text, re.S).group(1))
     space = parse_space(raw, "docs/search-spaces.md")
     assert len(start_params(space)) == len(raw["start_from"]) == 3
+
+
+# ---- transfer: the top networks of another study or of a bench table ------------------------
+
+def network(strategy, stages, k, attention=True):
+    return {"framework": "cifar", "strategy": strategy, "stages": stages, "k": k, "steps": [1, 1], "attention": attention,
+            "multiscale": True, "width": 1.0, "dropout": 0.0, "classes": 10, "in_channels": 1, "image_size": 8}
+
+
+def earlier_study(url, name="earlier"):
+    """A finished study of another data set: three complete trials, recorded networks, a tie at the top."""
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    dist = optuna.distributions.CategoricalDistribution([0])
+    for value, net, size in [(0.90, network(["I", "E"], [2, 1], [16, 24]), 3000),
+                             (0.95, network(["R", "R"], [2, 2], [32, 8]), 5000),
+                             (0.95, network(["E", "I"], [3, 2], [8, 8]), 2000),
+                             (0.50, network(["E", "E"], [1, 1], [8, 8]), 100)]:
+        study.add_trial(optuna.trial.create_trial(params={"x": 0}, distributions={"x": dist}, value=value,
+                                                  user_attrs={"network": net, "params": size}))
+    return study
+
+
+def test_a_study_entry_starts_from_the_studys_top_networks_in_bests_order(tmp_path):
+    url = f"sqlite:///{tmp_path}/a.db"
+    earlier_study(url)
+    space = space_of(start_from=[{"study": "earlier", "top": 3}])  # a space checked alone leaves it for the search
+    assert start_params(space) == []
+    got = start_params(space, storage=url)
+    # 0.95 twice: fewer parameters first; then 0.90. The searched settings only (attention too: the space searches it).
+    assert got == [
+        {"p1_strategy": "E", "p1_stages": 3, "p1_k": 8, "p2_strategy": "I", "p2_stages": 2, "p2_k": 8, "attention": True},
+        {"p1_strategy": "R", "p1_stages": 2, "p1_k": 32, "p2_strategy": "R", "p2_stages": 2, "p2_k": 8, "attention": True},
+        {"p1_strategy": "I", "p1_stages": 2, "p1_k": 16, "p2_strategy": "E", "p2_stages": 1, "p2_k": 24, "attention": True},
+    ]
+    trial, fixed = first_trial(space, got[1])
+    assert fixed["p1_k"] == 32 and fixed["p2_strategy"] == "R"
+    other = tmp_path / "b.db"
+    earlier_study(f"sqlite:///{other}", name="elsewhere")
+    assert len(start_params(space_of(), [{"study": "elsewhere", "storage": f"sqlite:///{other}", "top": 1}],
+                            storage=url)) == 1  # its own storage wins
+
+
+def test_a_table_entry_starts_from_the_tables_best_architectures_by_their_mean(bench_space):
+    from pathlib import Path
+
+    from rknas.bench.tableview import load_bench
+
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "fashion_mnist_bench.db.gz"
+    bench = load_bench(shipped)
+    order = sorted(range(bench.size), key=lambda i: (-bench.truth[i], i))[:4]
+    got = start_params(bench_space, [{"table": str(shipped), "top": 4}])
+    assert got == [{k: v for k, v in bench.sampled[i].items() if k in got[j]} for j, i in enumerate(order)]
+    assert all(len(g) >= 4 for g in got)
+
+
+@pytest.mark.parametrize("entry,fragments", [
+    ({"study": "nope"}, ["start_from[0] (study 'nope'): no study 'nope' in this storage; studies: earlier"]),
+    ({"study": "earlier", "top": 0}, ["top must be a whole number of networks, 1 or more (got 0)"]),
+    ({"study": "earlier", "best": 2}, ["unknown key(s) 'best'; a study entry takes study, storage, top"]),
+    ({"table": "missing.db.gz"}, ["start_from[0] (table 'missing.db.gz')"]),
+    ({"study": "earlier", "top": 2}, ["start_from[0] (study 'earlier'), study 'earlier' trial 1: p1_k = 32 is not in the space"]),
+])
+def test_transfer_entries_that_do_not_fit_are_one_clear_error(tmp_path, entry, fragments):
+    url = f"sqlite:///{tmp_path}/a.db"
+    earlier_study(url)
+    space = space_of(architecture={"k": {"low": 8, "high": 24, "step": 8}})
+    with pytest.raises(ConfigError) as exc:
+        start_params(space, [entry], where="start_from", storage=url)
+    text = str(exc.value)
+    assert "\n" not in text and all(f in text for f in fragments), text
+
+
+def test_a_search_starting_from_a_study_that_is_not_there_is_refused_before_anything_is_written(tmp_path, cli):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "data": {"name": "digits"}, "architecture": {"k": [8, 16]},
+                                    "start_from": [{"study": "earlier", "top": 2}]}))
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, _, err = cli("search", "--space", path, "--trials", "1", "--storage", url)
+    assert code == 2, err
+    assert err.strip().splitlines() == [
+        "error: space 's': start_from[0] (study 'earlier'): no study 'earlier' in this storage; studies: (none)"]
+    assert not (tmp_path / "s.db").exists()

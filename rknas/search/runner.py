@@ -262,7 +262,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
         plan = plan_resume(study_name, existing, space, opts.seed, opts.allow_changes)
         work = _trial_work(opts, space)
         # Warm-start entries are checked against the data too, before anything is written.
-        starts = start_params(space) + start_params(space, list(opts.start_from), where="--start-from")
+        starts = (start_params(space, storage=url)
+                  + start_params(space, list(opts.start_from), where="--start-from", storage=url))
         trial_storage = TrialStorage.open(opts.trial_storage, opts.trial_filesystem)
         ray_env.start_ray(opts.address)
         concurrency = opts.concurrency or ray_env.check_resources(opts.cpus_per_trial, opts.gpus_per_trial)

@@ -2,10 +2,13 @@
 
 A space's ``start_from:`` entries (and ``rknas search --start-from NAME``) are registered
 model names (``rknas models``) or mappings of architecture/training keys; a mapping may
-also name a ``model`` and override some of its keys. Each is translated into the space's
-Optuna parameter names by running the space's own ``sample`` against it, so the names
-(``p1_strategy``, ``p1_stages`` or ``p1_stages_min2``, ``p1_k``, ``attention``, ``lr``,
-...) are exactly those a sampled trial gets. A key the entry does not give is sampled; a
+also name a ``model`` and override some of its keys. An entry may also name where earlier
+searches ended (transfer): ``{study: NAME, storage: URL, top: N}`` stands for the study's top N
+configurations (``rknas best``'s order), ``{table: FILE, top: N}`` for a bench table's top N
+architectures by their mean over seeds; each gives the architecture settings the space searches.
+Each entry is translated into the space's Optuna parameter names by running the space's own
+``sample`` against it, so the names (``p1_strategy``, ``p1_stages`` or ``p1_stages_min2``,
+``p1_k``, ``attention``, ``lr``, ...) are exactly those a sampled trial gets. A key the entry does not give is sampled; a
 value the space does not allow, or a model that does not fit the space's framework,
 periods or data, is an error naming the entry.
 """
@@ -13,6 +16,7 @@ periods or data, is an error naming the entry.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import optuna
@@ -173,7 +177,101 @@ def _targets(space: SearchSpace, settings: dict[str, Any], what: str) -> dict[st
     return target
 
 
-def start_params(space: SearchSpace, entries: Optional[list[Entry]] = None, where: Optional[str] = None) -> list[dict[str, Any]]:
+SOURCE_KEYS = {"study": ("study", "storage", "top"), "table": ("table", "top")}
+DEFAULT_TOP = 5
+
+
+def _source(entry: Entry) -> Optional[str]:
+    """"study" or "table" for an entry that names where earlier searches ended; None otherwise."""
+    if isinstance(entry, dict):
+        for kind in SOURCE_KEYS:
+            if kind in entry:
+                return kind
+    return None
+
+
+def _searched_settings(space: SearchSpace, network: dict[str, Any]) -> dict[str, Any]:
+    """A recorded network's settings for the architecture keys the space searches (the rest are the space's)."""
+    from rknas.search.space import Range
+
+    keys = [k for k in type(space.arch).model_fields if k != "periods"]
+    return {k: network[k] for k in keys if k in network and isinstance(getattr(space.arch, k), (list, Range))}
+
+
+def _top_of_table(path: str, top: int, what: str) -> list[tuple[str, dict[str, Any]]]:
+    from rknas.bench.table import BenchTable
+
+    try:
+        with BenchTable.open(Path(path)) as table:
+            archs = {a.arch: a for a in table.archs()}
+            curves = table.curves()
+            runs = table.runs()
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    finals: dict[int, list[float]] = {}
+    for arch, seed, status, _ in runs:
+        rows = curves.get((arch, seed))
+        if status == "ok" and rows:
+            finals.setdefault(arch, []).append(rows[-1].test_accuracy)
+    if not finals:
+        raise ConfigError(f"{what}: table {path} has no complete run yet")
+    best = sorted(finals, key=lambda a: (-sum(finals[a]) / len(finals[a]), a))[:top]
+    return [(f"table arch {a} (mean of {len(finals[a])} seeds {sum(finals[a]) / len(finals[a]):.4f})", archs[a].network)
+            for a in best]
+
+
+def _top_of_study(name: str, url: str, top: int, what: str) -> list[tuple[str, dict[str, Any]]]:
+    from rknas.errors import RknasError
+    from rknas.storage import TrialRecord, candidates, open_study
+
+    try:
+        study = open_study(name, url)
+        pool = candidates(study)
+    except RknasError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    out = []
+    for t in pool[:top]:
+        network = TrialRecord.of(t).network
+        if network is not None:
+            out.append((f"study {name!r} trial {t.number}", network))
+    return out
+
+
+def _expand(space: SearchSpace, entries: list[Entry], where: str,
+            storage: Optional[str]) -> list[tuple[str, Entry]]:
+    """Entries with each study or table entry replaced by its top networks' settings, labelled.
+
+    A study entry without its own ``storage`` is read from ``storage`` (the search's); when that
+    is not known yet (a space checked on its own), the entry is left for the search to expand.
+    """
+    out: list[tuple[str, Entry]] = []
+    for i, entry in enumerate(entries):
+        kind = _source(entry)
+        if kind is None:
+            out.append((f"{where}[{i}] ({_label(entry)})", entry))
+            continue
+        assert isinstance(entry, dict)
+        what = f"{where}[{i}] ({kind} {entry[kind]!r})"
+        unknown = [k for k in entry if k not in SOURCE_KEYS[kind]]
+        if unknown:
+            raise ConfigError(f"{what}: unknown key(s) {', '.join(map(repr, unknown))}; a {kind} entry takes "
+                              f"{', '.join(SOURCE_KEYS[kind])}")
+        top = entry.get("top", DEFAULT_TOP)
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise ConfigError(f"{what}: top must be a whole number of networks, 1 or more (got {top!r})")
+        if kind == "table":
+            networks = _top_of_table(str(entry["table"]), top, what)
+        else:
+            url = entry.get("storage") or storage
+            if url is None:
+                continue
+            networks = _top_of_study(str(entry["study"]), str(url), top, what)
+        out += [(f"{what}, {label}", _searched_settings(space, net)) for label, net in networks]
+    return out
+
+
+def start_params(space: SearchSpace, entries: Optional[list[Entry]] = None, where: Optional[str] = None,
+                 storage: Optional[str] = None) -> list[dict[str, Any]]:
     """Translate warm-start entries into Optuna parameters of ``space`` (for ``enqueue_trial``).
 
     Args:
@@ -183,6 +281,8 @@ def start_params(space: SearchSpace, entries: Optional[list[Entry]] = None, wher
         entries: Model names or mappings (default: the space's ``start_from``).
         where: What names the entries in error messages, followed by ``[i]`` (default:
             ``space 'NAME': start_from``).
+        storage: The search's storage URL: where a ``{study: NAME}`` entry without its own
+            ``storage`` is read (None: such entries are not expanded yet).
 
     Returns:
         One parameter dict per entry, holding the searched parameters the entry sets;
@@ -191,13 +291,13 @@ def start_params(space: SearchSpace, entries: Optional[list[Entry]] = None, wher
     Raises:
         ConfigError: An entry that does not fit: an unknown model or key, a model for
             another framework, number of periods, channels or image size, or a value
-            outside the space's choices or ranges. The message names the entry.
+            outside the space's choices or ranges; a study or table that does not exist or
+            holds networks the space cannot express. The message names the entry.
     """
     entries = space.start_from if entries is None else entries
     known = strategies()
     out = []
-    for i, entry in enumerate(entries):
-        what = f"{where or f'space {space.name!r}: start_from'}[{i}] ({_label(entry)})"
+    for what, entry in _expand(space, entries, where or f"space {space.name!r}: start_from", storage):
         target = _targets(space, _settings(space, entry, what), what)
         fit = _Fit(target, what)
         fixed = space.sample(fit)
