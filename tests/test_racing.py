@@ -69,7 +69,7 @@ def run(study, config, value, **attrs):
 def test_a_repeat_is_asked_for_once_whoever_asks():
     study = racing_study()
     run(study, A, 0.8)
-    best, repeat = queries.race_step(study, A, 2)
+    [best], repeat = queries.race_step(study, A, 2)
     assert best.numbers == [0] and repeat == {"repeat_of": 0, "repeat": 1}
     study.enqueue_trial(A, user_attrs=repeat)
     # another driver (or this one again) deciding from the same study sees the waiting repeat
@@ -79,7 +79,7 @@ def test_a_repeat_is_asked_for_once_whoever_asks():
     assert got == A and t.user_attrs == {"repeat_of": 0, "repeat": 1}  # the same configuration, marked
     assert queries.race_step(study, A, 2)[1] is None
     study.tell(t, 0.7)
-    best, repeat = queries.race_step(study, A, 2)
+    [best], repeat = queries.race_step(study, A, 2)
     assert (best.numbers, best.runs, repeat) == ([0, 1], 2, None) and best.mean == pytest.approx(0.75)
 
 
@@ -147,17 +147,61 @@ def test_a_bad_racing_cap_is_one_line_exit_2(cli, tmp_path, value, match):
     assert not (tmp_path / "x.db").exists()
 
 
-def test_racing_with_several_objectives_is_refused_in_one_line():
+def test_a_pareto_space_may_race():
     from gated import SPACE
 
-    from rknas.errors import ConfigError
     from rknas.search.space import parse_space
 
     pareto = [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}]
-    with pytest.raises(ConfigError, match="a Pareto space .* cannot race yet") as exc:
-        parse_space({**SPACE, "racing": 2, "objectives": pareto}, "t")
-    assert "\n" not in str(exc.value)
-    assert parse_space({**SPACE, "racing": 1, "objectives": pareto}, "t").racing == 1
+    assert parse_space({**SPACE, "racing": 2, "objectives": pareto}, "t").racing == 2
+
+
+SIGNS = (1.0, -1.0)  # accuracy up, parameters down
+
+
+@pytest.mark.parametrize("runs,want", [
+    # B (2 runs) is believed; A's lucky single run would dominate it but has not earned its place
+    ([(0, A, (0.9, 100), 1), (1, B, (0.8, 200), 1), (2, B, (0.8, 200), 1)], [B]),
+    # with its second run A is believed too, and dominates B by its mean
+    ([(0, A, (0.9, 100), 1), (1, B, (0.8, 200), 1), (2, B, (0.8, 200), 1), (3, A, (0.85, 100), 1)], [A]),
+    # two believed points that trade accuracy for size are both on the front
+    ([(0, A, (0.9, 300), 1), (1, A, (0.9, 300), 1), (2, B, (0.8, 100), 1), (3, B, (0.8, 100), 1)], [A, B]),
+    # before anything has its runs: the front of what there is
+    ([(0, A, (0.9, 300), 1), (1, B, (0.8, 100), 1), (2, C, (0.7, 200), 1)], [A, B]),
+])
+def test_a_pareto_point_joins_the_reported_front_only_after_its_repeats(runs, want):
+    from rknas.storage.racing import front
+
+    assert [g.key for g in front(group_runs(runs), 2, SIGNS)] == [config_key(w) for w in want]
+
+
+@pytest.mark.parametrize("runs,key,want", [
+    ([(0, A, (0.9, 300), 1)], A, True),  # nothing believed yet: a new point may join, measure it again
+    ([(0, A, (0.9, 300), 1), (1, A, (0.9, 300), 1), (2, B, (0.8, 100), 1)], B, True),  # smaller: it would join
+    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1), (2, B, (0.8, 200), 1)], B, False),  # dominated by a believed point
+    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1)], A, False),  # it has its runs
+])
+def test_when_a_pareto_point_runs_again(runs, key, want):
+    from rknas.storage.racing import needs_repeat_front
+
+    assert needs_repeat_front(group_runs(runs), config_key(key), 2, SIGNS) is want
+
+
+def test_a_racing_pareto_study_reports_configurations_with_their_runs_by_their_means():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("space", {"racing": 2})
+    study.set_user_attr("metrics", ["val_accuracy", "params"])
+    dists = {k: optuna.distributions.CategoricalDistribution([8, 16, 24] if k == "p1_k" else [0.1]) for k in A}
+    for config, values in [(A, [0.9, 100]), (B, [0.8, 200]), (B, [0.82, 200]), (C, [0.95, 50])]:
+        study.add_trial(optuna.trial.create_trial(params=config, distributions=dists, values=values,
+                                                  user_attrs={"params": values[1], "seed": len(study.trials)}))
+    pool = queries.candidates(study)
+    assert [t.number for t in pool] == [1] and pool[0].values == [pytest.approx(0.81), 200]  # B, by its mean
+    reported, repeat = queries.race_step(study, C, 2)
+    assert [g.numbers for g in reported] == [[1, 2]] and repeat == {"repeat_of": 3, "repeat": 1}
+    behind = queries.evidence(study, pool[0])
+    assert behind["values"] == [[0.8, 200], [0.82, 200]] and behind["means"] == [pytest.approx(0.81), 200]
+    assert behind["mean"] == pytest.approx(0.81)
 
 
 def test_without_racing_a_tie_goes_to_fewer_parameters_then_the_earlier_trial():

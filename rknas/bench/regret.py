@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -117,6 +117,15 @@ def regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bo
                 events.append((t, regret))
         return events
     best_hv = true_hv(bench)
+    if race > 1:  # an architecture joins the reported front with its runs, by its mean (racing.front)
+        runs: dict[int, list[float]] = {}
+        for t, arch, v in done:
+            runs.setdefault(arch, []).append(v)
+            shown = np.array([int(g.key) for g in raced_front(runs, race, bench.params)])
+            regret = best_hv - hypervolume(normalised(bench, shown))
+            if not events or regret != events[-1][1]:
+                events.append((t, regret))
+        return events
     seen: list[tuple[int, float]] = []
     for t, arch, v in done:
         seen.append((arch, v))
@@ -126,6 +135,24 @@ def regret_events(bench: Bench, done: list[tuple[float, int, float]], pareto: bo
         if not events or regret != events[-1][1]:
             events.append((t, regret))
     return events
+
+
+def arch_groups(runs: dict[int, list[float]], params: Params) -> list[Any]:
+    """``racing.Group``s of a replay's architectures: points (validation accuracy, parameters)."""
+    from rknas.storage.racing import Group
+
+    return [Group(str(a), list(range(len(v))), list(v), float(params[a]), order, [(x, float(params[a])) for x in v])
+            for order, (a, v) in enumerate(runs.items()) if v]
+
+
+def raced_front(runs: dict[int, list[float]], race: int, params: Params) -> list[Any]:
+    """The Pareto set a racing search would report (``racing.front`` over accuracy up, parameters down)."""
+    from rknas.storage.racing import front
+
+    return front(arch_groups(runs, params), race, PARETO_SIGNS)
+
+
+PARETO_SIGNS = (1.0, -1.0)  # validation accuracy up, parameters down
 
 
 def true_hv(bench: Bench) -> float:

@@ -255,8 +255,6 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
     known = registered_samplers()
     names = opts.strategy or list(PARETO_STRATEGIES if opts.pareto else DEFAULT_STRATEGIES)
     strategies = [parse_strategy(n, list(known)) for n in names]
-    if opts.pareto and any(s.race > 1 for s in strategies):
-        raise ConfigError("--pareto: +raceN races the leader of one objective; replay a Pareto search without it")
     if opts.pareto:
         single = [s.name for s in strategies if not known[s.sampler].multi_objective]
         if single:

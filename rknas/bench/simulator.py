@@ -205,18 +205,23 @@ class _Simulation:
         self._push(now + float(wall[0]), ot.number)
 
     def _race(self, r: _Running, v: float, done: list[Completed]) -> None:
-        """After a complete run: queue a repeat of its architecture if its mean beats the incumbent's."""
-        from rknas.bench.regret import incumbent
+        """After a complete run: queue a repeat of its architecture if it would lead (one objective)
+        or join the reported Pareto set (two), as the search decides (``rknas.storage.racing``)."""
+        from rknas.bench.regret import PARETO_SIGNS, arch_groups, incumbent
+        from rknas.storage.racing import needs_repeat_front
 
         self.runs.setdefault(r.arch, []).append(v)
         self.racing.discard(r.arch)
-        if self.race <= 1 or self.n_obj != 1:
-            return
         n = len(self.runs[r.arch])
-        best = incumbent(self.runs, self.race, self.bench.params)
-        beats = best is None or best[0] == r.arch or (
-            float(np.mean(self.runs[r.arch])) > float(np.mean(self.runs[best[0]])))
-        if n < self.race and beats and r.arch not in self.racing:
+        if self.race <= 1 or n >= self.race or r.arch in self.racing:
+            return
+        if self.n_obj == 1:
+            best = incumbent(self.runs, self.race, self.bench.params)
+            needed = best is None or best[0] == r.arch or (
+                float(np.mean(self.runs[r.arch])) > float(np.mean(self.runs[best[0]])))
+        else:
+            needed = needs_repeat_front(arch_groups(self.runs, self.bench.params), str(r.arch), self.race, PARETO_SIGNS)
+        if needed:
             self.racing.add(r.arch)
             self.repeats.append((r.arch, dict(r.ot.params)))
 

@@ -183,13 +183,6 @@ class SearchSpace(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _racing(self) -> SearchSpace:
-        if self.racing > 1 and len(self.objectives) > 1:
-            raise ValueError("racing re-measures the leader of one objective; a Pareto space (several objectives) "
-                             "cannot race yet: remove racing or keep one objective")
-        return self
-
-    @model_validator(mode="after")
     def _fidelity(self) -> SearchSpace:
         if self.fidelity.min_epochs > self.fidelity.epochs:
             self.fidelity.min_epochs = self.fidelity.epochs

@@ -266,10 +266,9 @@ class StudySearch(OptunaSearch):
 
         space, study = self._rk_space, self._ot_study
         assert study is not None
-        if len(space.metrics) != 1:
-            return
-        best, repeat = race_step(study, ot.params, space.racing)
-        if self._rk_events is not None:
+        reported, repeat = race_step(study, ot.params, space.racing)
+        if self._rk_events is not None and len(space.metrics) == 1:
+            best = reported[0]
             self._rk_events.incumbent(number=best.numbers[0], value=best.mean, runs=best.runs)
         if repeat is not None:
             study.enqueue_trial(dict(ot.params), user_attrs=repeat)

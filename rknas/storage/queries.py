@@ -13,7 +13,17 @@ from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
 from rknas.storage.bulk import INTERRUPTED, load_trials, pareto_front, tally
-from rknas.storage.racing import RULE, Group, config_key, group_runs, needs_repeat, ranked, repeat_attrs
+from rknas.storage.racing import (
+    RULE,
+    Group,
+    config_key,
+    front,
+    group_runs,
+    needs_repeat,
+    needs_repeat_front,
+    ranked,
+    repeat_attrs,
+)
 from rknas.storage.record import StudyRecord, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -101,38 +111,48 @@ def racing_cap(study: optuna.Study) -> int:
 
 
 def _groups(study: optuna.Study, complete: list[FrozenTrial]) -> list[Group]:
-    return group_runs((t.number, t.params, t.values[0], TrialRecord.of(t).params or 0) for t in complete)
+    return group_runs((t.number, t.params, list(t.values), TrialRecord.of(t).params or 0) for t in complete)
 
 
-def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[Group, Optional[dict[str, int]]]:
-    """After a complete run of ``params``: the incumbent, and the repeat to ask for, if any.
+def _signs(study: optuna.Study) -> list[float]:
+    return [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+
+
+def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[list[Group], Optional[dict[str, int]]]:
+    """After a complete run of ``params``: what the study reports now, and the repeat to ask for, if any.
 
     The decision reads the study, so every driver sees the others' runs and pending repeats: a
     repeat already waiting or running is not asked for again.
 
     Args:
-        study: A single-objective study with at least one complete trial (the run just recorded).
+        study: A study with at least one complete trial (the run just recorded).
         params: The sampled parameters of that run.
         cap: The racing cap (the space's ``racing``).
 
     Returns:
-        ``(incumbent, repeat)``: the configuration the search would return now (by
-        ``racing.RULE``), and the user attributes of the repeat to enqueue (``repeat_of``,
-        ``repeat``), or None when none is needed or one is already pending.
+        ``(reported, repeat)``: with one objective, ``[incumbent]`` (``racing.RULE``); with
+        several, the reported Pareto set (``racing.front``); and the user attributes of the
+        repeat to enqueue (``repeat_of``, ``repeat``), or None when none is needed or one is
+        already pending.
     """
     complete = load_trials(study, states=(TrialState.COMPLETE,))
     groups = _groups(study, complete)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = ranked(groups, cap, maximize)[0]
     key = config_key(params)
-    if not needs_repeat(groups, key, cap, maximize):
-        return best, None
+    if len(study.directions) == 1:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        reported = [ranked(groups, cap, maximize)[0]]
+        needed = needs_repeat(groups, key, cap, maximize)
+    else:
+        reported = front(groups, cap, _signs(study))
+        needed = needs_repeat_front(groups, key, cap, _signs(study))
+    if not needed:
+        return reported, None
     attrs = repeat_attrs(next(g for g in groups if g.key == key))
     for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING)):
         r = TrialRecord.of(t)
         if (r.repeat_of, r.repeat) == (attrs["repeat_of"], attrs["repeat"]):
-            return best, None
-    return best, attrs
+            return reported, None
+    return reported, attrs
 
 
 def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
@@ -143,17 +163,20 @@ def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
         t: A completed trial.
 
     Returns:
-        ``trials``, ``seeds``, ``values`` (one per run), ``mean``, ``runs`` and the ``rule`` the
-        search chose by; None when the study does not race or has several objectives.
+        ``trials``, ``seeds``, ``values`` (one per run; a list per run with several
+        objectives), ``mean`` (the validation accuracy's; ``means`` has each objective's), ``runs`` and the
+        ``rule`` the search chose by; None when the study does not race.
     """
-    if racing_cap(study) <= 1 or len(study.directions) != 1:
+    if racing_cap(study) <= 1:
         return None
     complete = load_trials(study, states=(TrialState.COMPLETE,))
     key = config_key(t.params)
     runs = [c for c in complete if config_key(c.params) == key]
-    values = [c.values[0] for c in runs]
+    i = accuracy_index(study)
+    means = [sum(c.values[j] for c in runs) / len(runs) for j in range(len(study.directions))]
+    values: list[Any] = [c.values[0] for c in runs] if len(means) == 1 else [list(c.values) for c in runs]
     return {"trials": [c.number for c in runs], "seeds": [TrialRecord.of(c).seed for c in runs], "values": values,
-            "mean": sum(values) / len(values), "runs": len(runs), "rule": RULE}
+            "mean": means[i], "means": means, "runs": len(runs), "rule": RULE}
 
 
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
@@ -166,7 +189,8 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
         Single objective: completed trials best first, a tie to fewer parameters, then the
         earlier trial (``racing.TIE_RULE``); in a racing study, one trial per
         configuration (its first run), ranked by ``rknas.storage.racing.RULE``. Several: the
-        Pareto set, most accurate first.
+        Pareto set, most accurate first; in a racing study, the configurations with their
+        runs (``racing.front``), each as its first trial carrying the configuration's mean values.
 
     Raises:
         RknasError: The study has no completed trial.
@@ -183,6 +207,16 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         return sorted(complete, key=lambda t: (sign * t.values[0], TrialRecord.of(t).params or 0, t.number))
     i = accuracy_index(study)
+    if cap > 1:  # each configuration once, by its mean point; it joins the front with its runs
+        import copy
+
+        by_number = {t.number: t for t in complete}
+        out = []
+        for g in front(_groups(study, complete), cap, _signs(study)):
+            t = copy.deepcopy(by_number[g.numbers[0]])
+            t.values = list(g.mean_point)  # the configuration's means (``evidence`` lists each run)
+            out.append(t)
+        return sorted(out, key=lambda t: -t.values[i])
     return sorted(pareto_front(complete, study.directions), key=lambda t: -t.values[i])
 
 

@@ -5,7 +5,10 @@ single run is partly a lucky draw. With a space's ``racing: N`` (N >= 2), a comp
 whose configuration's mean beats the incumbent's is run again: the same parameters as a new
 trial, with its own seed and a repeat index (``TrialRecord.repeat_of``/``repeat``), costing
 budget like any trial, up to N runs. Repeats run at full fidelity
-(``tune_adapter.RepeatAwareASHA`` leaves them alone). The incumbent is chosen by ``RULE``; ``rknas best`` exports by it.
+(``tune_adapter.RepeatAwareASHA`` leaves them alone). The incumbent is chosen by ``RULE``;
+``rknas best`` exports by it. With several objectives a configuration joins the reported Pareto
+set only once it has its runs (``front``), and one whose mean no such configuration dominates
+runs again (``needs_repeat_front``).
 
 This module is torch-free and Ray-free; ``bench.regret`` replays the same rule.
 """
@@ -51,9 +54,10 @@ class Group:
 
     key: str
     numbers: list[int] = field(default_factory=list)  # trial numbers
-    values: list[float] = field(default_factory=list)  # the objective of each run
+    values: list[float] = field(default_factory=list)  # the (first) objective of each run
     params: float = 0.0
     order: int = 0
+    points: list[tuple[float, ...]] = field(default_factory=list)  # every objective of each run
 
     @property
     def runs(self) -> int:
@@ -63,12 +67,18 @@ class Group:
     def mean(self) -> float:
         return sum(self.values) / len(self.values)
 
+    @property
+    def mean_point(self) -> tuple[float, ...]:
+        """Each objective's mean over the runs."""
+        return tuple(sum(p[j] for p in self.points) / len(self.points) for j in range(len(self.points[0])))
 
-def group_runs(runs: Iterable[tuple[int, Mapping[str, Any], float, float]]) -> list[Group]:
+
+def group_runs(runs: Iterable[tuple[int, Mapping[str, Any], Any, float]]) -> list[Group]:
     """Complete runs grouped by configuration.
 
     Args:
-        runs: ``(trial number, sampled params, objective value, parameter count)`` per complete run.
+        runs: ``(trial number, sampled params, objective value(s), parameter count)`` per
+            complete run; the value is a number, or a sequence with one per objective.
 
     Returns:
         One group per configuration, in the order of each one's first run (by trial number).
@@ -79,8 +89,10 @@ def group_runs(runs: Iterable[tuple[int, Mapping[str, Any], float, float]]) -> l
         g = found.get(key)
         if g is None:
             g = found[key] = Group(key, params=float(size or 0), order=len(found))
+        point = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),)
         g.numbers.append(number)
-        g.values.append(float(value))
+        g.values.append(point[0])
+        g.points.append(point)
     return list(found.values())
 
 
@@ -116,3 +128,28 @@ def repeat_marker(attrs: Mapping[str, Any]) -> Optional[tuple[int, int]]:
     """``(repeat_of, repeat)`` of a trial that is a repeat, from its user attributes; None otherwise."""
     of, k = attrs.get("repeat_of"), attrs.get("repeat")
     return None if of is None or k is None else (int(of), int(k))
+
+
+def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
+    """Whether point ``a`` dominates ``b`` (``signs``: +1 to maximise an objective, -1 to minimise)."""
+    better = [s * x >= s * y for x, y, s in zip(a, b, signs)]
+    return all(better) and any(s * x > s * y for x, y, s in zip(a, b, signs))
+
+
+def front(groups: Sequence[Group], cap: int, signs: Sequence[float]) -> list[Group]:
+    """The Pareto set a racing study reports: configurations with ``cap`` runs that no other such
+    configuration dominates, by their mean points. Before any configuration has its runs, the
+    non-dominated set of all of them (on fewer runs)."""
+    believed = [g for g in groups if g.runs >= cap] or list(groups)
+    return [g for g in believed if not any(dominates(o.mean_point, g.mean_point, signs) for o in believed if o is not g)]
+
+
+def needs_repeat_front(groups: Sequence[Group], key: str, cap: int, signs: Sequence[float]) -> bool:
+    """With several objectives: configuration ``key`` runs again while it has fewer than ``cap``
+    runs and no configuration with its runs dominates its mean point (it would join the front)."""
+    if cap <= 1:
+        return False
+    g = next((x for x in groups if x.key == key), None)
+    if g is None or g.runs >= cap:
+        return False
+    return not any(dominates(o.mean_point, g.mean_point, signs) for o in groups if o.runs >= cap)
