@@ -368,6 +368,10 @@ class BenchReplayOptions(CommandOptions):
         "unseen", description="unseen: each search observes half of every architecture's seeds and is judged on the "
                               "mean of the others; all: it observes every seed and is judged on all of them (the "
                               "ones it saw included, which flatters a lucky seed).")
+    warm_from: Optional[Path] = Field(
+        None, description="+warm starts from this other table's best architectures (by their mean over seeds) instead of "
+                          "the space's start_from: transfer between data sets.")
+    warm_top: int = Field(5, ge=1, description="How many of --warm-from's best architectures +warm starts from.")
     jobs: Optional[int] = Field(None, ge=1, description="Processes replaying in parallel (default: every CPU).")
     out: Optional[Path] = Field(None, description="Write OUT.json (every figure) and OUT.png (the plot).")
     as_json: Json = False

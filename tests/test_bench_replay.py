@@ -506,3 +506,24 @@ def test_a_racing_pareto_replay_repeats_points_that_would_join_the_front(bench):
     assert plain["repeats"] == 0 and raced["repeats"] > 0
     true_hv = regret.worst_regret(bench.judged_on_unseen(0), pareto=True)
     assert all(0 <= r <= true_hv + 1e-12 for _, r in raced["events"])
+
+
+def test_warm_from_another_table_starts_from_its_best_architectures(bench, table, monkeypatch):
+    asked = []
+    orig = tv.Snapper.find
+
+    def spy(self, proposal):
+        asked.append(self.bench.keys.get(arch_key({k: proposal[k] for k in self.bench.sampled[0] if k in proposal})))
+        return orig(self, proposal)
+
+    monkeypatch.setattr(tv.Snapper, "find", spy)
+    rp.replay_once(bench, sim.Strategy("tpe", warm=True), 100, 1, seed=0, start_from=[{"table": str(table[0]), "top": 3}])
+    ok = [i for i in range(bench.size) if bench.curves[i]]
+    top3 = sorted(ok, key=lambda i: (-bench.truth[i], i))[:3]
+    assert asked[:3] == top3
+
+
+def test_warm_from_a_table_that_is_not_there_is_one_line(cli, table, tmp_path):
+    code, _, err = cli("bench", "replay", "--table", table[0], "--strategy", "tpe+warm", "--budget", "10",
+                       "--warm-from", tmp_path / "none.db")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--warm-from[0] (table" in err, err

@@ -34,7 +34,7 @@ GRID_POINTS = 200  # anytime regret is reported on this many evenly spaced times
 
 def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
                 max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
-                judge: str = "unseen") -> dict[str, Any]:
+                judge: str = "unseen", start_from: Optional[list[Any]] = None) -> dict[str, Any]:
     """One simulated search (``simulator.simulate``) and its regret.
 
     Args:
@@ -55,7 +55,7 @@ def replay_once(bench: Bench, strategy: Strategy, budget_s: float, workers: int,
         ConfigError: ``+asha`` on a space whose fidelity stops nothing.
     """
     view = bench.judged_on_unseen(seed) if judge == "unseen" else bench
-    done, counts = simulate(view, strategy, budget_s, workers, seed, pareto, max_trials, fidelity)
+    done, counts = simulate(view, strategy, budget_s, workers, seed, pareto, max_trials, fidelity, start_from)
     over = None
     if not pareto and done:
         *_, (_, arch, reported) = returned(done, strategy.race, view.params)  # what the search returns at the end
@@ -137,7 +137,7 @@ class ReplaySummary:
 def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: int, repeats: int, seed: int = 0,
            pareto: bool = False, max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
            jobs: Optional[int] = None, on_repeat: Any = None, target: float = TARGET,
-           judge: str = "unseen") -> list[ReplaySummary]:
+           judge: str = "unseen", start_from: Optional[list[Any]] = None) -> list[ReplaySummary]:
     """Replay each strategy ``repeats`` times and summarise its anytime regret.
 
     Args:
@@ -154,6 +154,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
         on_repeat: Called as ``on_repeat(strategy_name, done, total)`` after each repeat.
         target: The regret counted as reached (``time_to_target``).
         judge: "unseen" or "all" (``replay_once``).
+        start_from: What ``+warm`` starts from instead of the table space's ``start_from``.
 
     Returns:
         One summary per strategy, in order.
@@ -164,7 +165,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
     tasks = [(s, i) for s in strategies for i in range(repeats)]
     results: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = min(jobs or os.cpu_count() or 1, len(tasks))
-    args = [(s, budget_s, workers, seed + i, pareto, max_trials, fidelity, judge) for s, i in tasks]
+    args = [(s, budget_s, workers, seed + i, pareto, max_trials, fidelity, judge, start_from) for s, i in tasks]
     done_per: dict[str, int] = {}
 
     def record(task: tuple[Strategy, int], res: dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
                 # A short replay of each strategy here first: its imports and first-call costs
                 # are then inherited by every worker instead of paid in each.
                 for s in strategies:
-                    replay_once(bench, s, budget_s, workers, seed, pareto, WARM_UP_TRIALS, fidelity, judge)
+                    replay_once(bench, s, budget_s, workers, seed, pareto, WARM_UP_TRIALS, fidelity, judge, start_from)
                 _worker_bench = bench
             else:
                 init, initargs = _init_worker, (bench, plugin_env())
@@ -269,16 +270,25 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
     if any(s.asha for s in strategies) and bench.epochs <= min_epochs:
         raise ConfigError(f"+asha: the table's runs have {bench.epochs} epochs, so a first rung at epoch {min_epochs} "
                           "stops nothing; give --min-epochs below it or replay without +asha")
-    if any(s.warm for s in strategies) and not bench.space.get("start_from"):
-        raise ConfigError("+warm: the table's space has no start_from models to start from; replay without +warm")
+    start_from: Optional[list[Any]] = (
+        [{"table": str(opts.warm_from), "top": opts.warm_top}] if opts.warm_from is not None else None)
+    if any(s.warm for s in strategies) and not (start_from or bench.space.get("start_from")):
+        raise ConfigError("+warm: the table's space has no start_from models to start from; replay without +warm, "
+                          "or give --warm-from another table")
+    if start_from is not None:
+        from rknas.search.space import SearchSpace
+        from rknas.search.warmstart import start_params
+
+        start_params(SearchSpace.model_validate(bench.space), start_from, where="--warm-from")  # fits, or one line
     summaries = replay(bench, strategies, opts.budget, opts.workers, opts.repeats, seed=opts.seed, pareto=opts.pareto,
                        max_trials=opts.trials, fidelity=fidelity or None, jobs=opts.jobs, on_repeat=opts.on_event,
-                       target=opts.target, judge=opts.judge)
+                       target=opts.target, judge=opts.judge, start_from=start_from)
     files: list[str] = []
     if opts.out is not None:
         meta = {"table": str(opts.table), "archs": bench.size, "best": bench.best, "pareto": opts.pareto,
                 "noise": noise_summary(bench.tests, opts.target),
                 "target": opts.target, "fidelity": fidelity, "judge": opts.judge,
+                "warm_from": None if opts.warm_from is None else {"table": str(opts.warm_from), "top": opts.warm_top},
                 "title": f"{Path(opts.table).name}: {opts.repeats} replays, budget {opts.budget / 60:.0f} min"}
         files = [str(p) for p in write_outputs(summaries, opts.out, meta)]
     return {"table": str(opts.table), "archs": bench.size, "best": bench.best, "summaries": summaries, "files": files,

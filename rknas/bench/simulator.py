@@ -88,8 +88,8 @@ class _Running:
 
 
 def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
-             max_trials: Optional[int] = None,
-             fidelity: Optional[dict[str, int]] = None) -> tuple[list[Completed], dict[str, int]]:
+             max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
+             start_from: Optional[list[Any]] = None) -> tuple[list[Completed], dict[str, int]]:
     """One simulated search.
 
     Args:
@@ -101,6 +101,8 @@ def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, se
         pareto: Two objectives (validation accuracy, parameter count) instead of one.
         max_trials: Start no more trials than this (None: as many as the budget allows).
         fidelity: ``min_epochs`` / ``reduction_factor`` overriding the table space's (with +asha).
+        start_from: What ``+warm`` starts from instead of the table space's ``start_from``
+            (entries as a space takes them, e.g. ``{"table": FILE, "top": 5}``: transfer).
 
     Returns:
         The completed trials in the order they completed, and the counts: ``trials`` (started),
@@ -109,7 +111,7 @@ def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, se
     Raises:
         ConfigError: ``+asha`` on a space whose fidelity stops nothing.
     """
-    sim = _Simulation(bench, strategy, budget_s, seed, pareto, max_trials, fidelity)
+    sim = _Simulation(bench, strategy, budget_s, seed, pareto, max_trials, fidelity, start_from)
     done = sim.run(workers)
     return done, {**sim.counts, "snapped": sim.snap.snapped}
 
@@ -118,7 +120,7 @@ class _Simulation:
     """The event loop of one replay: workers free up at recorded epoch times, in simulated seconds."""
 
     def __init__(self, bench: Bench, strategy: Strategy, budget_s: float, seed: int, pareto: bool,
-                 max_trials: Optional[int], fidelity: Optional[dict[str, int]]):
+                 max_trials: Optional[int], fidelity: Optional[dict[str, int]], start_from: Optional[list[Any]] = None):
         import optuna
 
         from rknas.search.samplers import make_sampler, windowed
@@ -134,6 +136,8 @@ class _Simulation:
             raw["objectives"] = [{"metric": m, "direction": d} for m, d in PARETO_OBJECTIVES]
         if fidelity:
             raw["fidelity"] = {**raw.get("fidelity", {}), **fidelity, "early_stopping": True}
+        if start_from is not None:
+            raw["start_from"] = start_from
         self.space = SearchSpace.model_validate(raw)
         self.n_obj = len(self.space.objectives)
         directions = [optuna.study.StudyDirection[d.upper()] for d in self.space.directions]
