@@ -389,3 +389,7 @@ def test_racing_runs_the_leader_again_on_a_new_seed_and_best_exports_the_mean(ra
     assert f"val accuracy {mean:.4f} (mean of 2 seeds)" in capsys.readouterr().err
     runs = yaml.safe_load(out.read_text())["provenance"]["runs"]
     assert runs["trials"] == [0, 1] and runs["seeds"] == [5, 6] and runs["mean"] == pytest.approx(mean)
+    from rknas.search.rerun import rerun_trial
+
+    again = rerun_trial(optuna.load_study(study_name="tiny", storage=url), 1)  # a repeat reproduces like any trial
+    assert again.agree and again.reproduced == again.recorded
