@@ -191,11 +191,15 @@ def _source(entry: Entry) -> Optional[str]:
 
 
 def _searched_settings(space: SearchSpace, network: dict[str, Any]) -> dict[str, Any]:
-    """A recorded network's settings for the architecture keys the space searches (the rest are the space's)."""
-    from rknas.search.space import Range
+    """A recorded network's settings for the architecture keys the space searches (the rest are the space's).
+
+    A searched key holds a list of choices or a ``space.Range`` (a pydantic model; this module
+    does not import space.py, which imports it).
+    """
+    from pydantic import BaseModel
 
     keys = [k for k in type(space.arch).model_fields if k != "periods"]
-    return {k: network[k] for k in keys if k in network and isinstance(getattr(space.arch, k), (list, Range))}
+    return {k: network[k] for k in keys if k in network and isinstance(getattr(space.arch, k), (list, BaseModel))}
 
 
 def _top_of_table(path: str, top: int, what: str) -> list[tuple[str, dict[str, Any]]]:
