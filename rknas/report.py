@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from rknas.bench.replay import ReplaySummary
 
 
+PLOTTED = ("val_accuracy_per_epoch", "params")  # the record fields the study picture reads
+
+
 def parameter_importances(study: optuna.Study, complete: Optional[list[FrozenTrial]] = None) -> dict[str, float]:
     """How much each searched parameter explains validation accuracy (Optuna's fANOVA).
 
@@ -32,21 +35,76 @@ def parameter_importances(study: optuna.Study, complete: Optional[list[FrozenTri
     """
     if complete is None:
         complete = load_trials(study, states=(TrialState.COMPLETE,))
+    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
+    return _importances(complete, list(study.directions), metrics.index("val_accuracy") if "val_accuracy" in metrics else 0)
+
+
+def _importances(complete: list[FrozenTrial], directions: list[Any], index: int) -> dict[str, float]:
     if len(complete) < 2 or not any(t.params for t in complete):
         return {}
-    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
-    index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
-    # Optuna's evaluator reads the study's trials several times: give it what it reads, in memory.
-    copy = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=study.directions)
-    copy.add_trials([optuna.trial.create_trial(state=TrialState.COMPLETE, values=t.values, params=t.params,
-                                               distributions=t.distributions) for t in complete])
     try:
         found = optuna.importance.get_param_importances(
-            copy, target=lambda t: t.values[index], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            _CompletedTrials(complete, directions), target=lambda t: t.values[index],  # type: ignore[arg-type]
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
         )
     except (RuntimeError, ValueError):  # e.g. every completed trial has the same parameters
         return {}
     return dict(found)
+
+
+BESIDE_MIN_TRIALS = 500  # fewer: computing inline is quicker than starting a process
+
+
+def _worth_forking(n: int) -> bool:
+    import os
+    import sys
+    import threading
+
+    return (n >= BESIDE_MIN_TRIALS and (os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux")
+            and threading.active_count() == 1 and "sklearn" not in sys.modules)
+
+
+def importances_beside(study: optuna.Study, complete: list[FrozenTrial], context: Any = None) -> Any:
+    """Start ``parameter_importances`` in another process, so that scikit-learn's import (a
+    second or more, most of a large report's time) runs beside the plotting on another core.
+
+    Args:
+        study: The study.
+        complete: Its completed trials.
+        context: The multiprocessing context (default: fork, where ``_worth_forking`` says so).
+
+    Returns:
+        A future with the importances, or None where a fork is not safe or not worth it (not
+        Linux, another Python thread running, one CPU, a small study): compute them inline then.
+    """
+    if context is None and not _worth_forking(len(complete)):
+        return None
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
+    index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=context or mp.get_context("fork"))
+    future = pool.submit(_importances, complete, list(study.directions), index)
+    pool.shutdown(wait=False)  # the worker exits once it has answered
+    return future
+
+
+class _CompletedTrials:
+    """What Optuna's importance evaluators read of a study, served from trials already in memory.
+
+    The evaluator reads the study's trials several times; a copy into an in-memory study
+    deep-copied every one of them (a second of a ten-thousand-trial report).
+    """
+
+    def __init__(self, trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection]):
+        self.trials, self.directions = trials, directions
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return [t for t in self.trials if states is None or t.state in states]
+
+    def _is_multi_objective(self) -> bool:
+        return len(self.directions) > 1
 
 
 def plot_study(study: optuna.Study, path: Path) -> Path:
@@ -63,7 +121,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
         from matplotlib.collections import LineCollection
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
-    trials = load_trials(study)
+    trials = load_trials(study, user_keys=PLOTTED)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
@@ -75,6 +133,9 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     last = {t.number: records[t.number].val_accuracy_per_epoch[-1] for t in done}
     size = {t.number: records[t.number].params or 0 for t in done}
     dot = 18 if len(done) <= 500 else 6
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pending = importances_beside(study, complete)
 
     ax = axes[0]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -118,7 +179,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
     ax = axes[3]
-    importances = parameter_importances(study, [t for t in trials if t.state == TrialState.COMPLETE])
+    importances = pending.result() if pending is not None else parameter_importances(study, complete)
     if importances:
         names = list(importances)[:12][::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:green")

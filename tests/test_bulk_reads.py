@@ -64,6 +64,12 @@ def _check(storage):
     assert [t.number for t in load_trials(study, trial_ids=picked)] == [0, 3]
     assert load_trials(study, trial_ids=[]) == []
 
+    lean = load_trials(study, user_keys=["seed", "fail_reason"])
+    if storage.__class__.__name__ != "InMemoryStorage":  # a lean read is a saving in SQL only
+        assert [t.user_attrs for t in lean] == [{"seed": 3}, {}, {}, {"fail_reason": "boom"}, {}, {}, {}, {}, {}]
+        assert all(t.system_attrs == {} and t.intermediate_values == {} for t in lean)
+    assert [(t.number, t.state, t.values, t.params) for t in lean] == [(t.number, t.state, t.values, t.params) for t in expected]
+
     assert tally(study) == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "INTERRUPTED": 2, "RUNNING": 2, "WAITING": 1}
     assert counted(study) == (4, 2)
     assert tally(other) == {"COMPLETE": 1}

@@ -139,3 +139,27 @@ def test_the_evaluation_plots_params_axis_labels_do_not_overlap(tmp_path, monkey
     assert seen["labels"] == ["5k", "10k", "20k", "50k", "100k", "200k", "500k", "1M", "2M"]
     boxes = seen["boxes"]
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), seen["labels"]
+
+
+def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkeypatch):
+    import multiprocessing
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from rknas import report
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("metrics", ["val_accuracy"])
+    dists = {"k": IntDistribution(8, 64), "rule": CategoricalDistribution(["E", "I", "R"])}
+    for i in range(60):
+        k, rule = 8 + i % 57, "EIR"[i % 3]
+        study.add_trial(optuna.trial.create_trial(params={"k": k, "rule": rule}, distributions=dists,
+                                                  value=k / 64 + (0.05 if rule == "R" else 0.0)))
+    complete = study.get_trials()
+    pending = report.importances_beside(study, complete, context=multiprocessing.get_context("spawn"))
+    assert pending is not None
+    assert pending.result(timeout=120) == report.parameter_importances(study, complete)
+    assert set(report.parameter_importances(study, complete)) == {"k", "rule"}
+    monkeypatch.setattr(report, "_worth_forking", lambda n: False)
+    assert report.importances_beside(study, complete) is None
