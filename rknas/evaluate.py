@@ -46,7 +46,7 @@ from rknas.models.network import build_network, parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
-from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, open_study, storage_url
+from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, candidates, open_study, storage_url
 from rknas.storage.bulk import load_trials, pareto_front
 from rknas.storage.queries import accuracy_index
 from rknas.train import evaluate as evaluate_model
@@ -195,6 +195,7 @@ class _Entry:
     trial: Optional[int] = None
     ref: Optional[str] = None
     search_val_accuracy: Optional[float] = None
+    counts: Optional[tuple[int, int]] = None  # (params, FLOPs) known without building it: recorded or shipped
 
 
 def select_finalists(
@@ -203,6 +204,7 @@ def select_finalists(
     pareto: bool = False,
     max_params: Optional[float] = None,
     max_flops: Optional[float] = None,
+    pool: Optional[list[FrozenTrial]] = None,
 ) -> list[FrozenTrial]:
     """The trials to evaluate.
 
@@ -213,6 +215,8 @@ def select_finalists(
             Neither: the Pareto set of a multi-objective study, else the top 3.
         max_params: Only trials with at most this many parameters (compare at equal size).
         max_flops: Only trials with at most this many FLOPs.
+        pool: ``storage.candidates(study)`` when read already (one objective): the finalists
+            follow its order, which is ``rknas best``'s (racing's rule; ties to fewer parameters).
 
     Returns:
         Completed trials of distinct networks, most accurate first: a trial whose network a
@@ -226,7 +230,7 @@ def select_finalists(
         raise RknasError("--top and --pareto exclude each other")
     if top is not None and top < 1:
         raise RknasError(f"--top must be at least 1, got {top}")
-    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,)) if pool is None or pareto else pool
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial to evaluate")
 
@@ -235,7 +239,10 @@ def select_finalists(
     if not complete:
         raise RknasError(f"no completed trial of study {study.study_name!r} has at most {limit}")
     i = accuracy_index(study)
-    by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-t.values[i], t.number)))
+    if pool is not None and not pareto and len(study.directions) == 1:
+        by_accuracy = _distinct_networks(complete)  # the pool's order: best's (racing's rule, ties to fewer params)
+    else:
+        by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-t.values[i], t.number)))
     if pareto or (top is None and len(study.directions) > 1):
         front = {t.number for t in pareto_front(complete, study.directions)}
         return [t for t in by_accuracy if t.number in front]
@@ -394,9 +401,9 @@ class EvaluationPlan:
     results: dict[str, ModelResult]
 
 
-def _recipe(st: optuna.Study) -> tuple[int, TrainConfig]:
+def _recipe(st: optuna.Study, best: Optional[FrozenTrial] = None) -> tuple[int, TrainConfig]:
     """The best trial's number and training settings: the one recipe of the evaluation."""
-    recipe_from = best_trial(st)
+    recipe_from = best if best is not None else best_trial(st)
     assert recipe_from is not None  # select_finalists raised otherwise
     training = TrialRecord.of(recipe_from).training
     if training is None:
@@ -428,12 +435,19 @@ def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[s
         r = TrialRecord.of(t)
         if r.network is None:
             raise RknasError(f"trial {t.number} of study {st.study_name!r} has no recorded network config")
+        counts = (r.params, r.flops) if r.params and r.flops else None  # the trial counted them as evaluate does
         entries.append(_Entry(_unique(f"trial_{t.number}", taken), "trial", NetworkConfig.model_validate(r.network),
-                              trial=t.number, search_val_accuracy=accuracy_of(st, t)))
+                              trial=t.number, search_val_accuracy=accuracy_of(st, t), counts=counts))
     for ref in dict.fromkeys(include):
         network, source = resolve_include(ref, train, data_name)
         stem = Path(ref).stem if source == "config" else ref
-        entries.append(_Entry(_unique(stem, taken), source, network, ref=ref))
+        shipped = None
+        if source == "model":
+            from rknas.models.sizes import shipped_counts
+            from rknas.registry import models
+
+            shipped = shipped_counts(ref, network, models()[ref].package)
+        entries.append(_Entry(_unique(stem, taken), source, network, ref=ref, counts=shipped))
     return entries
 
 
@@ -473,9 +487,13 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
     study, epochs, seeds, seed = options.study, options.epochs, options.seeds, options.seed
     url = storage_url(options.storage)
     st = open_study(study, url)
+    try:
+        pool: Optional[list[FrozenTrial]] = candidates(st) if len(st.directions) == 1 else None
+    except RknasError:  # no completed trial: select_finalists says so in its words
+        pool = None
     finalists = select_finalists(st, top=options.top, pareto=options.pareto, max_params=options.max_params,
-                                 max_flops=options.max_flops)
-    recipe_trial, recipe = _recipe(st)
+                                 max_flops=options.max_flops, pool=pool)
+    recipe_trial, recipe = _recipe(st, pool[0] if pool else None)
     data_spec = _data_spec(st, options.data_root)
     train, test = load_dataset(data_spec)
     data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
@@ -485,10 +503,12 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
     runs = _runs(entries, seed_list, recipe, epochs, data, out)
     results: dict[str, ModelResult] = {}
     for e in entries:
-        model = build_network(e.network)
+        if e.counts is None:
+            model = build_network(e.network)
+            e.counts = count_params(model), count_flops(model, e.network)
         results[e.name] = ModelResult(
             name=e.name, source=e.source, architecture=e.network.name, network=e.network.model_dump(mode="json"),
-            params=count_params(model), flops=count_flops(model, e.network), seeds=seed_list, trial=e.trial,
+            params=e.counts[0], flops=e.counts[1], seeds=seed_list, trial=e.trial,
             ref=e.ref, search_val_accuracy=e.search_val_accuracy,
         )
     return EvaluationPlan(study=st, url=url, epochs=epochs, seeds=seed_list, recipe_trial=recipe_trial, recipe=recipe,

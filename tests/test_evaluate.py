@@ -42,10 +42,11 @@ def make_study(url: str, name: str = "tiny", complete: bool = True, directions=(
         study.set_user_attr(key, value)
     for i, acc in enumerate(VALS):
         net = network(i)
-        params = count_params(build_network(net))
+        model = build_network(net)
+        params = count_params(model)  # the search records what it counted; evaluate reports those counts
         training = TrainConfig(epochs=6, lr=0.1 + 0.01 * i, weight_decay=1e-4, batch_size=64, warmup_epochs=0.5,
                                seed=i).model_dump(mode="json")
-        record = TrialRecord(val_accuracy_per_epoch=[acc - 0.1, acc], seed=i, params=params, flops=1000 * (i + 1),
+        record = TrialRecord(val_accuracy_per_epoch=[acc - 0.1, acc], seed=i, params=params, flops=count_flops(model),
                              network=net, training=training)
         values = [acc, params][: len(directions)]
         state = TrialState.COMPLETE if complete else TrialState.PRUNED

@@ -241,3 +241,17 @@ def test_best_says_how_many_trials_tie_and_how_the_tie_went(cli, tmp_path):
     assert code == 0, err
     assert "trial 1," in err  # the smaller of the two
     assert "1 other trial(s) score the same; the tie went to fewer parameters, then the earlier trial" in err, err
+
+
+def test_evaluate_picks_finalists_in_bests_order():
+    from rknas.config import NetworkConfig
+    from rknas.evaluate import select_finalists
+
+    study = racing_study()
+    nets = {8: NetworkConfig(strategy=["E"], stages=[1], k=[8]), 16: NetworkConfig(strategy=["E"], stages=[1], k=[16])}
+    run(study, A, 0.9, network=nets[8].model_dump(mode="json"))  # a lucky single run
+    run(study, B, 0.8, network=nets[16].model_dump(mode="json"))
+    run(study, B, 0.78, repeat_of=1, repeat=1, network=nets[16].model_dump(mode="json"))
+    pool = queries.candidates(study)
+    assert [t.number for t in select_finalists(study, top=2, pool=pool)] == [1, 0]  # B on its two runs first
+    assert [t.number for t in select_finalists(study, top=2)] == [0, 1]  # by single values without the pool
