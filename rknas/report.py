@@ -64,30 +64,50 @@ def _worth_forking(n: int) -> bool:
             and threading.active_count() == 1 and "sklearn" not in sys.modules)
 
 
-def importances_beside(study: optuna.Study, complete: list[FrozenTrial], context: Any = None) -> Any:
-    """Start ``parameter_importances`` in another process, so that scikit-learn's import (a
-    second or more, most of a large report's time) runs beside the plotting on another core.
+class ImportanceWorker:
+    """Optuna's fANOVA in a process of its own, started before the study is read.
+
+    scikit-learn's import (a second or more, most of a large report's time) then runs on
+    another core while this process reads the trials and plots; the trials go over as plain
+    (params, distributions, value) rows.
 
     Args:
-        study: The study.
-        complete: Its completed trials.
-        context: The multiprocessing context (default: fork, where ``_worth_forking`` says so).
-
-    Returns:
-        A future with the importances, or None where a fork is not safe or not worth it (not
-        Linux, another Python thread running, one CPU, a small study): compute them inline then.
+        context: The multiprocessing context (default: fork).
     """
-    if context is None and not _worth_forking(len(complete)):
-        return None
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
-    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
-    index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=context or mp.get_context("fork"))
-    future = pool.submit(_importances, complete, list(study.directions), index)
-    pool.shutdown(wait=False)  # the worker exits once it has answered
-    return future
+    def __init__(self, context: Any = None):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=context or mp.get_context("fork"))
+        self.pool.submit(_import_fanova)
+
+    @classmethod
+    def start_for(cls, study: optuna.Study) -> Optional[ImportanceWorker]:
+        """A worker, where one is safe and worth it (Linux, no other thread, two CPUs, a large study)."""
+        from rknas.storage.bulk import tally
+
+        return cls() if _worth_forking(tally(study).get(TrialState.COMPLETE.name, 0)) else None
+
+    def importances(self, study: optuna.Study, complete: list[FrozenTrial]) -> Any:
+        """A future of ``parameter_importances(study, complete)``; the worker exits once it has answered."""
+        metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
+        index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+        rows = [(t.params, t.distributions, t.values[index]) for t in complete if t.values]
+        future = self.pool.submit(_importances_of_rows, rows)
+        self.pool.shutdown(wait=False)
+        return future
+
+
+def _import_fanova() -> None:
+    import optuna.importance._fanova  # noqa: F401  (scikit-learn)
+
+
+def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, float]:
+    trials = [FrozenTrial(number=i, state=TrialState.COMPLETE, value=None, values=[v], datetime_start=None,
+                          datetime_complete=None, params=p, distributions=d, user_attrs={}, system_attrs={},
+                          intermediate_values={}, trial_id=i) for i, (p, d, v) in enumerate(rows)]
+    return _importances(trials, [optuna.study.StudyDirection.MAXIMIZE], 0)
 
 
 class _CompletedTrials:
@@ -121,6 +141,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
         from matplotlib.collections import LineCollection
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
+    worker = ImportanceWorker.start_for(study)  # before the read: scikit-learn loads beside it
     trials = load_trials(study, user_keys=PLOTTED)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -135,7 +156,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     dot = 18 if len(done) <= 500 else 6
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pending = importances_beside(study, complete)
+    pending = worker.importances(study, complete) if worker is not None else None
 
     ax = axes[0]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):

@@ -157,9 +157,8 @@ def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkey
         study.add_trial(optuna.trial.create_trial(params={"k": k, "rule": rule}, distributions=dists,
                                                   value=k / 64 + (0.05 if rule == "R" else 0.0)))
     complete = study.get_trials()
-    pending = report.importances_beside(study, complete, context=multiprocessing.get_context("spawn"))
-    assert pending is not None
-    assert pending.result(timeout=120) == report.parameter_importances(study, complete)
+    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    assert worker.importances(study, complete).result(timeout=120) == report.parameter_importances(study, complete)
     assert set(report.parameter_importances(study, complete)) == {"k", "rule"}
     monkeypatch.setattr(report, "_worth_forking", lambda n: False)
-    assert report.importances_beside(study, complete) is None
+    assert report.ImportanceWorker.start_for(study) is None
