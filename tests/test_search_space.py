@@ -179,3 +179,11 @@ def test_a_range_on_a_non_numeric_setting_is_an_error(tmp_path):
     path = write(tmp_path, {"data": {"name": "digits"}, "training": {"optimizer": {"low": 1, "high": 2}}})
     with pytest.raises(ConfigError, match="training.optimizer: a range needs a numeric setting"):
         load_space(path)
+
+
+def test_the_two_bench_spaces_search_the_same_architectures_on_other_data():
+    """digits_bench exists to transfer a table's best networks to the other table's search."""
+    fashion, digits = load_space("fashion_mnist_bench"), load_space("digits_bench")
+    assert fashion.data.name != digits.data.name
+    assert fashion.architecture.model_dump() == digits.architecture.model_dump()
+    assert digits.training.model_dump() == fashion.training.model_dump()  # one recipe, other data
