@@ -283,7 +283,7 @@ def best(
         evaluated = best_evaluated(st, max_params=max_params, max_flops=max_flops, number=number)
     if evaluated is not None:
         trial = evaluated["trial"]
-    pool = db.candidates(st) if trial is None else None
+    pool = db.candidates(st, lean=True) if trial is None else None
     chosen = db.choose(st, max_params=max_params, max_flops=max_flops, trial=trial, pool=pool)
     tied = db.ties(st, pool, chosen) if pool is not None else 0
     cfg = db.export_config(st, chosen, url)

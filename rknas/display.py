@@ -270,11 +270,11 @@ class SearchProgress(SearchListener):
 
 def pareto_table(study: optuna.Study) -> Table:
     """The Pareto set of a multi-objective study, most accurate first."""
-    from rknas.storage.queries import candidates  # Optuna: only when a study is shown
+    from rknas.storage.queries import candidates, full  # Optuna: only when a study is shown
 
     metrics = StudyRecord.of(study).metrics or []
     out = table("trial", *metrics, "params", "FLOPs", "architecture", title=f"Pareto set of {study.study_name}")
-    for t in candidates(study):
+    for t in full(study, candidates(study, lean=True)):
         r = TrialRecord.of(t)
         out.add_row(
             str(t.number), *[f"{v:.4g}" for v in t.values], f"{r.params or 0:,}", f"{r.flops or 0:,}", architecture(r.network)

@@ -46,7 +46,7 @@ from rknas.models.network import build_network, parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
-from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, candidates, open_study, storage_url
+from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, candidates, full, open_study, storage_url
 from rknas.storage.bulk import load_trials, pareto_front
 from rknas.storage.queries import accuracy_index
 from rknas.train import evaluate as evaluate_model
@@ -240,13 +240,29 @@ def select_finalists(
         raise RknasError(f"no completed trial of study {study.study_name!r} has at most {limit}")
     i = accuracy_index(study)
     if pool is not None and not pareto and len(study.directions) == 1:
-        by_accuracy = _distinct_networks(complete)  # the pool's order: best's (racing's rule, ties to fewer params)
+        # the pool's order: best's (racing's rule, ties to fewer params); read whole as far as needed
+        return _first_distinct(study, complete, top or 3)
     else:
         by_accuracy = _distinct_networks(sorted(complete, key=lambda t: (-t.values[i], t.number)))
     if pareto or (top is None and len(study.directions) > 1):
         front = {t.number for t in pareto_front(complete, study.directions)}
         return [t for t in by_accuracy if t.number in front]
     return by_accuracy[: top or 3]
+
+
+def _first_distinct(study: optuna.Study, ranked: list[FrozenTrial], n: int, chunk: int = 50) -> list[FrozenTrial]:
+    """The first ``n`` trials of distinct networks in ``ranked`` (possibly lean), read whole a chunk at a time."""
+    seen: set[str] = set()
+    kept: list[FrozenTrial] = []
+    for i in range(0, len(ranked), chunk):
+        for t in full(study, ranked[i:i + chunk]):
+            key = json.dumps(TrialRecord.of(t).network, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                kept.append(t)
+                if len(kept) == n:
+                    return kept
+    return kept
 
 
 def _distinct_networks(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -488,12 +504,12 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
     url = storage_url(options.storage)
     st = open_study(study, url)
     try:
-        pool: Optional[list[FrozenTrial]] = candidates(st) if len(st.directions) == 1 else None
+        pool: Optional[list[FrozenTrial]] = candidates(st, lean=True) if len(st.directions) == 1 else None
     except RknasError:  # no completed trial: select_finalists says so in its words
         pool = None
-    finalists = select_finalists(st, top=options.top, pareto=options.pareto, max_params=options.max_params,
-                                 max_flops=options.max_flops, pool=pool)
-    recipe_trial, recipe = _recipe(st, pool[0] if pool else None)
+    finalists = full(st, select_finalists(st, top=options.top, pareto=options.pareto, max_params=options.max_params,
+                                          max_flops=options.max_flops, pool=pool))
+    recipe_trial, recipe = _recipe(st, full(st, pool[:1])[0] if pool else None)
     data_spec = _data_spec(st, options.data_root)
     train, test = load_dataset(data_spec)
     data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}

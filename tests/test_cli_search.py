@@ -31,7 +31,7 @@ def db(tmp_path):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--space", "nope"], "unknown search space 'nope'; known: cifar100_default, cifar10_bench, cifar10_default, digits_quick"),
+        (["--space", "nope"], "unknown search space 'nope'; known: cifar100_default, cifar10_bench, cifar10_default, digits_bench, digits_quick"),
         (["--space", "digits_quick", "--trials", "0"], "--trials must be at least 1"),
         (["--space", "digits_quick", "--epochs", "0"], "--epochs must be at least 1"),
         (["--space", "digits_quick", "--concurrency", "0"], "--concurrency must be at least 1"),

@@ -496,7 +496,7 @@ class _GracefulSignals:
 
 def _result(study: optuna.Study, url: str, target: int, started: int, interrupted: bool,
             timed_out: bool = False) -> SearchResult:
-    t = best_trial(study)
+    t = best_trial(study, lean=True)  # its values and size: no network needed
     best = None
     if t is not None:
         record = TrialRecord.of(t)

@@ -226,11 +226,11 @@ def _top_of_table(path: str, top: int, what: str) -> list[tuple[str, dict[str, A
 
 def _top_of_study(name: str, url: str, top: int, what: str) -> list[tuple[str, dict[str, Any]]]:
     from rknas.errors import RknasError
-    from rknas.storage import TrialRecord, candidates, open_study
+    from rknas.storage import TrialRecord, candidates, full, open_study
 
     try:
         study = open_study(name, url)
-        pool = candidates(study)
+        pool = full(study, candidates(study, lean=True)[:top])
     except RknasError as exc:
         raise ConfigError(f"{what}: {exc}") from None
     out = []

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         evidence,
         export_config,
         finished_trials,
+        full,
         is_interrupted,
         summarize,
         ties,
@@ -41,7 +42,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ),
     "rknas.storage.queries": (
         "FINISHED", "accuracy_of", "best_trial", "candidates", "choose", "evidence", "export_config", "finished_trials",
-        "is_interrupted", "summarize", "ties",
+        "full", "is_interrupted", "summarize", "ties",
     ),
     "rknas.storage.record": (
         "StudyRecord", "TrialRecord",
@@ -63,6 +64,7 @@ __all__ = [
     "evidence",
     "export_config",
     "finished_trials",
+    "full",
     "interrupt_trials",
     "is_interrupted",
     "load_study",

@@ -87,6 +87,31 @@ def tally(study: optuna.Study) -> dict[str, int]:
     return _run(storage, read)
 
 
+def _frozen(rows: Any, values: dict, params: dict, user: dict, system: dict, steps: dict) -> list[FrozenTrial]:
+    """``FrozenTrial``s of the rows ``load_trials`` read, each distribution parsed once."""
+    dists: dict[str, BaseDistribution] = {}  # the same few distributions, parsed once
+
+    def dist_of(text: str) -> BaseDistribution:
+        if text not in dists:
+            dists[text] = json_to_distribution(text)
+        return dists[text]
+
+    trials = []
+    for tid, number, state, start, complete in rows:
+        ps = sorted(params.get(tid, ()))
+        by_objective = values.get(tid)
+        trials.append(FrozenTrial(
+            number=number, state=state, value=None,
+            values=[by_objective[i] for i in sorted(by_objective)] if by_objective else None,
+            datetime_start=_local(start), datetime_complete=_local(complete),
+            params={name: dist_of(dist).to_external_repr(value) for _, name, value, dist in ps},
+            distributions={name: dist_of(dist) for _, name, _, dist in ps},
+            user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
+            intermediate_values=steps.get(tid, {}), trial_id=tid,
+        ))
+    return trials
+
+
 def counted(study: optuna.Study) -> tuple[int, int]:
     """The trials that count towards ``--trials``, and the RUNNING ones.
 
@@ -184,27 +209,7 @@ def load_trials(
                 ).all():
                     steps[tid][step] = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
 
-        dists: dict[str, BaseDistribution] = {}  # the same few distributions, parsed once
-
-        def dist_of(text: str) -> BaseDistribution:
-            if text not in dists:
-                dists[text] = json_to_distribution(text)
-            return dists[text]
-
-        trials = []
-        for tid, number, state, start, complete in rows:
-            ps = sorted(params.get(tid, ()))
-            by_objective = values.get(tid)
-            trials.append(FrozenTrial(
-                number=number, state=state, value=None,
-                values=[by_objective[i] for i in sorted(by_objective)] if by_objective else None,
-                datetime_start=_local(start), datetime_complete=_local(complete),
-                params={name: dist_of(dist).to_external_repr(value) for _, name, value, dist in ps},
-                distributions={name: dist_of(dist) for _, name, _, dist in ps},
-                user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
-                intermediate_values=steps.get(tid, {}), trial_id=tid,
-            ))
-        return trials
+        return _frozen(rows, values, params, user, system, steps)
 
     return _run(storage, read)
 

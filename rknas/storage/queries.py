@@ -27,6 +27,7 @@ from rknas.storage.racing import (
 from rknas.storage.record import StudyRecord, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+LEAN_KEYS = ("params", "flops", "seed", "repeat_of", "repeat")  # the record fields ranking and size limits read
 
 
 def is_interrupted(t: FrozenTrial) -> bool:
@@ -91,7 +92,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     """
     counts = tally(study)
     record = StudyRecord.of(study)
-    top = best_trial(study)
+    top = best_trial(study, lean=True)
     behind = evidence(study, top) if top is not None else None
     return {
         "study": study.study_name,
@@ -135,7 +136,7 @@ def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[li
         repeat to enqueue (``repeat_of``, ``repeat``), or None when none is needed or one is
         already pending.
     """
-    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=LEAN_KEYS)
     groups = _groups(study, complete)
     key = config_key(params)
     if len(study.directions) == 1:
@@ -169,7 +170,7 @@ def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
     """
     if racing_cap(study) <= 1:
         return None
-    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=LEAN_KEYS)
     key = config_key(t.params)
     runs = [c for c in complete if config_key(c.params) == key]
     i = accuracy_index(study)
@@ -179,11 +180,13 @@ def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
             "mean": means[i], "means": means, "runs": len(runs), "rule": RULE}
 
 
-def candidates(study: optuna.Study) -> list[FrozenTrial]:
+def candidates(study: optuna.Study, lean: bool = False) -> list[FrozenTrial]:
     """The trials worth exporting, best first.
 
     Args:
         study: The study.
+        lean: Read only the record fields that rank and limit (``LEAN_KEYS``): several times
+            quicker on a large study, but without networks; ``full`` reads a few trials whole.
 
     Returns:
         Single objective: completed trials best first, a tie to fewer parameters, then the
@@ -195,7 +198,7 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     Raises:
         RknasError: The study has no completed trial.
     """
-    complete = load_trials(study, states=(TrialState.COMPLETE,))
+    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=LEAN_KEYS if lean else None)
     if not complete:
         raise RknasError(f"study {study.study_name!r} has no completed trial yet")
     cap = racing_cap(study)
@@ -220,20 +223,45 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(pareto_front(complete, study.directions), key=lambda t: -t.values[i])
 
 
-def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
+def best_trial(study: optuna.Study, lean: bool = False) -> Optional[FrozenTrial]:
     """The trial ``rknas best`` exports by default.
 
     Args:
         study: The study.
+        lean: Only the record fields of ``LEAN_KEYS`` (see ``candidates``).
 
     Returns:
         The most accurate completed trial (of the Pareto set, with several objectives), or
         None when no trial completed.
     """
     try:
-        return candidates(study)[0]
+        return candidates(study, lean=lean)[0]
     except RknasError:
         return None
+
+
+def full(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials read whole again (records with networks), in the given order and with their given
+    values (a racing Pareto candidate carries its configuration's means).
+
+    Args:
+        study: The study.
+        trials: Trials of it, e.g. lean ``candidates``.
+
+    Returns:
+        The same trials with every user attribute.
+    """
+    whole = {t.number: t for t in load_trials(study, trial_ids=[t._trial_id for t in trials])}
+    out = []
+    for t in trials:
+        w = whole[t.number]
+        if w.values != t.values:
+            import copy
+
+            w = copy.copy(w)
+            w.values = t.values
+        out.append(w)
+    return out
 
 
 def choose(
@@ -250,20 +278,20 @@ def choose(
         max_params: Only candidates with at most this many parameters.
         max_flops: Only candidates with at most this many FLOPs.
         trial: Export this trial number instead of choosing.
-        pool: ``candidates(study)``, when the caller has read them already.
+        pool: ``candidates(study)`` (lean or not), when the caller has read them already.
 
     Returns:
-        ``trial`` if given, else the first candidate (most accurate) within the limits.
+        ``trial`` if given, else the first candidate (most accurate) within the limits; read whole.
 
     Raises:
         RknasError: The trial does not exist or did not complete, or no candidate fits.
     """
     if trial is not None:
-        found = [t for t in load_trials(study, states=(TrialState.COMPLETE,)) if t.number == trial]
+        found = [t for t in load_trials(study, states=(TrialState.COMPLETE,), user_keys=()) if t.number == trial]
         if not found:
             raise RknasError(f"trial {trial} of study {study.study_name!r} does not exist or did not complete")
-        return found[0]
-    pool = candidates(study) if pool is None else pool
+        return full(study, found)[0]
+    pool = candidates(study, lean=True) if pool is None else pool
 
     def size(t: FrozenTrial) -> tuple[int, int]:
         r = TrialRecord.of(t)
@@ -276,7 +304,7 @@ def choose(
         raise RknasError(
             f"no candidate of study {study.study_name!r} fits the limits; the smallest has {params:,} params and {flops:,} FLOPs"
         )
-    return ok[0]
+    return full(study, ok[:1])[0]
 
 
 def ties(study: optuna.Study, pool: list[FrozenTrial], chosen: FrozenTrial) -> int:
@@ -297,7 +325,7 @@ def ties(study: optuna.Study, pool: list[FrozenTrial], chosen: FrozenTrial) -> i
     if len(study.directions) != 1:
         return 0
     if racing_cap(study) > 1:
-        complete = load_trials(study, states=(TrialState.COMPLETE,))
+        complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=LEAN_KEYS)
         groups = {g.numbers[0]: g for g in _groups(study, complete)}
         g = groups.get(chosen.number)
         if g is None:
