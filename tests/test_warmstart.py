@@ -249,3 +249,18 @@ def test_a_search_starting_from_a_study_that_is_not_there_is_refused_before_anyt
     assert err.strip().splitlines() == [
         "error: space 's': start_from[0] (study 'earlier'): no study 'earlier' in this storage; studies: (none)"]
     assert not (tmp_path / "s.db").exists()
+
+
+def test_the_shipped_digits_table_warm_starts_the_fashion_space():
+    """Transfer between the two shipped tables: digits' best networks are Fashion-MNIST space parameters."""
+    from pathlib import Path
+
+    from rknas.bench.tableview import load_bench
+
+    digits = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "digits_bench.db.gz"
+    space = load_space("fashion_mnist_bench")
+    space.in_channels, space.image_size, space.classes = 1, 28, 10
+    got = start_params(space, [{"table": str(digits), "top": 3}], where="start_from")
+    bench = load_bench(digits)
+    top = sorted(range(bench.size), key=lambda i: (-bench.truth[i], i))[:3]
+    assert got == [{k: v for k, v in bench.sampled[i].items() if k.startswith("p1_")} for i in top]
