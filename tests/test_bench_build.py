@@ -4,7 +4,6 @@ refused with other settings; and the table file's own guarantees."""
 import gzip
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
@@ -150,15 +149,23 @@ def test_pack_copies_a_table_a_build_is_still_writing(tmp_path, cli):
 
 
 def test_a_table_from_before_val_loss_reads_as_none_and_records_it_once_extended(tmp_path):
-    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "fashion_mnist_bench.db.gz"
-    with BenchTable.open(shipped) as t:  # built before the column existed
-        old = t.curves()
-    assert old and all(r.val_loss is None for c in old.values() for r in c)
+    import sqlite3
+
     path = tmp_path / "old.db"
-    with gzip.open(shipped) as src, open(path, "wb") as dst:
+    with BenchTable.create(path, {"a": 1}) as t:
+        t.add_archs([("sampled", {"p1_k": k}, {"k": [k]}, 100, 1000) for k in (4, 8)])
+        t.add_run(1, 0, rows(2))
+    with sqlite3.connect(path) as conn:  # as tables were built before the column existed
+        conn.execute("ALTER TABLE curves DROP COLUMN val_loss")
+    packed = tmp_path / "old.db.gz"
+    shutil.copy(path, tmp_path / "copy.db")
+    with open(tmp_path / "copy.db", "rb") as src, gzip.open(packed, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    with BenchTable.create(path, BenchTable.open(path).settings) as t:  # a build continues it: the column is added
-        t.add_run(1, 9, [EpochRow(1, 0.5, 0.4, 1.0, 2.0, val_loss=1.25)])
+    with BenchTable.open(packed) as t:  # read-only: no column to add, val_loss reads as None
+        old = t.curves()
+    assert [r.val_loss for r in old[(1, 0)]] == [None, None]
+    with BenchTable.create(path, {"a": 1}) as t:  # a build continues it: the column is added
+        t.add_run(2, 0, [EpochRow(1, 0.5, 0.4, 1.0, 2.0, val_loss=1.25)])
     with BenchTable.open(path) as t:
         curves = t.curves()
-    assert curves[(1, 9)][0].val_loss == 1.25 and curves[(1, 0)] == old[(1, 0)]
+    assert curves[(2, 0)][0].val_loss == 1.25 and curves[(1, 0)] == old[(1, 0)]
