@@ -208,7 +208,8 @@ class SearchOptions(CommandOptions):
     download: Download = False
     start_from: list[str] = Field(
         default_factory=list,
-        description="A model (`rknas models`) a new study runs first, after the space's start_from; repeatable.")
+        description="A model (`rknas models`) a new study runs first, after the space's start_from; or study:NAME[:N] "
+                    "/ table:FILE[:N], the top N (default 5) networks of an earlier study or a bench table; repeatable.")
     allow_changes: bool = Field(
         False,
         description="Continue a study although the space, --epochs, --max-params/--max-flops, --seed or --no-early-stopping "

@@ -264,3 +264,23 @@ def test_the_shipped_digits_table_warm_starts_the_fashion_space():
     bench = load_bench(digits)
     top = sorted(range(bench.size), key=lambda i: (-bench.truth[i], i))[:3]
     assert got == [{k: v for k, v in bench.sampled[i].items() if k.startswith("p1_")} for i in top]
+
+
+@pytest.mark.parametrize("text,want", [
+    ("study:earlier", {"study": "earlier"}),
+    ("study:earlier:2", {"study": "earlier", "top": 2}),
+    ("table:/data/t.db.gz:3", {"table": "/data/t.db.gz", "top": 3}),
+    ("table:C:/t.db.gz", {"table": "C:/t.db.gz"}),
+    ("rkcnn_e_2_mnist_k24", "rkcnn_e_2_mnist_k24"),
+])
+def test_start_from_on_the_command_line_names_a_study_or_a_table(text, want):
+    from rknas.search.warmstart import _shorthand
+
+    assert _shorthand(text) == want
+
+
+def test_start_from_a_study_on_the_command_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/a.db"
+    earlier_study(url)
+    got = start_params(space_of(), ["study:earlier:2"], where="--start-from", storage=url)
+    assert [g["p1_k"] for g in got] == [8, 32]

@@ -190,6 +190,19 @@ def _source(entry: Entry) -> Optional[str]:
     return None
 
 
+def _shorthand(entry: Entry) -> Entry:
+    """``study:NAME[:N]`` and ``table:FILE[:N]`` (``rknas search --start-from``) as the mappings they stand for."""
+    if isinstance(entry, str):
+        for kind in SOURCE_KEYS:
+            if entry.startswith(kind + ":"):
+                rest = entry[len(kind) + 1:]
+                head, _, top = rest.rpartition(":")
+                if head and top.isdigit():
+                    return {kind: head, "top": int(top)}
+                return {kind: rest}
+    return entry
+
+
 def _searched_settings(space: SearchSpace, network: dict[str, Any]) -> dict[str, Any]:
     """A recorded network's settings for the architecture keys the space searches (the rest are the space's).
 
@@ -250,6 +263,7 @@ def _expand(space: SearchSpace, entries: list[Entry], where: str,
     """
     out: list[tuple[str, Entry]] = []
     for i, entry in enumerate(entries):
+        entry = _shorthand(entry)
         kind = _source(entry)
         if kind is None:
             out.append((f"{where}[{i}] ({_label(entry)})", entry))
