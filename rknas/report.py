@@ -95,8 +95,12 @@ class ImportanceWorker:
         index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
         rows = [(t.params, t.distributions, t.values[index]) for t in complete if t.values]
         future = self.pool.submit(_importances_of_rows, rows)
-        self.pool.shutdown(wait=False)
+        self.close()
         return future
+
+    def close(self) -> None:
+        """No more work: the worker exits once it has answered what it was given."""
+        self.pool.shutdown(wait=False)
 
 
 def _import_fanova() -> None:
@@ -142,11 +146,18 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     worker = ImportanceWorker.start_for(study)  # before the read: scikit-learn loads beside it
-    trials = load_trials(study, user_keys=PLOTTED)
+    try:
+        trials = load_trials(study, user_keys=PLOTTED)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
     if not done:
+        if worker is not None:
+            worker.close()
         raise RknasError(f"study {study.study_name!r} has no trained trial to plot yet")
     colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
     labels = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
