@@ -289,7 +289,9 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
                 "noise": noise_summary(bench.tests, opts.target),
                 "target": opts.target, "fidelity": fidelity, "judge": opts.judge,
                 "warm_from": None if opts.warm_from is None else {"table": str(opts.warm_from), "top": opts.warm_top},
-                "title": f"{Path(opts.table).name}: {opts.repeats} replays, budget {opts.budget / 60:.0f} min"}
+                "title": f"{Path(opts.table).name}: {opts.repeats} replays, budget {opts.budget / 60:.0f} min, judged on "
+                         + ("unseen seeds" if opts.judge == "unseen" else "every seed")
+                         + ("" if opts.warm_from is None else f"; +warm from {Path(opts.warm_from).name}")}
         files = [str(p) for p in write_outputs(summaries, opts.out, meta)]
     return {"table": str(opts.table), "archs": bench.size, "best": bench.best, "summaries": summaries, "files": files,
             "noise": noise_summary(bench.tests, opts.target)}
