@@ -223,7 +223,8 @@ def search(opts: SearchOptions):
     if result.best:
         b = result.best
         size = ", ".join(f"{b[k]:,} {name}" for k, name in (("params", "params"), ("flops", "FLOPs")) if b.get(k) is not None)
-        console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}" + (f", {size}." if size else "."))
+        runs = f" (mean of {b['runs']} seeds)" if (b.get("runs") or 1) > 1 else ""
+        console.print(f"Best: trial {b['number']}, val accuracy {b['val_accuracy']:.4f}{runs}" + (f", {size}." if size else "."))
         storage_arg = f" --storage {result.storage}" if opts.storage else ""
         console.print(f"Export it: rknas best --study {result.study}{storage_arg} -o best.yaml")
     if result.timed_out:

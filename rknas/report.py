@@ -131,6 +131,26 @@ class _CompletedTrials:
         return len(self.directions) > 1
 
 
+def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker]) -> list[FrozenTrial]:
+    """The trials the study picture plots; a failed read closes the importance worker."""
+    try:
+        return load_trials(study, user_keys=PLOTTED)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
+
+
+def _importances_from(pending: Any, study: optuna.Study, complete: list[FrozenTrial]) -> dict[str, float]:
+    """The worker's answer, or the importances computed here when there is no worker or it died."""
+    if pending is not None:
+        try:
+            return dict(pending.result())
+        except Exception:  # the worker died (out of memory, killed): compute them here instead
+            return parameter_importances(study, complete)
+    return parameter_importances(study, complete)
+
+
 def plot_study(study: optuna.Study, path: Path) -> Path:
     """Write a PNG with four panels; readers see at a glance what the search found.
 
@@ -146,12 +166,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     worker = ImportanceWorker.start_for(study)  # before the read: scikit-learn loads beside it
-    try:
-        trials = load_trials(study, user_keys=PLOTTED)
-    except BaseException:
-        if worker is not None:
-            worker.close()
-        raise
+    trials = _read_or_close(study, worker)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
@@ -211,7 +226,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
     ax = axes[3]
-    importances = pending.result() if pending is not None else parameter_importances(study, complete)
+    importances = _importances_from(pending, study, complete)
     if importances:
         names = list(importances)[:12][::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:green")

@@ -460,17 +460,38 @@ def test_racing_re_measures_a_challenger_on_a_seed_it_has_not_used(noisy, monkey
 
     def spy(self, now):
         before = {k: set(v) for k, v in self.used.items()}
-        queued = list(self.repeats)
+        running = set(self.running)
         orig(self, now)
-        if queued and len(self.repeats) < len(queued):  # this start ran the first queued repeat
-            arch = queued[0][0]
-            starts.append((arch, before.get(arch, set()), self.used[arch]))
+        for number in set(self.running) - running:  # the trial this start began
+            r = self.running[number]
+            if r.repeat:
+                starts.append((r.arch, before.get(r.arch, set()), set(self.used[r.arch])))
 
     monkeypatch.setattr(sim._Simulation, "start", spy)
     out = rp.replay_once(noisy, sim.Strategy("random", race=2), 1e9, 2, seed=1, max_trials=60)
     assert out["repeats"] > 0 and len(starts) == out["repeats"]  # an unlimited budget: every repeat started completes
     for _arch, before, after in starts:
-        assert len(before) == 1 and len(after) == 2  # the judged view leaves two seeds: the repeat takes the other
+        # the judged view leaves two seeds: a repeat takes one its architecture has not used
+        assert len(after) == len(before) + 1 or len(before) == 2
+
+
+def test_with_warm_start_a_repeat_waits_behind_the_warm_entries_and_keeps_its_architecture(noisy, monkeypatch):
+    """Warm-start entries and repeats share the study's queue: the oldest runs first, and each
+    trial is the architecture it was queued for (a repeat once took a warm entry's place)."""
+    seen = []
+    orig = sim._Simulation.start
+
+    def spy(self, now):
+        running = set(self.running)
+        orig(self, now)
+        for number in set(self.running) - running:
+            r = self.running[number]
+            seen.append((r.repeat, r.arch, self.snap.find({**r.ot.params})))
+
+    monkeypatch.setattr(sim._Simulation, "start", spy)
+    rp.replay_once(noisy, sim.Strategy("random", warm=True, race=2), 1e9, 2, seed=0, max_trials=30)
+    assert any(rep for rep, _, _ in seen)
+    assert all(arch == found for _, arch, found in seen)  # every trial ran the architecture of its parameters
 
 
 @pytest.mark.slow  # +asha imports Ray's scheduler
@@ -527,3 +548,13 @@ def test_warm_from_a_table_that_is_not_there_is_one_line(cli, table, tmp_path):
     code, _, err = cli("bench", "replay", "--table", table[0], "--strategy", "tpe+warm", "--budget", "10",
                        "--warm-from", tmp_path / "none.db")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--warm-from[0] (table" in err, err
+
+
+def test_racing_beyond_the_tables_observable_seeds_is_one_line(cli, tmp_path, bench_space):
+    path = tmp_path / "four.db"
+    make_table(path, bench_space, archs=8, seeds=4)
+    code, _, err = cli("bench", "replay", "--table", path, "--strategy", "random+race3", "--budget", "10", "--jobs", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "random+race3: a repeat needs a seed its architecture has not used" in err and "leaves 2 observable" in err
+    code, _, err = cli("bench", "replay", "--table", path, "--strategy", "random+race2", "--budget", "10", "--jobs", "1")
+    assert code == 0, err

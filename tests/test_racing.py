@@ -255,3 +255,12 @@ def test_evaluate_picks_finalists_in_bests_order():
     pool = queries.candidates(study)
     assert [t.number for t in select_finalists(study, top=2, pool=pool)] == [1, 0]  # B on its two runs first
     assert [t.number for t in select_finalists(study, top=2)] == [0, 1]  # by single values without the pool
+
+
+def test_one_repeat_of_a_configuration_is_pending_at_a_time():
+    """A configuration sampled again while its repeat waits does not get a second repeat."""
+    study = racing_study(cap=3)
+    run(study, A, 0.8)
+    study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
+    run(study, A, 0.81)  # the sampler proposed A again and it completed: 2 runs, repeat 1 still waiting
+    assert queries.race_step(study, A, 3)[1] is None

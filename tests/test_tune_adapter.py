@@ -110,3 +110,26 @@ def test_an_attempt_that_starts_again_replaces_the_curve_from_its_epoch(tmp_path
         assert t.state == TrialState.COMPLETE and t.value == 0.7
     finally:
         beats.stop()
+
+
+def test_a_repeat_that_tune_gave_up_on_runs_again_as_a_repeat(tmp_path):
+    """Racing: a re-measurement whose worker died and that Tune gave up on is enqueued again still
+    marked as the repeat it was, so it runs every epoch outside ASHA and counts for its configuration."""
+    from rknas.search.tune_adapter import StudySearch
+
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db")
+    space = parse_space({**SPACE, "objectives": [{"metric": "val_accuracy", "direction": "maximize"}]}, "t")
+    beats = Heartbeats(storage, interval=3600)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"p1_k": 8}, user_attrs={"repeat_of": 0, "repeat": 1})
+    search = StudySearch(space=space.sample, metric="val_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1),
+                         study_name="s", storage=storage, rk_space=space, rk_versions={}, rk_max_retries=2,
+                         rk_driver=Driver("me", target=5, heartbeats=beats))
+    try:
+        search.suggest("tune-1")
+        search.on_trial_complete("tune-1", error=True)  # Tune gives up at once
+        search.record_error("tune-1", "the trial's worker crashed: ActorDiedError")
+        waiting = [t for t in optuna.load_study(study_name="s", storage=storage).trials if t.state == TrialState.WAITING]
+        assert [(t.user_attrs.get("repeat_of"), t.user_attrs.get("repeat")) for t in waiting] == [(0, 1)]
+    finally:
+        beats.stop()

@@ -284,3 +284,16 @@ def test_start_from_a_study_on_the_command_line(tmp_path):
     earlier_study(url)
     got = start_params(space_of(), ["study:earlier:2"], where="--start-from", storage=url)
     assert [g["p1_k"] for g in got] == [8, 32]
+
+
+def test_a_study_entry_takes_distinct_networks(tmp_path):
+    """Two trials of one network (other training settings) count once: top 2 gives two networks."""
+    url = f"sqlite:///{tmp_path}/a.db"
+    study = optuna.create_study(study_name="dup", storage=url, direction="maximize")
+    dist = optuna.distributions.CategoricalDistribution([0, 1])
+    same, other = network(["E", "E"], [1, 1], [8, 8]), network(["I", "E"], [2, 1], [16, 8])
+    for x, value, net in [(0, 0.9, same), (1, 0.89, same), (0, 0.5, other)]:
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": dist}, value=value,
+                                                  user_attrs={"network": net, "params": 100}))
+    got = start_params(space_of(), [{"study": "dup", "top": 2}], where="start_from", storage=url)
+    assert [g["p1_strategy"] for g in got] == ["E", "I"]

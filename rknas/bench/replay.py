@@ -262,6 +262,12 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
             raise ConfigError(f"--pareto: {', '.join(single)} handle one objective; choose samplers among "
                               f"{', '.join(n for n, k in known.items() if k.multi_objective)}")
     bench = load_bench(opts.table)
+    observable = bench.max_seeds() // 2 if opts.judge == "unseen" else bench.max_seeds()
+    too_many = [s.name for s in strategies if s.race > max(observable, 1)]
+    if too_many and not (opts.judge == "unseen" and bench.max_seeds() < 2):
+        raise ConfigError(f"{', '.join(too_many)}: a repeat needs a seed its architecture has not used, and this table "
+                          f"leaves {observable} observable seed(s) per architecture ({bench.max_seeds()} seeds, judged "
+                          f"{opts.judge}); race fewer times or build more seeds")
     if opts.judge == "unseen" and bench.max_seeds() < 2:
         raise ConfigError(f"{opts.table}: --judge unseen needs two or more complete seeds of an architecture, and this "
                           "table has one; build more (rknas bench build --seeds 2) or give --judge all")

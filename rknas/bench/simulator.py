@@ -157,8 +157,7 @@ class _Simulation:
         self.race = strategy.race
         self.runs: dict[int, list[float]] = {}  # arch -> final validation accuracy of each complete run
         self.used: dict[int, set[int]] = {}  # arch -> the curves (seeds) its runs drew
-        self.repeats: list[tuple[int, dict[str, Any]]] = []  # (arch, params) to run again, in order
-        self.racing: set[int] = set()  # archs with a repeat queued or running
+        self.racing: set[int] = set()  # archs with a repeat waiting in the study's queue or running
         self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
         self.running: dict[int, _Running] = {}
         self.epoch_of: dict[int, int] = {}
@@ -179,15 +178,11 @@ class _Simulation:
 
         if now >= self.budget_s or (self.max_trials is not None and self.counts["trials"] >= self.max_trials):
             return
-        repeat = bool(self.repeats)
-        if repeat:
-            arch, params = self.repeats.pop(0)
-            self.study.enqueue_trial(params)  # the same parameters, asked of the study like any trial
+        # Warm-start entries and repeats wait in the study's queue, as in a search: the oldest first.
         ot = self.study.ask()
-        if not repeat:
-            arch = self.snap.find({**self.space.sample(ot), **ot.params})
-        else:
-            self.space.sample(ot)
+        proposal = {**self.space.sample(ot), **ot.params}
+        repeat = "repeat_arch" in ot.user_attrs
+        arch = int(ot.user_attrs["repeat_arch"]) if repeat else self.snap.find(proposal)
         self.counts["trials"] += 1
         runs = self.bench.curves[arch]
         if not runs:  # every run of this architecture failed: the trial fails after its recorded time
@@ -215,9 +210,10 @@ class _Simulation:
         from rknas.storage.racing import needs_repeat_front
 
         self.runs.setdefault(r.arch, []).append(v)
-        self.racing.discard(r.arch)
+        if r.repeat:
+            self.racing.discard(r.arch)
         n = len(self.runs[r.arch])
-        if self.race <= 1 or n >= self.race or r.arch in self.racing:
+        if self.race <= 1 or n >= self.race or r.arch in self.racing:  # one repeat pending at a time
             return
         if self.n_obj == 1:
             best = incumbent(self.runs, self.race, self.bench.params)
@@ -225,9 +221,9 @@ class _Simulation:
                 float(np.mean(self.runs[r.arch])) > float(np.mean(self.runs[best[0]])))
         else:
             needed = needs_repeat_front(arch_groups(self.runs, self.bench.params), str(r.arch), self.race, PARETO_SIGNS)
-        if needed:
+        if needed:  # the same parameters, asked of the study like any trial (marked with the table architecture)
             self.racing.add(r.arch)
-            self.repeats.append((r.arch, dict(r.ot.params)))
+            self.study.enqueue_trial(dict(r.ot.params), user_attrs={"repeat_arch": r.arch})
 
     def run(self, workers: int) -> list[Completed]:
         """Play the search out; returns its completed trials as ``(time, arch, final val accuracy)``."""

@@ -234,8 +234,8 @@ def seed_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace) -> int:
     for t in finished_trials(study):
         record = TrialRecord.of(t)
         curve = record.val_accuracy_per_epoch
-        if not curve or (record.space_revision or 0) not in comparable:
-            continue
+        if not curve or (record.space_revision or 0) not in comparable or record.repeat_of is not None:
+            continue  # (racing's repeats never reach ASHA's rungs: tune_adapter.RepeatAwareASHA)
         for bracket in brackets:
             for milestone, recorded in bracket._rungs:
                 epoch = math.ceil(milestone)

@@ -49,7 +49,6 @@ from rknas.storage import (
     Heartbeats,
     StudyRecord,
     TrialRecord,
-    accuracy_of,
     best_trial,
     driver_id,
     interrupt_trials,
@@ -497,13 +496,15 @@ class _GracefulSignals:
 def _result(study: optuna.Study, url: str, target: int, started: int, interrupted: bool,
             timed_out: bool = False) -> SearchResult:
     t = best_trial(study, lean=True)  # its values and size: no network needed
+    summary = summarize(study)
     best = None
     if t is not None:
         record = TrialRecord.of(t)
-        best = {"number": t.number, "values": t.values, "val_accuracy": accuracy_of(study, t),
-                "params": record.params, "flops": record.flops}
+        # with racing, the mean over the configuration's runs, as `rknas best` reports it
+        best = {"number": t.number, "values": t.values, "val_accuracy": summary["best_val_accuracy"],
+                "runs": summary["best_runs"], "params": record.params, "flops": record.flops}
     return SearchResult(
         study=study.study_name, storage=url, target=target, finished=counted(study)[0],
-        started_now=started, interrupted=interrupted, counts=summarize(study)["counts"], best=best,
+        started_now=started, interrupted=interrupted, counts=summary["counts"], best=best,
         timed_out=timed_out,
     )

@@ -212,7 +212,8 @@ class StudySearch(OptunaSearch):
                 record.fail_reason = (f"{reason}; Ray Tune gave up after {attempts} of {1 + self._rk_max_retries} attempts "
                                       "(a second error from the same dead worker): not counted, its configuration runs "
                                       "again as a new trial")
-                self._ot_study.enqueue_trial(dict(ot.params), skip_if_exists=False)
+                again = {k: ot.user_attrs[k] for k in ("repeat_of", "repeat") if k in ot.user_attrs}  # a repeat stays one
+                self._ot_study.enqueue_trial(dict(ot.params), user_attrs=again or None, skip_if_exists=False)
             else:
                 record.fail_reason = reason
             self._record(trial_id, ot, record, TrialState.FAIL, None, outside_training=reason)

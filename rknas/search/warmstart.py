@@ -15,6 +15,7 @@ periods or data, is an error naming the entry.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -225,10 +226,11 @@ def _top_of_table(path: str, top: int, what: str) -> list[tuple[str, dict[str, A
             runs = table.runs()
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from None
+    epochs = max((len(rows) for rows in curves.values()), default=0)
     finals: dict[int, list[float]] = {}
     for arch, seed, status, _ in runs:
         rows = curves.get((arch, seed))
-        if status == "ok" and rows:
+        if status == "ok" and rows and len(rows) == epochs:  # whole runs only, as load_bench counts them
             finals.setdefault(arch, []).append(rows[-1].test_accuracy)
     if not finals:
         raise ConfigError(f"{what}: table {path} has no complete run yet")
@@ -243,14 +245,20 @@ def _top_of_study(name: str, url: str, top: int, what: str) -> list[tuple[str, d
 
     try:
         study = open_study(name, url)
-        pool = full(study, candidates(study, lean=True)[:top])
+        pool = candidates(study, lean=True)
     except RknasError as exc:
         raise ConfigError(f"{what}: {exc}") from None
-    out = []
-    for t in pool[:top]:
-        network = TrialRecord.of(t).network
-        if network is not None:
-            out.append((f"study {name!r} trial {t.number}", network))
+    out: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for i in range(0, len(pool), max(top, 10)):  # in best's order, until `top` distinct networks
+        for t in full(study, pool[i:i + max(top, 10)]):
+            network = TrialRecord.of(t).network
+            key = json.dumps(network, sort_keys=True)
+            if network is not None and key not in seen:
+                seen.add(key)
+                out.append((f"study {name!r} trial {t.number}", network))
+                if len(out) == top:
+                    return out
     return out
 
 

@@ -149,9 +149,8 @@ def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[li
     if not needed:
         return reported, None
     attrs = repeat_attrs(next(g for g in groups if g.key == key))
-    for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING)):
-        r = TrialRecord.of(t)
-        if (r.repeat_of, r.repeat) == (attrs["repeat_of"], attrs["repeat"]):
+    for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING), user_keys=("repeat_of",)):
+        if TrialRecord.of(t).repeat_of == attrs["repeat_of"]:  # one repeat of a configuration pending at a time
             return reported, None
     return reported, attrs
 
