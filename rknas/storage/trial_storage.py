@@ -143,7 +143,8 @@ class TrialStorage:
             timeout: Seconds to wait for the nodes' answers.
 
         Returns:
-            The number of nodes checked (0 on a single-node cluster: nothing to prove).
+            The number of nodes checked (0 on a single-node cluster: nothing to prove). A node
+            that left the cluster after it was listed (its check cannot be scheduled) is skipped.
 
         Raises:
             RknasError: A node cannot see it, or did not answer, in one line naming the option.
@@ -167,12 +168,17 @@ class TrialStorage:
             refs = {look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                     .remote(self.filesystem, marker): n for n in able}
             ready, _late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            checked = 0
             for ref, node in refs.items():
                 where = f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
                 if ref not in ready:
                     raise RknasError(f"{where} did not answer within {timeout:g} s whether it sees the trial storage "
                                      f"{self.path}; check that the node is healthy, or remove it from the cluster")
-                seen, error = ray.get(ref)
+                try:
+                    seen, error = ray.get(ref)
+                except ray.exceptions.TaskUnschedulableError:
+                    continue  # the node left the cluster after it was listed (lost, replaced): it runs no trial
+                checked += 1
                 if not seen:
                     why = f" ({error})" if error else ""
                     local = " (a folder on this machine only)" if scheme_of(self.path) in (None, "file", "local") else ""
@@ -183,7 +189,7 @@ class TrialStorage:
                 self.filesystem.delete_file(marker)
             except OSError:  # pyarrow IO errors are OSErrors; best effort: a stray marker harms nothing
                 pass
-        return len(able)
+        return checked
 
 
 def _sees(filesystem: Any, marker: str) -> tuple[bool, str]:
