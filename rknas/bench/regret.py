@@ -70,18 +70,13 @@ def incumbent(runs: dict[int, list[float]], race: int, params: Params) -> Option
     Returns:
         ``(architecture, mean, runs)``, or None before any run completed.
     """
-    from rknas.storage.racing import rank_key
+    from rknas.storage.racing import ranked
 
-    best: Optional[tuple[int, float, int]] = None
-    best_key: Optional[tuple] = None
-    for order, (arch, values) in enumerate(runs.items()):
-        if not values:
-            continue
-        mean = float(np.mean(values))
-        key = rank_key(len(values), mean, float(params[arch]), order, race)
-        if best_key is None or key > best_key:
-            best, best_key = (arch, mean, len(values)), key
-    return best
+    groups = arch_groups(runs, params)
+    if not groups:
+        return None
+    best = ranked(groups, race)[0]
+    return int(best.key), best.mean, best.runs
 
 
 def returned(done: list[tuple[float, int, float]], race: int, params: Params) -> Iterator[tuple[float, int, float]]:

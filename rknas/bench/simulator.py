@@ -206,8 +206,8 @@ class _Simulation:
     def _race(self, r: _Running, v: float, done: list[Completed]) -> None:
         """After a complete run: queue a repeat of its architecture if it would lead (one objective)
         or join the reported Pareto set (two), as the search decides (``rknas.storage.racing``)."""
-        from rknas.bench.regret import PARETO_SIGNS, arch_groups, incumbent
-        from rknas.storage.racing import needs_repeat_front
+        from rknas.bench.regret import PARETO_SIGNS, arch_groups
+        from rknas.storage.racing import needs_repeat, needs_repeat_front
 
         self.runs.setdefault(r.arch, []).append(v)
         if r.repeat:
@@ -215,12 +215,11 @@ class _Simulation:
         n = len(self.runs[r.arch])
         if self.race <= 1 or n >= self.race or r.arch in self.racing:  # one repeat pending at a time
             return
+        groups = arch_groups(self.runs, self.bench.params)  # the search's own rule (rknas.storage.racing)
         if self.n_obj == 1:
-            best = incumbent(self.runs, self.race, self.bench.params)
-            needed = best is None or best[0] == r.arch or (
-                float(np.mean(self.runs[r.arch])) > float(np.mean(self.runs[best[0]])))
+            needed = needs_repeat(groups, str(r.arch), self.race)
         else:
-            needed = needs_repeat_front(arch_groups(self.runs, self.bench.params), str(r.arch), self.race, PARETO_SIGNS)
+            needed = needs_repeat_front(groups, str(r.arch), self.race, PARETO_SIGNS)
         if needed:  # the same parameters, asked of the study like any trial (marked with the table architecture)
             self.racing.add(r.arch)
             self.study.enqueue_trial(dict(r.ot.params), user_attrs={"repeat_arch": r.arch})
