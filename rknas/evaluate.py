@@ -41,8 +41,8 @@ from rknas.config import DataSpec, NetworkConfig, SizeLimit, TrainConfig, format
 from rknas.data.core import TensorData, load_dataset
 from rknas.errors import ConfigError, RknasError
 from rknas.events import EvaluationEvents, EventSink, evaluation_listener
-from rknas.models.counting import count_flops, count_params
-from rknas.models.network import build_network, parse_network_config
+from rknas.models.counting import count_network
+from rknas.models.network import parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
@@ -520,8 +520,7 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
     results: dict[str, ModelResult] = {}
     for e in entries:
         if e.counts is None:
-            model = build_network(e.network)
-            e.counts = count_params(model), count_flops(model, e.network)
+            e.counts = count_network(e.network)
         results[e.name] = ModelResult(
             name=e.name, source=e.source, architecture=e.network.name, network=e.network.model_dump(mode="json"),
             params=e.counts[0], flops=e.counts[1], seeds=seed_list, trial=e.trial,

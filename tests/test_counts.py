@@ -142,3 +142,27 @@ def test_the_table_is_used_only_for_the_config_it_describes():
     assert sizes.shipped_counts(name, config, "rknas") == (row["params"], row["flops"])
     assert sizes.shipped_counts(name, config.model_copy(update={"classes": 3}), "rknas") is None  # changed: count it
     assert sizes.shipped_counts(name, config, "someplugin") is None  # not rknas's model
+
+
+def test_flops_are_counted_from_shapes_and_a_block_that_reads_values_is_counted_for_real(monkeypatch):
+    """The meta-device count equals a real forward's; a forward that reads a value falls back to one."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_network(NetworkConfig(framework="mnist", strategy="R", stages=2, k=12))
+    x = torch.zeros(1, 1, 28, 28)
+    with torch.no_grad(), FlopCounterMode(display=False) as real:
+        model.eval()(x)
+    assert count_flops(model) == real.get_total_flops() > 0
+
+    forward = type(model).forward
+    devices = []
+
+    def reads_a_value(self, inp):
+        devices.append(inp.device.type)
+        float(inp.sum())  # raises on the meta device
+        return forward(self, inp)
+
+    monkeypatch.setattr(type(model), "forward", reads_a_value)
+    assert count_flops(model) == real.get_total_flops()
+    assert devices == ["meta", "cpu"]

@@ -330,3 +330,33 @@ def test_importing_rknas_testing_imports_no_torch():
     code = "import sys, rknas.testing, rknas.hookspecs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+class _Shrinks(Recorder):
+    """A block that breaks the contract: it returns one channel."""
+
+    def build(self, spec: BlockSpec) -> nn.Module:
+        return nn.Conv2d(spec.channels, 1, 1)
+
+
+class _ReadsValues(Recorder):
+    """A block that honours the contract but reads a value in forward, which the meta device cannot."""
+
+    def build(self, spec: BlockSpec) -> nn.Module:
+        class Block(nn.Module):
+            def forward(self, x):
+                return x * 2 if float(x.abs().sum()) >= 0 else x
+
+        return Block()
+
+
+def test_counting_without_running_blocks_still_names_a_broken_plugin_and_counts_one_that_reads_values(register_plugin):
+    from rknas.models.counting import count_network, describe
+
+    register_plugin(_Shrinks("shrinks"), name="shrinkpkg")
+    with pytest.raises(PluginError, match="'shrinks' from shrinkpkg.* returned shape"):
+        describe({"framework": "mnist", "strategy": "shrinks", "stages": 2, "k": 4})
+    register_plugin(_ReadsValues("reads"), name="readspkg")
+    config = rknas.NetworkConfig(framework="mnist", strategy=["reads", "I"], stages=2, k=4)
+    model = build_network(config)
+    assert count_network(config) == (rknas.count_params(model), rknas.count_flops(model)) and model.periods

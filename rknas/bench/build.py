@@ -20,7 +20,7 @@ from rknas.data.core import TensorData, load_dataset, normalizer, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.events import BenchEvents, bench_listener
-from rknas.models.counting import count_flops, count_params
+from rknas.models.counting import count_network
 from rknas.models.network import build_network
 from rknas.options import BenchBuildOptions
 from rknas.search.space import Range, SearchSpace, load_space
@@ -109,8 +109,7 @@ def draw_architectures(space: SearchSpace, n: int, seed: int) -> list[tuple[str,
             continue
         limit = space.constraints
         if not limit.unlimited:
-            model = build_network(network)
-            if not limit.admits(count_params(model), count_flops(model)):
+            if not limit.admits(*count_network(network)):
                 continue
         seen.add(key)
         out.append(("start_from" if i < len(starts) else "sampled", params))
@@ -122,8 +121,7 @@ def arch_rows(space: SearchSpace, drawn: list[tuple[str, dict[str, Any]]]) -> li
     rows = []
     for source, params in drawn:
         network, _ = space.configs(params)
-        model = build_network(network)
-        rows.append((source, params, network.model_dump(mode="json"), count_params(model), count_flops(model)))
+        rows.append((source, params, network.model_dump(mode="json"), *count_network(network)))
     return rows
 
 

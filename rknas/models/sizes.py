@@ -52,8 +52,7 @@ def shipped_counts(name: str, config: NetworkConfig, package: str) -> Optional[t
 
 def count_all() -> dict[str, dict[str, Any]]:
     """Count every built-in named model (builds each network: torch)."""
-    from rknas.models.counting import count_flops, count_params
-    from rknas.models.network import build_network
+    from rknas.models.counting import count_network
     from rknas.registry import models
 
     out = {}
@@ -61,9 +60,8 @@ def count_all() -> dict[str, dict[str, Any]]:
         if model.package != "rknas":
             continue
         config = NetworkConfig.model_validate(dict(model.config))
-        net = build_network(config)
-        out[name] = {"config": config.model_dump(mode="json"), "params": count_params(net),
-                     "flops": count_flops(net, config)}
+        params, flops = count_network(config)
+        out[name] = {"config": config.model_dump(mode="json"), "params": params, "flops": flops}
     return out
 
 

@@ -8,6 +8,7 @@ a time that grows with the parameter count.
 
 from __future__ import annotations
 
+import json
 import random
 
 from rknas.bench.build import arch_rows, draw_architectures, table_settings
@@ -25,6 +26,21 @@ TINY_SPACE = {
 }
 
 
+_COUNTS: dict[str, tuple[int, int]] = {}  # network config -> (params, FLOPs): counting builds the network
+
+
+def _rows(space, drawn):
+    """``arch_rows``, each network counted once per test session (tables share their first draws)."""
+    rows = []
+    for source, params in drawn:
+        key = space.configs(params)[0].model_dump_json()
+        if key not in _COUNTS:
+            row = arch_rows(space, [(source, params)])[0]
+            _COUNTS[key] = row[3], row[4]
+        rows.append((source, params, json.loads(key), *_COUNTS[key]))
+    return rows
+
+
 def make_table(path, space, archs=60, seeds=2, epochs=4, noise=0.002, seed=0, fail=()):
     """Write a table for ``space`` (classes, channels, image size set) and return {arch: true mean test}."""
     rng = random.Random(seed)
@@ -32,7 +48,7 @@ def make_table(path, space, archs=60, seeds=2, epochs=4, noise=0.002, seed=0, fa
     opts = BenchBuildOptions(space=str(space.name), archs=archs, seeds=seeds, out=path)
     truth = {}
     with BenchTable.create(path, table_settings(space, opts, epochs)) as table:
-        table.add_archs(arch_rows(space, drawn))
+        table.add_archs(_rows(space, drawn))
         for i, a in enumerate(table.archs()):
             k = a.sampled.get("p1_k", 16)
             final = 0.80 + 0.1 * min(k, 32) / 32 - 0.002 * abs(k - 32) / 4 + 0.01 * rng.random()
