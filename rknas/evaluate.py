@@ -251,18 +251,28 @@ def select_finalists(
 
 
 def _first_distinct(study: optuna.Study, ranked: list[FrozenTrial], n: int, chunk: int = 50) -> list[FrozenTrial]:
-    """The first ``n`` trials of distinct networks in ``ranked`` (possibly lean), read whole a chunk at a time."""
+    """The first ``n`` trials of distinct networks in ``ranked`` (possibly lean), read whole.
+
+    Only the networks are read while looking, in chunks that double (thousands of tied trials
+    of a few networks are common in a long search), then the kept trials whole.
+    """
     seen: set[str] = set()
     kept: list[FrozenTrial] = []
-    for i in range(0, len(ranked), chunk):
-        for t in full(study, ranked[i:i + chunk]):
-            key = json.dumps(TrialRecord.of(t).network, sort_keys=True)
+    i = 0
+    while i < len(ranked) and len(kept) < n:
+        part = ranked[i:i + chunk]
+        nets = {t.number: t.user_attrs.get("network")
+                for t in load_trials(study, trial_ids=[t._trial_id for t in part], user_keys=("network",))}
+        for t in part:
+            key = json.dumps(nets.get(t.number), sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 kept.append(t)
                 if len(kept) == n:
-                    return kept
-    return kept
+                    break
+        i += len(part)
+        chunk = min(2 * chunk, 2000)  # an IN list of at most 2,000 ids: within every SQLite build's limit
+    return full(study, kept)
 
 
 def _distinct_networks(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -296,3 +296,22 @@ def test_evaluations_are_kept_and_the_most_thorough_one_is_used(cli, study_url, 
     code, out, err = cli("report", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "r.png")
     assert code == 0, err
     assert "evaluation 1 of 2" in out and "also evaluation 2: 1 seed x 2 epochs" in out and "(--evaluation 2)" in out
+
+
+def test_finalists_are_the_first_distinct_networks_however_many_ties_come_first(tmp_path):
+    """Eleven tied trials of one network lead the ranking; the next networks are still found, read whole."""
+    from rknas.storage.queries import candidates
+
+    study = optuna.create_study(study_name="ties", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    order = [0] * 11 + [1, 1, 2, 0]
+    for n, (i, acc) in enumerate(zip(order, [0.9] * 11 + [0.8, 0.8, 0.7, 0.6])):
+        record = TrialRecord(val_accuracy_per_epoch=[acc], seed=n, params=100 + n, flops=1000, network=network(i))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.1}, distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1.0)},
+            values=[acc], user_attrs=record.user_attrs()))
+    pool = candidates(study, lean=True)
+    assert "network" not in pool[0].user_attrs  # a lean read, as evaluate's planning reads the study
+    kept = ev._first_distinct(study, pool, 3, chunk=2)
+    assert [t.number for t in kept] == [0, 11, 13]
+    assert [TrialRecord.of(t).network for t in kept] == [network(0), network(1), network(2)]
+    assert [t.number for t in ev._first_distinct(study, pool, 5, chunk=2)] == [0, 11, 13]  # only three networks

@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchdiffeq import odeint
 
 from rknas_baselines.resnet import hidden_width
 
@@ -92,6 +91,8 @@ class ODEBlock(nn.Module):
         grid = torch.linspace(0.0, 1.0, self.steps + 1, dtype=y.dtype, device=y.device)
         if self.method == CLASSIC:
             return classic_rk4(self.func, y, grid)
+        from torchdiffeq import odeint  # here, not at the top: loading the plugin (every command) skips its 0.5 s import
+
         options = {"max_iters": self.max_iters} if self.method == "implicit_adams" else None
         return odeint(self.func, y, grid, method=self.method, options=options, rtol=self.tol, atol=self.tol)[-1]
 
