@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rknas.errors import RknasError
 from rknas.storage import StudyRecord, TrialRecord
-from rknas.storage.bulk import load_trials
+from rknas.storage.bulk import load_trials, rdb_of
 
 if TYPE_CHECKING:
     from rknas.bench.replay import ReplaySummary
@@ -89,6 +89,21 @@ class ImportanceWorker:
 
         return cls() if _worth_forking(tally(study).get(TrialState.COMPLETE.name, 0)) else None
 
+    def importances_read(self, study: optuna.Study) -> Any:
+        """A future of ``parameter_importances(study)``, the worker reading the completed trials'
+        parameters itself, beside this process's read of the rest; None where it cannot (not
+        a database: ``importances`` is the way). The worker exits once it has answered.
+        """
+        rdb = rdb_of(study)
+        if rdb is None:
+            return None
+        metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
+        index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+        future = self.pool.submit(_importances_of_study, rdb.engine.url.render_as_string(hide_password=False),
+                                  study.study_name, index)
+        self.close()
+        return future
+
     def importances(self, study: optuna.Study, complete: list[FrozenTrial]) -> Any:
         """A future of ``parameter_importances(study, complete)``; the worker exits once it has answered."""
         metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
@@ -114,6 +129,15 @@ def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, floa
     return _importances(trials, [optuna.study.StudyDirection.MAXIMIZE], 0)
 
 
+def _importances_of_study(url: str, name: str, index: int) -> dict[str, float]:
+    """In the worker: a connection of its own (never the parent's, inherited at the fork), then fANOVA."""
+    from rknas.storage.backend import open_study
+
+    study = open_study(name, url)
+    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=())
+    return _importances_of_rows([(t.params, t.distributions, t.values[index]) for t in complete if t.values])
+
+
 class _CompletedTrials:
     """What Optuna's importance evaluators read of a study, served from trials already in memory.
 
@@ -131,10 +155,10 @@ class _CompletedTrials:
         return len(self.directions) > 1
 
 
-def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker]) -> list[FrozenTrial]:
+def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker], params: bool) -> list[FrozenTrial]:
     """The trials the study picture plots; a failed read closes the importance worker."""
     try:
-        return load_trials(study, user_keys=PLOTTED)
+        return load_trials(study, user_keys=PLOTTED, params=params)
     except BaseException:
         if worker is not None:
             worker.close()
@@ -142,12 +166,13 @@ def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker]) -> l
 
 
 def _importances_from(pending: Any, study: optuna.Study, complete: list[FrozenTrial]) -> dict[str, float]:
-    """The worker's answer, or the importances computed here when there is no worker or it died."""
+    """The worker's answer, or the importances computed here when there is no worker or it died
+    (``complete`` has no parameters where the worker was to read them: they are read again)."""
     if pending is not None:
         try:
             return dict(pending.result())
         except Exception:  # the worker died (out of memory, killed): compute them here instead
-            return parameter_importances(study, complete)
+            return parameter_importances(study, complete if any(t.params for t in complete) else None)
     return parameter_importances(study, complete)
 
 
@@ -166,7 +191,8 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     worker = ImportanceWorker.start_for(study)  # before the read: scikit-learn loads beside it
-    trials = _read_or_close(study, worker)
+    pending = worker.importances_read(study) if worker is not None else None  # it reads the parameters itself
+    trials = _read_or_close(study, worker, params=pending is None)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
@@ -182,7 +208,8 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     dot = 18 if len(done) <= 500 else 6
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pending = worker.importances(study, complete) if worker is not None else None
+    if pending is None and worker is not None:
+        pending = worker.importances(study, complete)
 
     ax = axes[0]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):

@@ -8,8 +8,8 @@ from rknas.report import parameter_importances, plot_study
 from rknas.storage import StudyRecord, TrialRecord
 
 
-def synthetic_study(n=12):
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+def synthetic_study(n=12, storage=None):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), storage=storage)
     for key, value in StudyRecord(metrics=["val_accuracy"]).user_attrs().items():
         study.set_user_attr(key, value)
     for _ in range(n):
@@ -162,3 +162,45 @@ def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkey
     assert set(report.parameter_importances(study, complete)) == {"k", "rule"}
     monkeypatch.setattr(report, "_worth_forking", lambda n: False)
     assert report.ImportanceWorker.start_for(study) is None
+
+
+def test_a_worker_that_reads_the_parameters_itself_finds_the_same_importances(tmp_path):
+    """On a database the worker reads the completed trials' parameters on its own connection,
+    while the plotting process reads everything else without them."""
+    import multiprocessing
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from rknas import report
+    from rknas.storage.bulk import load_trials
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study.set_user_attr("metrics", ["val_accuracy"])
+    dists = {"k": IntDistribution(8, 64), "rule": CategoricalDistribution(["E", "I", "R"])}
+    for i in range(40):
+        k, rule = 8 + i % 57, "EIR"[i % 3]
+        study.add_trial(optuna.trial.create_trial(params={"k": k, "rule": rule}, distributions=dists,
+                                                  value=k / 64 + (0.05 if rule == "R" else 0.0)))
+    lean = load_trials(study, user_keys=report.PLOTTED, params=False)
+    assert len(lean) == 40 and all(t.params == {} and t.distributions == {} and t.values for t in lean)
+    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    found = worker.importances_read(study).result(timeout=120)
+    assert found == report.parameter_importances(study) and set(found) == {"k", "rule"}
+    other = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    assert other.importances_read(optuna.create_study()) is None  # not a database: the caller hands the trials over
+    other.close()
+
+
+def test_the_study_picture_of_a_database_study_gets_its_importances_from_the_worker(tmp_path, monkeypatch):
+    from rknas import report
+
+    figures = captured_figures(monkeypatch)
+    study = synthetic_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    monkeypatch.setattr(report, "_worth_forking", lambda n: True)
+    asked = []
+    monkeypatch.setattr(report.ImportanceWorker, "importances", lambda *a: asked.append(a))  # not the hand-over way
+    plot_study(study, tmp_path / "r.png")
+    importance = [a for t, *_, a in figures[0]["axes"] if t == "what mattered"][0]
+    bars = {t.get_text(): p.get_width() for t, p in zip(importance.get_yticklabels(), importance.patches)}
+    assert max(bars, key=bars.get) == "lr" and not asked

@@ -136,6 +136,7 @@ def load_trials(
     states: Optional[Collection[TrialState]] = None,
     trial_ids: Optional[Iterable[int]] = None,
     user_keys: Optional[Collection[str]] = None,
+    params: bool = True,
 ) -> list[FrozenTrial]:
     """A study's trials, as ``study.get_trials(deepcopy=False, states=...)`` returns them.
 
@@ -149,6 +150,8 @@ def load_trials(
         user_keys: A lean read: only these user attributes, and no system attributes or
             intermediate values (a plot of ten thousand trials needs two of a record's fields,
             and decoding the rest is most of the read).
+        params: False: no parameters either (empty ``params`` and ``distributions``), for a
+            reader of values and records only. SQL storages only.
 
     Returns:
         The trials, in the order they were created.
@@ -187,11 +190,11 @@ def load_trials(
                 children(models.TrialValueModel, "objective", "value", "value_type")
             ).all():
                 values[tid][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
-            params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+            by_trial: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
             for tid, pid, name, value, dist in conn.execute(
                 children(models.TrialParamModel, "param_id", "param_name", "param_value", "distribution_json")
-            ).all():
-                params[tid].append((pid, name, value, dist))
+            ).all() if params else ():
+                by_trial[tid].append((pid, name, value, dist))
             user: dict[int, dict[str, Any]] = defaultdict(dict)
             ua = models.TrialUserAttributeModel.__table__
             query = children(models.TrialUserAttributeModel, "key", "value_json")
@@ -209,7 +212,7 @@ def load_trials(
                 ).all():
                     steps[tid][step] = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
 
-        return _frozen(rows, values, params, user, system, steps)
+        return _frozen(rows, values, by_trial, user, system, steps)
 
     return _run(storage, read)
 
