@@ -88,3 +88,54 @@ def test_pareto_front_is_optunas_best_trials():
         assert [t.number for t in pareto_front(complete, study.directions)] == sorted(t.number for t in study.best_trials)
         assert len(study.best_trials) > 3
     assert pareto_front([], study.directions) == []
+
+
+def test_incremental_complete_equals_a_full_read_after_every_step_and_reads_only_from_the_floor(tmp_path, monkeypatch):
+    """Trials start, complete, fail and are enqueued in random order; after every step the
+    incremental reader returns exactly what a full read does, reading from the lowest unfinished id."""
+    import random
+
+    from rknas.storage import bulk
+    from rknas.storage.bulk import IncrementalComplete
+
+    study = optuna.create_study(study_name="inc", storage=open_storage(f"sqlite:///{tmp_path / 'i.db'}"))
+    reader = IncrementalComplete(study, user_keys=("seed",))
+    floors = []
+    real = bulk.load_trials
+
+    def spy(*args, **kwargs):
+        floors.append(kwargs.get("from_trial_id", 0))
+        return real(*args, **kwargs)
+
+    rng = random.Random(0)
+    running = []
+    for step in range(120):
+        action = rng.choice(["start", "start", "finish", "finish", "fail", "enqueue", "read"])
+        if action == "start":
+            t = study.ask()
+            t.set_user_attr("seed", step)
+            running.append(t)
+        elif action == "enqueue":
+            study.enqueue_trial({"x": 1.0})
+        elif action in ("finish", "fail") and running:
+            t = running.pop(rng.randrange(len(running)))
+            study.tell(t, float(step) if action == "finish" else None,
+                       state=TrialState.COMPLETE if action == "finish" else TrialState.FAIL)
+        monkeypatch.setattr(bulk, "load_trials", spy)
+        got = reader.trials()
+        monkeypatch.setattr(bulk, "load_trials", real)
+        want = real(study, states=(TrialState.COMPLETE,), user_keys=("seed",))
+        assert [(t.number, t.values, t.user_attrs) for t in got] == [(t.number, t.values, t.user_attrs) for t in want]
+    assert len(want) > 10 and running  # the walk left trials of every kind
+    assert max(floors) > 0 and floors == sorted(floors)  # reads moved on, never back
+
+
+def test_incremental_complete_reads_everything_from_optunas_own_storages():
+    from rknas.storage.bulk import IncrementalComplete
+
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    reader = IncrementalComplete(study)
+    assert [t.number for t in reader.trials()] == [0, 1, 2]
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert [t.number for t in reader.trials()] == [0, 1, 2, 3]

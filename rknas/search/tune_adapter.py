@@ -35,7 +35,7 @@ from rknas.storage.retry import StorageUnavailable
 
 # What a StudySearch holds that lives in this process only: left out of its pickle.
 LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_rk_driver", "_rk_events", "_pending_errors",
-        "_rk_storage_error")
+        "_rk_storage_error", "_rk_complete")
 
 
 class DetachedSearcherError(RuntimeError):
@@ -66,6 +66,7 @@ class StudySearch(OptunaSearch):
         # A storage failure while recording a result: Tune logs and swallows errors raised in
         # on_trial_complete, so the next suggest raises it and fit ends (see _record).
         self._rk_storage_error: Optional[StorageUnavailable] = None
+        self._rk_complete: Any = None  # racing's reader of the complete trials (storage.queries.lean_complete)
 
     # ---- pickling (see the module docstring) ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class StudySearch(OptunaSearch):
             events: The search's listener (or a callable ``(kind, data)``), if any.
         """
         self._ot_study = study  # type: ignore[assignment]  # Ray declares it as None until _setup_study
+        self._rk_complete = None
         self._storage, self._sampler = study._storage, study.sampler
         self._rk_driver, self._rk_events = driver, search_listener(events)
         self._rk_detached = False
@@ -263,11 +265,13 @@ class StudySearch(OptunaSearch):
 
     def _race(self, ot: Any) -> None:
         """Racing: ask for a re-measurement of the configuration just measured, if it needs one."""
-        from rknas.storage.queries import race_step
+        from rknas.storage.queries import lean_complete, race_step
 
         space, study = self._rk_space, self._ot_study
         assert study is not None
-        reported, repeat = race_step(study, ot.params, space.racing)
+        if self._rk_complete is None:
+            self._rk_complete = lean_complete(study)  # kept: each step then reads only the trials new since the last
+        reported, repeat = race_step(study, ot.params, space.racing, self._rk_complete)
         if self._rk_events is not None and len(space.metrics) == 1:
             best = reported[0]
             self._rk_events.incumbent(number=best.numbers[0], value=best.mean, runs=best.runs)

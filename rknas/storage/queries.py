@@ -12,7 +12,7 @@ from rknas._version import __version__
 from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
-from rknas.storage.bulk import INTERRUPTED, load_trials, pareto_front, tally
+from rknas.storage.bulk import INTERRUPTED, IncrementalComplete, load_trials, pareto_front, tally
 from rknas.storage.racing import (
     RULE,
     Group,
@@ -119,7 +119,8 @@ def _signs(study: optuna.Study) -> list[float]:
     return [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
 
 
-def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[list[Group], Optional[dict[str, int]]]:
+def race_step(study: optuna.Study, params: dict[str, Any], cap: int,
+              complete: Optional[IncrementalComplete] = None) -> tuple[list[Group], Optional[dict[str, int]]]:
     """After a complete run of ``params``: what the study reports now, and the repeat to ask for, if any.
 
     The decision reads the study, so every driver sees the others' runs and pending repeats: a
@@ -129,6 +130,8 @@ def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[li
         study: A study with at least one complete trial (the run just recorded).
         params: The sampled parameters of that run.
         cap: The racing cap (the space's ``racing``).
+        complete: The caller's reader of the complete trials (``lean_complete``), kept from one
+            step to the next so that each step reads only the trials new since the last.
 
     Returns:
         ``(reported, repeat)``: with one objective, ``[incumbent]`` (``racing.RULE``); with
@@ -136,8 +139,7 @@ def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[li
         repeat to enqueue (``repeat_of``, ``repeat``), or None when none is needed or one is
         already pending.
     """
-    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=LEAN_KEYS)
-    groups = _groups(study, complete)
+    groups = _groups(study, (complete or lean_complete(study)).trials())
     key = config_key(params)
     if len(study.directions) == 1:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -153,6 +155,18 @@ def race_step(study: optuna.Study, params: dict[str, Any], cap: int) -> tuple[li
         if TrialRecord.of(t).repeat_of == attrs["repeat_of"]:  # one repeat of a configuration pending at a time
             return reported, None
     return reported, attrs
+
+
+def lean_complete(study: optuna.Study) -> IncrementalComplete:
+    """A reader of the study's complete trials with the record fields ranking reads (``LEAN_KEYS``).
+
+    Args:
+        study: The study.
+
+    Returns:
+        An ``IncrementalComplete`` to keep and ask again.
+    """
+    return IncrementalComplete(study, user_keys=LEAN_KEYS)
 
 
 def evidence(study: optuna.Study, t: FrozenTrial) -> Optional[dict[str, Any]]:
