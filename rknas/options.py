@@ -284,8 +284,8 @@ class EvaluateOptions(CommandOptions):
     data_root: DataRoot = None
     device: Device = None
     threads: Optional[int] = Field(
-        None, ge=1, description="Threads training uses (default: one per CPU this process may use). The count changes a CPU "
-                                "run's sums, so it is recorded with the run.")
+        None, ge=1, description="Threads training uses (default: RKNAS_THREADS, else one per CPU this process may use). The "
+                                "count changes a CPU run's sums, so it is recorded with the run.")
     store: Annotated[bool, NOT_CLI] = Field(True, description="Store the summary in the study (StudyRecord.evaluation).")
     on_event: Annotated[Union[EvaluationEvents, EventSink, None], NOT_CLI] = Field(
         None, repr=False, description="Where the evaluation reports its progress (rknas.events).")
@@ -312,8 +312,8 @@ class TrainOptions(CommandOptions):
     resume: bool = Field(False, description="Continue from OUT/checkpoint.pt.")
     device: Device = None
     threads: Optional[int] = Field(
-        None, ge=1, description="Threads training uses (default: one per CPU this process may use). The count changes a CPU "
-                                "run's sums, so it is recorded with the run.")
+        None, ge=1, description="Threads training uses (default: RKNAS_THREADS, else one per CPU this process may use). The "
+                                "count changes a CPU run's sums, so it is recorded with the run.")
     data_root: DataRoot = None
     download: Download = False
 

@@ -106,9 +106,25 @@ def cpus_here() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+THREADS_ENV = "RKNAS_THREADS"
+
+
 def training_threads(asked: Optional[int] = None) -> int:
-    """The threads a training run uses: ``--threads``, else one per CPU this process may use."""
-    return asked or cpus_here()
+    """The threads a training run uses: ``--threads``, else ``RKNAS_THREADS``, else one per CPU
+    this process may use.
+
+    Raises:
+        ConfigError: ``RKNAS_THREADS`` is set to anything but a whole number of at least 1.
+    """
+    if asked:
+        return asked
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number of threads, at least 1, got {env!r}; "
+                              f"unset it to use one per CPU")
+        return int(env)
+    return cpus_here()
 
 
 def busy_hint(threads: int) -> Optional[str]:

@@ -15,6 +15,11 @@ SUPPORT = str(Path(__file__).parent / "support")
 sys.path.insert(0, SUPPORT)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SUPPORT, os.environ.get("PYTHONPATH")]))
 os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
+# Training in the tests uses one thread: their networks are tiny, and two threads on a machine that
+# is busy with anything else (the suite's own Ray workers included) ran an epoch 6-12x slower
+# (OpenMP threads waiting on each other). Tests of the default unset it.
+os.environ.setdefault("RKNAS_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's own default, for tests that call fit() directly
 # The file the `search_gate` test strategy waits for, set before the shared Ray starts so that
 # its workers see it too (see the `gate` fixture).
 os.environ.setdefault("RKNAS_TEST_GATE", os.path.join(tempfile.gettempdir(), f"rknas-test-gate-{os.getpid()}"))

@@ -93,11 +93,12 @@ def test_train_shows_epochs_of_a_total_on_stderr_and_nothing_before_its_checks_p
     assert err.count("\n") == 1, err  # refused before any bar was drawn: the error line is all there is
 
 
-def test_train_uses_the_threads_asked_for_records_them_and_restores_the_count(cli, tmp_path):
+def test_train_uses_the_threads_asked_for_records_them_and_restores_the_count(cli, tmp_path, monkeypatch):
     import json
 
     import torch
 
+    monkeypatch.delenv("RKNAS_THREADS", raising=False)  # the suite sets it (conftest): the default is checked here
     before = torch.get_num_threads()
     code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "one", "--threads", "1",
                        "--device", "cpu")
@@ -107,6 +108,13 @@ def test_train_uses_the_threads_asked_for_records_them_and_restores_the_count(cl
     code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "all", "--device", "cpu")
     assert code == 0 and json.loads((tmp_path / "all" / "metrics.json").read_text())["threads"] == rknas.util.cpus_here()
     assert cli("train", "--config", _config(tmp_path), "--threads", "0")[2].startswith("error: --threads must be at least 1")
+    monkeypatch.setenv("RKNAS_THREADS", "1")  # the default when --threads is not given
+    code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "env", "--device", "cpu")
+    assert code == 0 and json.loads((tmp_path / "env" / "metrics.json").read_text())["threads"] == 1
+    for bad in ("0", "two"):
+        monkeypatch.setenv("RKNAS_THREADS", bad)
+        code, out, err = cli("train", "--config", _config(tmp_path), "--out", tmp_path / "bad", "--device", "cpu")
+        assert code == 2 and err.startswith("error: RKNAS_THREADS must be a whole number") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize(("load", "threads", "hint"), [
