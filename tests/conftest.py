@@ -94,9 +94,12 @@ def ray_local(tmp_path_factory):
 def gate():
     """The (closed) gate of the `search_gate` strategy in the shared Ray: ``gate.touch()`` opens it."""
     path = Path(os.environ["RKNAS_TEST_GATE"])
-    path.unlink(missing_ok=True)
+    marks = [path.with_name(path.name + suffix) for suffix in (".waiting", ".evaluated")]
+    for p in (path, *marks):
+        p.unlink(missing_ok=True)
     yield path
-    path.unlink(missing_ok=True)
+    for p in (path, *marks):
+        p.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

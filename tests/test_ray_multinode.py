@@ -160,14 +160,9 @@ def test_shared_trial_storage_runs_on_the_worker_node_and_a_killed_trial_continu
     assert proc.returncode == 0, err[-3000:]
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     record = TrialRecord.of(trials[0])
-    if record.interrupted:  # Ray 2.60 under load: Tune gave up, the configuration ran again (see tune_adapter)
-        assert "Ray Tune gave up" in (record.fail_reason or "")
-        assert len(trials) == 3 and trials[2].params == trials[0].params
-        counted = [trials[1], trials[2]]
-    else:
-        assert record.attempts == 2 and len(record.retry_reasons or []) == 1
-        # From the checkpoint: epoch 1 is not trained (or reported) twice.
-        assert len(record.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"], record.val_accuracy_per_epoch
-        counted = trials
-    assert [t.state for t in counted] == [TrialState.COMPLETE] * 2
+    # Killed inside training (not while Tune sets the trial up, see test_search_faults): one retry.
+    assert not record.interrupted and record.attempts == 2 and len(record.retry_reasons or []) == 1
+    # From the checkpoint: epoch 1 is not trained (or reported) twice.
+    assert len(record.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"], record.val_accuracy_per_epoch
+    assert len(trials) == 2 and [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert sorted(p.name for p in checkpoints.iterdir()) == []  # each round's experiment folder is removed after it

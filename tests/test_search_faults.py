@@ -1,7 +1,11 @@
 """Infrastructure failures are retried, architecture failures are not: a worker killed mid-trial.
 
 The held trial (tests/support/gated.py) blocks in training until the test opens the gate, so
-the kill always lands inside that trial, whatever the machine's speed.
+the kill always lands inside that trial, whatever the machine's speed. It lands once the trial
+waits inside training: a kill while Tune is still setting the trial up on its (reused) actor
+leaves two of Tune's calls in flight on the dead worker, and Ray 2.60 then gives up on the trial
+at the second error however many retries are left (1 of 4 runs here; tune_adapter.record_error
+re-runs its configuration as a new trial, and test_tune_adapter covers that path).
 """
 
 import os
@@ -38,10 +42,11 @@ def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, 
         space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1, max_retries=2))), daemon=True)
     thread.start()
     deadline = time.time() + 600  # a guard against a hang, not a timing assumption
+    waiting = gate.with_name(gate.name + ".waiting")  # the held trial is inside training
     killed = None
     while killed is None and time.time() < deadline:
         trials = optuna.load_study(study_name="tiny", storage=url).trials
-        if len(trials) >= 2 and trials[1].state == TrialState.RUNNING:
+        if len(trials) >= 2 and trials[1].state == TrialState.RUNNING and waiting.exists():
             workers = trial_worker_pids()
             if workers:
                 killed = workers[0]
@@ -53,19 +58,10 @@ def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, 
     thread.join(timeout=600)
     assert not thread.is_alive() and out["result"].finished == 3
     trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert len(trials) == 3 and [t.state for t in trials] == [TrialState.COMPLETE] * 3  # the kill cost no result
     held = TrialRecord.of(trials[1])
-    if held.interrupted:
-        # Under load Ray 2.60 can give up on the trial when a second future of the dead worker
-        # fails (tune_adapter.record_error): it is not counted, and its configuration runs
-        # again as a new trial, so the kill still costs no result.
-        assert trials[1].state == TrialState.FAIL and "Ray Tune gave up" in (held.fail_reason or "")
-        assert len(trials) == 4 and trials[3].params == trials[1].params
-        counted = [trials[0], trials[2], trials[3]]
-    else:
-        assert held.attempts == 2 and len(held.retry_reasons or []) == 1
-        assert len(held.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"]  # one curve, no epoch twice
-        counted = trials
-    assert [t.state for t in counted] == [TrialState.COMPLETE] * 3  # the kill cost no result
+    assert not held.interrupted and held.attempts == 2 and len(held.retry_reasons or []) == 1
+    assert len(held.val_accuracy_per_epoch) == SPACE["fidelity"]["epochs"]  # one curve, no epoch twice
     assert [TrialRecord.of(t).attempts for t in (trials[0], trials[2])] == [1, 1]
 
 

@@ -202,8 +202,10 @@ class StudySearch(OptunaSearch):
         A worker death is an infrastructure failure, never counted against the space while
         retries are left. Tune gives up on a trial early when a second future of the same dead
         worker fails after the trial was set to PENDING for its retry (Ray 2.60's
-        ``_process_trial_failure`` errors a PENDING trial without checking its failure count);
-        such a trial is recorded as interrupted (not counted, the sampler does not learn from
+        ``_process_trial_failure`` errors a PENDING trial without checking its failure count).
+        Seen when the worker dies while Tune is still setting the trial up on it (two calls in
+        flight; 1 of 4 kills), not when it dies inside training (0 of 8; test_search_faults).
+        Such a trial is recorded as interrupted (not counted, the sampler does not learn from
         it) and its configuration, seed included, is enqueued to run again as a new trial.
         """
         if trial_id in self._pending_errors:

@@ -50,8 +50,10 @@ def register_crash(register):
 class Gate(nn.Module):
     """Blocks training until the file named by RKNAS_TEST_GATE exists: a trial the test holds open.
 
-    Once the gate is open, an evaluation (validation after an epoch) touches ``<gate>.evaluated``:
-    the test sees that the held trial trained and produced a result, whatever the driver does.
+    While it waits it touches ``<gate>.waiting``: the test sees that the trial is inside training
+    (its actor started, no other call of Tune's in flight). Once the gate is open, an evaluation
+    (validation after an epoch) touches ``<gate>.evaluated``: the test sees that the held trial
+    trained and produced a result, whatever the driver does.
     """
 
     def forward(self, y):
@@ -61,6 +63,8 @@ class Gate(nn.Module):
         if self.training:
             import time
 
+            if not os.path.exists(gate):
+                open(gate + ".waiting", "a").close()
             while not os.path.exists(gate):
                 time.sleep(0.05)
         elif os.path.exists(gate):
