@@ -9,6 +9,7 @@ Usage: python benchmarks/replay_table.py benchmarks/replay/judged/*.json
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -35,11 +36,14 @@ def rows(path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", type=Path, help="replay JSON files (rknas bench replay --out)")
+    args = p.parse_args(argv)
     print("| file | strategy | judged on | budget (min) | median regret (pts) | within target | "
           "median time to target (min) | median overstatement (pts) | trials |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in argv:
-        for row in rows(Path(name)):
+    for path in args.files:
+        for row in rows(path):
             print(row)
 
 
