@@ -130,6 +130,38 @@ def test_incremental_complete_equals_a_full_read_after_every_step_and_reads_only
     assert max(floors) > 0 and floors == sorted(floors)  # reads moved on, never back
 
 
+def test_incremental_complete_misses_no_trial_created_while_it_finds_its_floor(postgres_server):
+    """Another driver creates a trial between the floor's two statements (the highest id, the
+    lowest unfinished id): the floor stays at or below that trial, so its completion is read.
+    On PostgreSQL, where each statement sees what was committed before it (SQLite's reader holds
+    the database for both)."""
+    import sqlalchemy as sa
+
+    from rknas.storage.bulk import IncrementalComplete, rdb_of
+
+    url = postgres_server.create_database()
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    study.optimize(lambda t: 1.0, n_trials=1)
+    other = optuna.load_study(study_name="race", storage=url)  # another driver, its own connections
+    reader = IncrementalComplete(study)
+    created = []
+
+    def between(conn, cursor, statement, parameters, context, executemany):
+        text = statement.lower()
+        if not created and ("max(trials.trial_id)" in text or "min(trials.trial_id)" in text):
+            created.append(other.ask())  # lands after the floor's first statement, before its second
+
+    engine = rdb_of(study).engine
+    sa.event.listen(engine, "after_cursor_execute", between)
+    try:
+        assert [t.number for t in reader.trials()] == [0]
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", between)
+    assert created
+    other.tell(created[0], 2.0)
+    assert [t.number for t in reader.trials()] == [0, 1]
+
+
 def test_incremental_complete_reads_everything_from_optunas_own_storages():
     from rknas.storage.bulk import IncrementalComplete
 

@@ -288,11 +288,12 @@ class IncrementalComplete:
         last = sa.select(sa.func.max(tt.c.trial_id)).where(mine)
 
         def read() -> int:
+            # Two statements see the study at two moments: the highest id first, so that a trial
+            # created between them (unfinished, above that id) is never passed over.
             with storage.engine.connect() as conn:
-                low = conn.execute(unfinished).scalar()
-                if low is not None:
-                    return int(low)
                 top = conn.execute(last).scalar()
-                return 0 if top is None else int(top) + 1
+                low = conn.execute(unfinished).scalar()
+            above = 0 if top is None else int(top) + 1
+            return above if low is None else min(int(low), above)
 
         return _run(storage, read)
