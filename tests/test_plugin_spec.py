@@ -360,3 +360,61 @@ def test_counting_without_running_blocks_still_names_a_broken_plugin_and_counts_
     config = rknas.NetworkConfig(framework="mnist", strategy=["reads", "I"], stages=2, k=4)
     model = build_network(config)
     assert count_network(config) == (rknas.count_params(model), rknas.count_flops(model)) and model.periods
+
+
+class _BuildReadsValues(Recorder):
+    """A block whose builder reads a weight's value (as orthogonal parametrizations do): no meta build."""
+
+    def build(self, spec: BlockSpec) -> nn.Module:
+        conv = nn.Conv2d(spec.channels, spec.channels, 1)
+        conv.scale = float(conv.weight.abs().sum())  # raises on the meta device
+        return conv
+
+
+class _ForwardNumpy(Recorder):
+    """A block that goes through NumPy in forward: on meta that is a TypeError, not a RuntimeError."""
+
+    def build(self, spec: BlockSpec) -> nn.Module:
+        class Block(nn.Module):
+            def forward(self, x):
+                return x * float(x.detach().numpy().std() >= 0)
+
+        return Block()
+
+
+class _Caches(Recorder):
+    """A block that keeps a tensor made from its input's shape and device (a cache) for later calls."""
+
+    def build(self, spec: BlockSpec) -> nn.Module:
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.cache = {}
+
+            def forward(self, x):
+                key = tuple(x.shape[-2:])
+                if key not in self.cache:
+                    self.cache[key] = torch.ones(key, device=x.device)
+                return x * self.cache[key]
+
+        return Block()
+
+
+@pytest.mark.parametrize("plugin", [_BuildReadsValues, _ForwardNumpy])
+def test_a_block_the_meta_device_cannot_build_or_run_is_counted_for_real(register_plugin, plugin):
+    from rknas.models.counting import count_network
+
+    register_plugin(plugin("odd"), name="oddpkg")
+    config = rknas.NetworkConfig(framework="mnist", strategy=["odd", "E"], stages=2, k=4)
+    model = build_network(config)
+    assert count_network(config) == (rknas.count_params(model), rknas.count_flops(model))
+    assert rknas.count_flops(model) > 0
+
+
+def test_counting_a_live_model_leaves_no_meta_tensor_in_it(register_plugin):
+    register_plugin(_Caches("caches"), name="cachepkg")
+    model = build_network(rknas.NetworkConfig(framework="mnist", strategy=["caches", "E"], stages=2, k=4))
+    flops = rknas.count_flops(model)
+    x = torch.zeros(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)  # the counting pass's cache (made on meta) is not the model's
+    assert rknas.count_flops(model) == flops

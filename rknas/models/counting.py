@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rknas.config import NetworkConfig, network_summary
-from rknas.errors import ConfigError, PluginError
+from rknas.errors import ConfigError
 from rknas.models.network import RKCNN, build_network, parse_network_config, unchecked_blocks
 
 
@@ -26,7 +28,11 @@ def count_params(model: nn.Module) -> int:
 def count_flops(model: RKCNN, config: NetworkConfig | None = None) -> int:
     """FLOPs in the paper's convention: 2 x multiply-accumulates of every conv and linear layer.
 
-    FlopCounterMode counts exactly these ops (not norms, activations, pooling or adds).
+    FlopCounterMode counts exactly these ops (not norms, activations, pooling or adds). The
+    count runs on the meta device (on a copy of a live model) when the blocks allow it, and for
+    real when a block reads values. Convolutions and linear layers count the same either way; an
+    attention or recurrent layer in a plugin's block may not (PyTorch's CPU kernels for them are
+    not counted, their meta decompositions are).
 
     Args:
         model: The network.
@@ -38,9 +44,14 @@ def count_flops(model: RKCNN, config: NetworkConfig | None = None) -> int:
     config = config or model.config
     assert config.in_channels is not None and config.image_size is not None  # filled in by NetworkConfig
     shape = (1, config.in_channels, config.image_size, config.image_size)
+    on_meta = next(model.parameters()).is_meta
     try:  # shapes alone decide the count: on the meta device nothing is computed (0.02 s, not 1 s)
-        return _flops(model, torch.zeros(shape, device="meta"), meta=True)
-    except (NotImplementedError, RuntimeError):  # a plugin block that reads values: count it for real
+        # A live model's pass runs on a copy: whatever a block keeps from its input (a cache)
+        # must not stay behind as a meta tensor in the model that trains next.
+        return _flops(model if on_meta else copy.deepcopy(model), torch.zeros(shape, device="meta"), meta=True)
+    except Exception:  # a plugin block that reads values (.item(), .numpy(), ...): count it for real
+        if on_meta:
+            raise
         return _flops(model, torch.zeros(shape, device=next(model.parameters()).device), meta=False)
 
 
@@ -79,9 +90,10 @@ def count_network(config: NetworkConfig) -> tuple[int, int]:
         with unchecked_blocks(), torch.device("meta"):
             model = RKCNN(config)
         return count_params(model), count_flops(model, config)
-    except (ConfigError, PluginError):
+    except ConfigError:
         raise
-    except Exception:  # a broken block: the checked build below says which and why
+    except Exception:  # a block that cannot be built or run on meta (it reads values), or a broken
+        # one: the checked build counts it for real, or says which strategy breaks the contract
         model = build_network(config)
         return count_params(model), count_flops(model, config)
 
