@@ -482,6 +482,7 @@ def train_from_config(
         check_resume(out, settings)
     elif ckpt.exists():
         raise ConfigError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    threads = training_threads(opts.threads)  # a bad RKNAS_THREADS stops here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if not resume or not (out / RUN_FILE).is_file():
         write_json_atomic(out / RUN_FILE, settings)
@@ -493,7 +494,6 @@ def train_from_config(
             f"{path}: the network expects {network.in_channels}x{network.image_size}x{network.image_size} inputs, "
             f"the data set has {train.in_channels}x{train.image_size}x{train.image_size}"
         )
-    threads = training_threads(opts.threads)
     if on_start is not None:
         on_start(training.epochs)
     t0 = time.perf_counter()

@@ -120,7 +120,7 @@ def training_threads(asked: Optional[int] = None) -> int:
         return asked
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
+        if not (env.isascii() and env.isdigit()) or int(env) < 1:  # '²'.isdigit() is True, int('²') fails
             raise ConfigError(f"{THREADS_ENV} must be a whole number of threads, at least 1, got {env!r}; "
                               f"unset it to use one per CPU")
         return int(env)

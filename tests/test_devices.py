@@ -111,10 +111,11 @@ def test_train_uses_the_threads_asked_for_records_them_and_restores_the_count(cl
     monkeypatch.setenv("RKNAS_THREADS", "1")  # the default when --threads is not given
     code, _, err = cli("train", "--config", _config(tmp_path), "--epochs", "1", "--out", tmp_path / "env", "--device", "cpu")
     assert code == 0 and json.loads((tmp_path / "env" / "metrics.json").read_text())["threads"] == 1
-    for bad in ("0", "two"):
+    for bad in ("0", "two", "\u00b2"):  # '²' is a digit to str.isdigit, not to int()
         monkeypatch.setenv("RKNAS_THREADS", bad)
         code, out, err = cli("train", "--config", _config(tmp_path), "--out", tmp_path / "bad", "--device", "cpu")
         assert code == 2 and err.startswith("error: RKNAS_THREADS must be a whole number") and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()  # refused before the run folder was made
 
 
 @pytest.mark.parametrize(("load", "threads", "hint"), [
