@@ -271,7 +271,7 @@ def _first_distinct(study: optuna.Study, ranked: list[FrozenTrial], n: int, chun
                 if len(kept) == n:
                     break
         i += len(part)
-        chunk = min(2 * chunk, 2000)  # an IN list of at most 2,000 ids: within every SQLite build's limit
+        chunk = min(2 * chunk, 2000)
     return full(study, kept)
 
 

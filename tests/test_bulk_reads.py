@@ -171,3 +171,26 @@ def test_incremental_complete_reads_everything_from_optunas_own_storages():
     assert [t.number for t in reader.trials()] == [0, 1, 2]
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert [t.number for t in reader.trials()] == [0, 1, 2, 3]
+
+
+def test_reading_trials_by_id_has_no_bound_parameter_limit(tmp_path):
+    """SQLite before 3.32 takes at most 999 bound parameters: a read of more trials by id still works
+    (the limit is lowered to 20 here, on every connection of the study's engine)."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from rknas.storage.bulk import rdb_of
+
+    study = optuna.create_study(study_name="ids", storage=open_storage(f"sqlite:///{tmp_path / 'ids.db'}"))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=30)
+    engine = rdb_of(study).engine
+    engine.dispose()
+
+    def low_limit(dbapi_conn, record):
+        dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)
+
+    sa.event.listen(engine, "connect", low_limit)
+    ids = [t._trial_id for t in study.trials]
+    got = load_trials(study, trial_ids=ids)
+    assert [t.number for t in got] == list(range(30)) and all("x" in t.params for t in got)

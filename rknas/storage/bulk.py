@@ -173,8 +173,8 @@ def load_trials(
     where = [tt.c.study_id == study._study_id]
     if states is not None:
         where.append(tt.c.state.in_(list(states)))
-    if wanted is not None:
-        where.append(tt.c.trial_id.in_(sorted(wanted)))
+    if wanted is not None:  # ids written into the SQL: no bound-parameter limit (999 in SQLite before 3.32)
+        where.append(tt.c.trial_id.in_(sa.bindparam("wanted", sorted(wanted), expanding=True, literal_execute=True)))
     if from_trial_id:
         where.append(tt.c.trial_id >= from_trial_id)
     ids = sa.select(tt.c.trial_id).where(*where).scalar_subquery()
