@@ -441,6 +441,10 @@ def test_the_incumbent_rule(runs, want):
 def test_without_racing_the_search_returns_its_best_single_run():
     done = [(1.0, 7, 0.5), (2.0, 3, 0.8), (3.0, 9, 0.8), (4.0, 3, 0.6), (5.0, 4, 0.81)]
     assert list(regret.returned(done, 1, [1.0] * 10)) == [(1.0, 7, 0.5), (2.0, 3, 0.8), (5.0, 4, 0.81)]
+    # a tie goes to fewer parameters (arch 9), then to the earlier run, as the search breaks it
+    fewer = [1.0] * 10
+    fewer[9] = 0.5
+    assert list(regret.returned(done, 1, fewer)) == [(1.0, 7, 0.5), (2.0, 3, 0.8), (3.0, 9, 0.8), (5.0, 4, 0.81)]
     # racing: arch 9 ties arch 3, which completed first and stays; arch 3's second run brings its
     # mean to 0.7, and with two runs it outranks every single run, arch 4's 0.81 included
     assert list(regret.returned(done, 2, [1.0] * 10)) == [(1.0, 7, 0.5), (2.0, 3, 0.8), (4.0, 3, pytest.approx(0.7))]
@@ -454,25 +458,29 @@ def noisy(tmp_path_factory, bench_space):
     return tv.load_bench(path)
 
 
-def test_racing_re_measures_a_challenger_on_a_seed_it_has_not_used(noisy, monkeypatch):
+def test_every_trial_draws_a_seed_its_architecture_has_not_used_and_a_repeat_never_its_twin(noisy, monkeypatch):
+    """The search gives each trial its own seed: a replayed trial takes one of its architecture's
+    observable seeds that no complete or running trial of it has used, while one is left."""
     starts = []
     orig = sim._Simulation.start
 
     def spy(self, now):
-        before = {k: set(v) for k, v in self.used.items()}
+        taken = {a: set(v) for a, v in self.done_seeds.items()}
+        for x in self.running.values():
+            taken.setdefault(x.arch, set()).add(x.seed)
         running = set(self.running)
         orig(self, now)
         for number in set(self.running) - running:  # the trial this start began
             r = self.running[number]
-            if r.repeat:
-                starts.append((r.arch, before.get(r.arch, set()), set(self.used[r.arch])))
+            starts.append((r.repeat, r.seed, taken.get(r.arch, set()), len(self.bench.curves[r.arch])))
 
     monkeypatch.setattr(sim._Simulation, "start", spy)
     out = rp.replay_once(noisy, sim.Strategy("random", race=2), 1e9, 2, seed=1, max_trials=60)
-    assert out["repeats"] > 0 and len(starts) == out["repeats"]  # an unlimited budget: every repeat started completes
-    for _arch, before, after in starts:
-        # the judged view leaves two seeds: a repeat takes one its architecture has not used
-        assert len(after) == len(before) + 1 or len(before) == 2
+    assert out["repeats"] > 0 and sum(rep for rep, *_ in starts) == out["repeats"]
+    assert len([1 for _, _, taken, _ in starts if taken]) > out["repeats"]  # proposals of known architectures too
+    for _repeat, seed, taken, observable in starts:
+        assert seed not in taken or len(taken) >= observable  # a used seed only once every one is used
+    assert all(seed not in taken for repeat, seed, taken, _ in starts if repeat)  # a repeat is a new seed
 
 
 def test_with_warm_start_a_repeat_waits_behind_the_warm_entries_and_keeps_its_architecture(noisy, monkeypatch):

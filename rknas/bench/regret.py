@@ -9,7 +9,6 @@ non-dominated set, both over (truth, log params) normalised to the table's range
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -82,14 +81,15 @@ def incumbent(runs: dict[int, list[float]], race: int, params: Params) -> Option
 def returned(done: list[tuple[float, int, float]], race: int, params: Params) -> Iterator[tuple[float, int, float]]:
     """``(time, architecture, reported score)`` each time what a one-objective search returns changes.
 
-    Without racing (``race`` 1) it is the best single run (the first of equal scores); with
-    racing, ``incumbent``.
+    Without racing (``race`` 1) it is the best single run, a tie going to fewer parameters,
+    then to the earlier run (the search's rule, ``racing.TIE_RULE``); with racing, ``incumbent``.
     """
     if race <= 1:
-        best_val = -math.inf
+        best: Optional[tuple[float, float]] = None  # (score, -parameters) of the returned run
         for t, arch, v in done:
-            if v > best_val:
-                best_val = v
+            key = (v, -float(params[arch]))
+            if best is None or key > best:
+                best = key
                 yield t, arch, v
         return
     runs: dict[int, list[float]] = {}

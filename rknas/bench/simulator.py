@@ -85,6 +85,7 @@ class _Running:
     start: float
     fake: Any
     repeat: bool = False  # a re-measurement: runs at full fidelity, outside the scheduler
+    seed: int = 0  # which of the architecture's observable runs it plays
 
 
 def simulate(bench: Bench, strategy: Strategy, budget_s: float, workers: int, seed: int, pareto: bool = False,
@@ -156,7 +157,7 @@ class _Simulation:
         self.snap = Snapper(bench)
         self.race = strategy.race
         self.runs: dict[int, list[float]] = {}  # arch -> final validation accuracy of each complete run
-        self.used: dict[int, set[int]] = {}  # arch -> the curves (seeds) its runs drew
+        self.done_seeds: dict[int, set[int]] = {}  # arch -> the curves (seeds) of its complete runs
         self.racing: set[int] = set()  # archs with a repeat waiting in the study's queue or running
         self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
         self.running: dict[int, _Running] = {}
@@ -191,16 +192,16 @@ class _Simulation:
             self.counts["failed"] += 1
             self._push(now + max(failed_s, 1e-9), -1)
             return
-        pick = self.rng.randrange(len(runs))
-        if repeat:  # a seed this architecture has not used, while there is one
-            fresh = [j for j in range(len(runs)) if j not in self.used.get(arch, set())]
-            pick = fresh[self.rng.randrange(len(fresh))] if fresh else pick
-        self.used.setdefault(arch, set()).add(pick)
+        # Every trial of a search has its own seed: a seed this architecture's complete or running
+        # trials have not used, while the table has one (a repeat is then never its own twin).
+        taken = self.done_seeds.get(arch, set()) | {x.seed for x in self.running.values() if x.arch == arch}
+        fresh = [j for j in range(len(runs)) if j not in taken]
+        pick = fresh[self.rng.randrange(len(fresh))] if fresh else self.rng.randrange(len(runs))
         val, wall = runs[pick]
         fake = SimpleNamespace(trial_id=f"t{ot.number}")
         if self.scheduler is not None and not repeat:
             self.scheduler.on_trial_add(None, fake)
-        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake, repeat)
+        self.running[ot.number] = _Running(ot.number, ot, arch, val, wall, now, fake, repeat, pick)
         self._push(now + float(wall[0]), ot.number)
 
     def _race(self, r: _Running, v: float, done: list[Completed]) -> None:
@@ -259,6 +260,7 @@ class _Simulation:
                 self.study.tell(r.ot, [v, float(self.bench.params[r.arch])] if self.n_obj == 2 else v)
                 self.counts["completed"] += 1
                 self.counts["repeats"] += r.repeat
+                self.done_seeds.setdefault(r.arch, set()).add(r.seed)
                 done.append((now, r.arch, v))
                 self._race(r, v, done)
             else:
