@@ -39,12 +39,18 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", type=Path, help="replay JSON files (rknas bench replay --out)")
     args = p.parse_args(argv)
+    table = []
+    for path in args.files:
+        try:
+            table += rows(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # one line, exit 2, as the CLI does
+            print(f"error: {path} is not a replay JSON (rknas bench replay --out): {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
     print("| file | strategy | judged on | budget (min) | median regret (pts) | within target | "
           "median time to target (min) | median overstatement (pts) | trials |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in args.files:
-        for row in rows(path):
-            print(row)
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def _first_distinct(study: optuna.Study, ranked: list[FrozenTrial], n: int, chun
                 if len(kept) == n:
                     break
         i += len(part)
-        chunk = min(2 * chunk, 2000)
+        chunk = min(2 * chunk, 2000)  # each read stays small however many trials tie
     return full(study, kept)
 
 
