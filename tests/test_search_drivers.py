@@ -64,13 +64,20 @@ class Watch:
                 return trials
             for p in procs:
                 assert p.poll() is None, f"a driver exited early ({p.returncode}) while waiting for {what}: {tail(p)}"
-            assert time.time() < deadline, f"no {what} after {GUARD_S} s"
+            assert time.time() < deadline, f"no {what} after {GUARD_S} s: {describe(trials, procs)}"
             time.sleep(0.2)
 
 
 def tail(proc):
     proc.log.flush()
     return open(proc.log.name).read()[-3000:]
+
+
+def describe(trials, procs):
+    """The study's trials and every driver's log: what a hang needs for its diagnosis."""
+    states = [(t.number, t.state.name, TrialRecord.of(t).driver) for t in trials]
+    logs = "".join(f"\n--- driver {i} ({p.poll()}) ---\n{tail(p)}" for i, p in enumerate(procs))
+    return f"trials {states}{logs}"
 
 
 def running_with_driver(trials, number):

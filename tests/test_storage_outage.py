@@ -35,15 +35,22 @@ def _search_in_thread(opts):
     return thread, out
 
 
-def _wait_until_held_runs(url) -> int:
-    """Wait until trial 0 is COMPLETE and the held trial 1 RUNNING; its Optuna trial id."""
+def _wait_until_held_runs(url, gate) -> int:
+    """Wait until trial 0 is COMPLETE and the held trial 1 is inside training; its Optuna trial id.
+
+    RUNNING in the study is not enough: the driver writes the new trial's attributes and Tune
+    starts its actor after that, and a server stopped in between holds the trial back with it
+    (the driver waits for the database), so the held trial could never train during the outage.
+    """
+    waiting = gate.with_name(gate.name + ".waiting")  # the gate strategy touches it while it blocks in training
     deadline = time.time() + 600  # a guard against a hang, not a timing assumption
     while time.time() < deadline:
         try:
             trials = optuna.load_study(study_name="tiny", storage=url).trials
         except Exception:  # the search has not created the study yet
             trials = []
-        if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
+        if (len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING
+                and waiting.exists()):
             return trials[1]._trial_id
         time.sleep(0.2)
     raise AssertionError("the held trial never started")
@@ -66,7 +73,7 @@ def test_a_database_restart_mid_search_loses_nothing(ray_local, postgres_server,
     evaluated = gate.with_name(gate.name + ".evaluated")  # the held trial touches it once it validated an epoch
     evaluated.unlink(missing_ok=True)
     thread, out = _search_in_thread(opts)
-    _wait_until_held_runs(url)
+    _wait_until_held_runs(url, gate)
     postgres_server.halt()  # ends every session, like `pg_ctlcluster ... stop -m fast`
     try:
         gate.touch()  # the held trial trains on while the database is away
@@ -92,7 +99,7 @@ def test_an_outage_beyond_the_limit_stops_in_one_line_and_the_same_command_conti
     opts = SearchOptions(space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1,
                          heartbeat_interval=1, stale_after=3, storage_retry=2)
     thread, out = _search_in_thread(opts)
-    _wait_until_held_runs(url)
+    _wait_until_held_runs(url, gate)
     postgres_server.halt()
     try:
         gate.touch()
