@@ -137,7 +137,7 @@ class SearchEvents(Protocol):
         """Racing asked for a re-measurement: the configuration of trial ``number`` runs again.
 
         Args:
-            number: The trial whose result made the configuration a challenger.
+            number: The configuration's latest complete run.
             repeat_of: The configuration's first trial.
             repeat: Which re-measurement (1: the configuration's second run).
         """

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from rknas.display import studies_table
 from rknas.storage import queries
-from rknas.storage.racing import RULE, config_key, group_runs, needs_repeat, ranked
+from rknas.storage.racing import RULE, config_key, group_runs, next_repeat, ranked
 from rknas.storage.record import StudyRecord
 
 A = {"p1_k": 8, "lr": 0.1}
@@ -37,19 +37,32 @@ def test_the_rule(runs, cap, maximize, want):
     assert [g.key for g in ranked(group_runs(runs), cap, maximize)] == [config_key(w) for w in want]
 
 
-@pytest.mark.parametrize("runs,key,want", [
-    ([(0, A, 0.8, 1)], A, True),  # the first run of all leads on one run: measure it again
-    ([(0, A, 0.8, 1), (1, A, 0.8, 1)], A, False),  # it has its two runs
-    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.85, 1)], B, True),  # a challenger above the incumbent's mean
-    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.75, 1)], B, False),  # one below it is not believed, nor repeated
-    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.8, 1)], B, False),  # a tie does not beat the incumbent
+@pytest.mark.parametrize("runs,pending,want", [
+    ([(0, A, 0.8, 1)], [], A),  # the first run of all leads on one run: measure it again
+    ([(0, A, 0.8, 1)], [A], None),  # its repeat is already waiting or running
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1)], [], None),  # it has its two runs
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.85, 1)], [], B),  # a challenger above the incumbent's mean
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.75, 1)], [], None),  # one below it is not believed, nor repeated
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.8, 1)], [], None),  # a tie it would lose (same size, later)
+    ([(0, A, 0.8, 2), (1, A, 0.8, 2), (2, B, 0.8, 1)], [], B),  # a tie it would win by the rule (smaller)
+    # A's repeat lowered its mean below B's single run, measured earlier: now B is the one to check
+    ([(0, A, 0.9, 1), (1, B, 0.85, 1), (2, A, 0.7, 1)], [], B),
+    # two challengers: the one that would rank higher first; the other once that one is pending
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.85, 1), (3, C, 0.9, 1)], [], C),
+    ([(0, A, 0.8, 1), (1, A, 0.8, 1), (2, B, 0.85, 1), (3, C, 0.9, 1)], [C], B),
 ])
-def test_when_a_configuration_runs_again(runs, key, want):
-    assert needs_repeat(group_runs(runs), config_key(key), 2) is want
+def test_which_configuration_runs_again(runs, pending, want):
+    got = next_repeat(group_runs(runs), 2, pending={config_key(p) for p in pending})
+    assert (got and got.key) == (want and config_key(want))
 
 
 def test_no_racing_no_repeats():
-    assert not needs_repeat(group_runs([(0, A, 0.8, 1)]), config_key(A), 1)
+    assert next_repeat(group_runs([(0, A, 0.8, 1)]), 1) is None
+
+
+def test_a_loss_races_downwards():
+    runs = [(0, A, 0.2, 1), (1, A, 0.2, 1), (2, B, 0.1, 1), (3, C, 0.3, 1)]
+    assert next_repeat(group_runs(runs), 2, maximize=False).key == config_key(B)
 
 
 def racing_study(cap=2):
@@ -69,18 +82,34 @@ def run(study, config, value, **attrs):
 def test_a_repeat_is_asked_for_once_whoever_asks():
     study = racing_study()
     run(study, A, 0.8)
-    [best], repeat = queries.race_step(study, A, 2)
-    assert best.numbers == [0] and repeat == {"repeat_of": 0, "repeat": 1}
-    study.enqueue_trial(A, user_attrs=repeat)
+    [best], repeat = queries.race_step(study, 2)
+    assert best.numbers == [0] and repeat.attrs == {"repeat_of": 0, "repeat": 1} and repeat.params == A
+    study.enqueue_trial(repeat.params, user_attrs=repeat.attrs)
     # another driver (or this one again) deciding from the same study sees the waiting repeat
-    assert queries.race_step(study, A, 2)[1] is None
+    assert queries.race_step(study, 2)[1] is None
     t = study.ask()  # a driver starts it: RUNNING, still pending
     got = {"p1_k": t.suggest_categorical("p1_k", [8, 16, 24]), "lr": t.suggest_categorical("lr", [0.1])}
     assert got == A and t.user_attrs == {"repeat_of": 0, "repeat": 1}  # the same configuration, marked
-    assert queries.race_step(study, A, 2)[1] is None
+    assert queries.race_step(study, 2)[1] is None
     study.tell(t, 0.7)
-    [best], repeat = queries.race_step(study, A, 2)
+    [best], repeat = queries.race_step(study, 2)
     assert (best.numbers, best.runs, repeat) == ([0, 1], 2, None) and best.mean == pytest.approx(0.75)
+
+
+def test_a_repeat_that_lowers_the_incumbent_sends_an_earlier_challenger_to_be_measured_again():
+    """The step after any complete run reads the whole study, not only the configuration just run."""
+    study = racing_study()
+    run(study, A, 0.9)
+    _, repeat = queries.race_step(study, 2)
+    study.enqueue_trial(repeat.params, user_attrs=repeat.attrs)
+    run(study, B, 0.85)  # below A's single run: no repeat while A's is pending
+    assert queries.race_step(study, 2)[1] is None
+    t = study.ask()
+    assert {k: t.suggest_categorical(k, [8, 16, 24] if k == "p1_k" else [0.1]) for k in A} == A
+    study.tell(t, 0.7)  # A's repeat: A's mean is 0.8 over two runs, B's single run is above it
+    [best], repeat = queries.race_step(study, 2)
+    assert best.numbers == [0, 1] and best.mean == pytest.approx(0.8)  # trial 1: A's repeat, enqueued before B ran
+    assert repeat == queries.Repeat(B, {"repeat_of": 2, "repeat": 1}, 2)
 
 
 def test_best_exports_the_believed_configuration_and_says_what_stands_behind_it():
@@ -175,16 +204,19 @@ def test_a_pareto_point_joins_the_reported_front_only_after_its_repeats(runs, wa
     assert [g.key for g in front(group_runs(runs), 2, SIGNS)] == [config_key(w) for w in want]
 
 
-@pytest.mark.parametrize("runs,key,want", [
-    ([(0, A, (0.9, 300), 1)], A, True),  # nothing believed yet: a new point may join, measure it again
-    ([(0, A, (0.9, 300), 1), (1, A, (0.9, 300), 1), (2, B, (0.8, 100), 1)], B, True),  # smaller: it would join
-    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1), (2, B, (0.8, 200), 1)], B, False),  # dominated by a believed point
-    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1)], A, False),  # it has its runs
+@pytest.mark.parametrize("runs,pending,want", [
+    ([(0, A, (0.9, 300), 1)], [], A),  # nothing believed yet: a new point may join, measure it again
+    ([(0, A, (0.9, 300), 1), (1, A, (0.9, 300), 1), (2, B, (0.8, 100), 1)], [], B),  # smaller: it would join
+    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1), (2, B, (0.8, 200), 1)], [], None),  # dominated by a believed point
+    ([(0, A, (0.9, 100), 1), (1, A, (0.9, 100), 1)], [], None),  # it has its runs
+    ([(0, A, (0.9, 300), 1), (1, B, (0.8, 100), 1)], [], A),  # two may join: the more accurate first
+    ([(0, A, (0.9, 300), 1), (1, B, (0.8, 100), 1)], [A], B),  # then the other, while A's repeat runs
 ])
-def test_when_a_pareto_point_runs_again(runs, key, want):
-    from rknas.storage.racing import needs_repeat_front
+def test_which_pareto_point_runs_again(runs, pending, want):
+    from rknas.storage.racing import next_repeat_front
 
-    assert needs_repeat_front(group_runs(runs), config_key(key), 2, SIGNS) is want
+    got = next_repeat_front(group_runs(runs), 2, SIGNS, pending={config_key(p) for p in pending})
+    assert (got and got.key) == (want and config_key(want))
 
 
 def test_a_racing_pareto_study_reports_configurations_with_their_runs_by_their_means():
@@ -197,8 +229,8 @@ def test_a_racing_pareto_study_reports_configurations_with_their_runs_by_their_m
                                                   user_attrs={"params": values[1], "seed": len(study.trials)}))
     pool = queries.candidates(study)
     assert [t.number for t in pool] == [1] and pool[0].values == [pytest.approx(0.81), 200]  # B, by its mean
-    reported, repeat = queries.race_step(study, C, 2)
-    assert [g.numbers for g in reported] == [[1, 2]] and repeat == {"repeat_of": 3, "repeat": 1}
+    reported, repeat = queries.race_step(study, 2)
+    assert [g.numbers for g in reported] == [[1, 2]] and repeat == queries.Repeat(C, {"repeat_of": 3, "repeat": 1}, 3)
     behind = queries.evidence(study, pool[0])
     assert behind["values"] == [[0.8, 200], [0.82, 200]] and behind["means"] == [pytest.approx(0.81), 200]
     assert behind["mean"] == pytest.approx(0.81)
@@ -263,4 +295,4 @@ def test_one_repeat_of_a_configuration_is_pending_at_a_time():
     run(study, A, 0.8)
     study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
     run(study, A, 0.81)  # the sampler proposed A again and it completed: 2 runs, repeat 1 still waiting
-    assert queries.race_step(study, A, 3)[1] is None
+    assert queries.race_step(study, 3)[1] is None

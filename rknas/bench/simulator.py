@@ -159,6 +159,7 @@ class _Simulation:
         self.runs: dict[int, list[float]] = {}  # arch -> final validation accuracy of each complete run
         self.done_seeds: dict[int, set[int]] = {}  # arch -> the curves (seeds) of its complete runs
         self.racing: set[int] = set()  # archs with a repeat waiting in the study's queue or running
+        self.configs: dict[int, dict] = {}  # arch -> the sampled parameters of its first complete run
         self.heap: list[tuple[float, int, int]] = []  # (time, tie, running id; -1: a failed trial's worker)
         self.running: dict[int, _Running] = {}
         self.epoch_of: dict[int, int] = {}
@@ -205,25 +206,28 @@ class _Simulation:
         self._push(now + float(wall[0]), ot.number)
 
     def _race(self, r: _Running, v: float, done: list[Completed]) -> None:
-        """After a complete run: queue a repeat of its architecture if it would lead (one objective)
-        or join the reported Pareto set (two), as the search decides (``rknas.storage.racing``)."""
+        """After a complete run: queue the repeat the search would ask for next, if any: the
+        whole replay decides, as the search's study does (``rknas.storage.racing.next_repeat``;
+        with two objectives ``next_repeat_front``)."""
         from rknas.bench.regret import PARETO_SIGNS, arch_groups
-        from rknas.storage.racing import needs_repeat, needs_repeat_front
+        from rknas.storage.racing import next_repeat, next_repeat_front
 
         self.runs.setdefault(r.arch, []).append(v)
+        self.configs.setdefault(r.arch, dict(r.ot.params))
         if r.repeat:
             self.racing.discard(r.arch)
-        n = len(self.runs[r.arch])
-        if self.race <= 1 or n >= self.race or r.arch in self.racing:  # one repeat pending at a time
+        if self.race <= 1:
             return
         groups = arch_groups(self.runs, self.bench.params)  # the search's own rule (rknas.storage.racing)
+        pending = {str(a) for a in self.racing}  # one repeat of an architecture pending at a time
         if self.n_obj == 1:
-            needed = needs_repeat(groups, str(r.arch), self.race)
+            chosen = next_repeat(groups, self.race, pending=pending)
         else:
-            needed = needs_repeat_front(groups, str(r.arch), self.race, PARETO_SIGNS)
-        if needed:  # the same parameters, asked of the study like any trial (marked with the table architecture)
-            self.racing.add(r.arch)
-            self.study.enqueue_trial(dict(r.ot.params), user_attrs={"repeat_arch": r.arch})
+            chosen = next_repeat_front(groups, self.race, PARETO_SIGNS, pending)
+        if chosen is not None:  # the same parameters, asked of the study like any trial (marked with the table architecture)
+            arch = int(chosen.key)
+            self.racing.add(arch)
+            self.study.enqueue_trial(dict(self.configs[arch]), user_attrs={"repeat_arch": arch})
 
     def run(self, workers: int) -> list[Completed]:
         """Play the search out; returns its completed trials as ``(time, arch, final val accuracy)``."""

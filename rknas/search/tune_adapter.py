@@ -266,21 +266,22 @@ class StudySearch(OptunaSearch):
                 raise
 
     def _race(self, ot: Any) -> None:
-        """Racing: ask for a re-measurement of the configuration just measured, if it needs one."""
+        """Racing: after a complete run, ask for the re-measurement the study needs next, if any."""
         from rknas.storage.queries import lean_complete, race_step
 
         space, study = self._rk_space, self._ot_study
         assert study is not None
         if self._rk_complete is None:
             self._rk_complete = lean_complete(study)  # kept: each step then reads only the trials new since the last
-        reported, repeat = race_step(study, ot.params, space.racing, self._rk_complete)
+        reported, repeat = race_step(study, space.racing, self._rk_complete)
         if self._rk_events is not None and len(space.metrics) == 1:
             best = reported[0]
             self._rk_events.incumbent(number=best.numbers[0], value=best.mean, runs=best.runs)
         if repeat is not None:
-            study.enqueue_trial(dict(ot.params), user_attrs=repeat)
+            study.enqueue_trial(repeat.params, user_attrs=repeat.attrs)
             if self._rk_events is not None:
-                self._rk_events.trial_repeat(number=ot.number, repeat_of=repeat["repeat_of"], repeat=repeat["repeat"])
+                self._rk_events.trial_repeat(number=repeat.last, repeat_of=repeat.attrs["repeat_of"],
+                                             repeat=repeat.attrs["repeat"])
 
     def unfinished(self) -> list[int]:
         """Optuna ids of the trials this searcher asked for and has not told yet."""

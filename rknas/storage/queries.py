@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,8 +19,8 @@ from rknas.storage.racing import (
     config_key,
     front,
     group_runs,
-    needs_repeat,
-    needs_repeat_front,
+    next_repeat,
+    next_repeat_front,
     ranked,
     repeat_attrs,
 )
@@ -119,42 +119,49 @@ def _signs(study: optuna.Study) -> list[float]:
     return [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
 
 
-def race_step(study: optuna.Study, params: dict[str, Any], cap: int,
-              complete: Optional[IncrementalComplete] = None) -> tuple[list[Group], Optional[dict[str, int]]]:
-    """After a complete run of ``params``: what the study reports now, and the repeat to ask for, if any.
+class Repeat(NamedTuple):
+    """A re-measurement to enqueue: the configuration's parameters and the repeat's user attributes."""
 
-    The decision reads the study, so every driver sees the others' runs and pending repeats: a
-    repeat already waiting or running is not asked for again.
+    params: dict[str, Any]
+    attrs: dict[str, int]  # ``repeat_of``, ``repeat`` (``racing.repeat_attrs``)
+    last: int  # the configuration's latest complete run (its trial number)
+
+
+def race_step(study: optuna.Study, cap: int,
+              complete: Optional[IncrementalComplete] = None) -> tuple[list[Group], Optional[Repeat]]:
+    """After a complete run: what the study reports now, and the repeat to ask for, if any.
+
+    The whole study decides (``racing.next_repeat``), not only the run just recorded, and the
+    decision reads the study, so every driver sees the others' runs and pending repeats: a
+    configuration whose repeat is already waiting or running is not asked for again.
 
     Args:
-        study: A study with at least one complete trial (the run just recorded).
-        params: The sampled parameters of that run.
+        study: A study with at least one complete trial.
         cap: The racing cap (the space's ``racing``).
         complete: The caller's reader of the complete trials (``lean_complete``), kept from one
             step to the next so that each step reads only the trials new since the last.
 
     Returns:
         ``(reported, repeat)``: with one objective, ``[incumbent]`` (``racing.RULE``); with
-        several, the reported Pareto set (``racing.front``); and the user attributes of the
-        repeat to enqueue (``repeat_of``, ``repeat``), or None when none is needed or one is
-        already pending.
+        several, the reported Pareto set (``racing.front``); and the repeat to enqueue, or None
+        when none is needed.
     """
     groups = _groups(study, (complete or lean_complete(study)).trials())
-    key = config_key(params)
+    owner = {n: g.key for g in groups for n in g.numbers}
+    pending = set()  # one repeat of a configuration pending at a time
+    if cap > 1:
+        for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING), user_keys=("repeat_of",)):
+            of = TrialRecord.of(t).repeat_of
+            if of is not None and of in owner:
+                pending.add(owner[of])
     if len(study.directions) == 1:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        reported = [ranked(groups, cap, maximize)[0]]
-        needed = needs_repeat(groups, key, cap, maximize)
+        reported = ranked(groups, cap, maximize)[:1]
+        chosen = next_repeat(groups, cap, maximize, pending)
     else:
         reported = front(groups, cap, _signs(study))
-        needed = needs_repeat_front(groups, key, cap, _signs(study))
-    if not needed:
-        return reported, None
-    attrs = repeat_attrs(next(g for g in groups if g.key == key))
-    for t in load_trials(study, states=(TrialState.WAITING, TrialState.RUNNING), user_keys=("repeat_of",)):
-        if TrialRecord.of(t).repeat_of == attrs["repeat_of"]:  # one repeat of a configuration pending at a time
-            return reported, None
-    return reported, attrs
+        chosen = next_repeat_front(groups, cap, _signs(study), pending)
+    return reported, None if chosen is None else Repeat(dict(chosen.config), repeat_attrs(chosen), chosen.numbers[-1])
 
 
 def lean_complete(study: optuna.Study) -> IncrementalComplete:

@@ -4,11 +4,14 @@ One training run's seed noise is larger than the differences a search resolves, 
 single run is partly a lucky draw. With a space's ``racing: N`` (N >= 2), a completed run
 whose configuration's mean beats the incumbent's is run again: the same parameters as a new
 trial, with its own seed and a repeat index (``TrialRecord.repeat_of``/``repeat``), costing
-budget like any trial, up to N runs. Repeats run at full fidelity
+budget like any trial, up to N runs. After every complete run the whole study is looked at
+(``next_repeat``), not only the configuration just measured: a repeat that lowers the incumbent's
+mean can make an earlier configuration the one to check, and a tie is settled by ``RULE`` as if
+both had their runs. Repeats run at full fidelity
 (``tune_adapter.RepeatAwareASHA`` leaves them alone). The incumbent is chosen by ``RULE``;
 ``rknas best`` exports by it. With several objectives a configuration joins the reported Pareto
 set only once it has its runs (``front``), and one whose mean no such configuration dominates
-runs again (``needs_repeat_front``).
+runs again (``next_repeat_front``).
 
 This module is torch-free and Ray-free; ``bench.regret`` replays the same rule.
 """
@@ -58,6 +61,7 @@ class Group:
     params: float = 0.0
     order: int = 0
     points: list[tuple[float, ...]] = field(default_factory=list)  # every objective of each run
+    config: dict[str, Any] = field(default_factory=dict)  # the sampled parameters (of its first run)
 
     @property
     def runs(self) -> int:
@@ -88,7 +92,7 @@ def group_runs(runs: Iterable[tuple[int, Mapping[str, Any], Any, float]]) -> lis
         key = config_key(params)
         g = found.get(key)
         if g is None:
-            g = found[key] = Group(key, params=float(size or 0), order=len(found))
+            g = found[key] = Group(key, params=float(size or 0), order=len(found), config=dict(params))
         point = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),)
         g.numbers.append(number)
         g.values.append(point[0])
@@ -101,22 +105,37 @@ def ranked(groups: Sequence[Group], cap: int, maximize: bool = True) -> list[Gro
     return sorted(groups, key=lambda g: rank_key(g.runs, g.mean, g.params, g.order, cap, maximize), reverse=True)
 
 
-def needs_repeat(groups: Sequence[Group], key: str, cap: int, maximize: bool = True) -> bool:
-    """Whether configuration ``key`` (just measured) should run again before it is believed.
+def _confirmed(g: Group, cap: int, maximize: bool) -> tuple:
+    """``g``'s rank key were its mean confirmed over ``cap`` runs."""
+    return rank_key(cap, g.mean, g.params, g.order, cap, maximize)
 
-    It should while it has fewer than ``cap`` runs and its mean beats the incumbent's (or it is
-    the incumbent: a configuration ranked first on too few runs).
+
+def next_repeat(groups: Sequence[Group], cap: int, maximize: bool = True,
+                pending: Iterable[str] = ()) -> Optional[Group]:
+    """The configuration to run again next, if any (one objective).
+
+    The incumbent runs again while it has fewer than ``cap`` runs; so does any configuration
+    with fewer than ``cap`` runs that would rank above the incumbent were both means confirmed
+    over ``cap`` runs (a tie then goes by ``RULE``: fewer parameters, then the earlier). Of
+    several, the one that would rank highest goes first; the others wait for later steps.
+
+    Args:
+        groups: The study's complete runs, grouped (``group_runs``).
+        cap: The racing cap; 1 or less: never.
+        maximize: The objective's direction.
+        pending: Keys of configurations whose repeat is already waiting or running (skipped).
+
+    Returns:
+        The group to repeat, or None.
     """
-    if cap <= 1:
-        return False
-    by_key = {g.key: g for g in groups}
-    g = by_key.get(key)
-    if g is None or g.runs >= cap:
-        return False
+    if cap <= 1 or not groups:
+        return None
     best = ranked(groups, cap, maximize)[0]
-    if best.key == key:
-        return True
-    return g.mean > best.mean if maximize else g.mean < best.mean
+    bar = _confirmed(best, cap, maximize)
+    skip = set(pending)
+    due = [g for g in groups if g.runs < cap and g.key not in skip
+           and (g is best or _confirmed(g, cap, maximize) > bar)]
+    return max(due, key=lambda g: _confirmed(g, cap, maximize), default=None)
 
 
 def repeat_attrs(group: Group) -> dict[str, int]:
@@ -144,12 +163,27 @@ def front(groups: Sequence[Group], cap: int, signs: Sequence[float]) -> list[Gro
     return [g for g in believed if not any(dominates(o.mean_point, g.mean_point, signs) for o in believed if o is not g)]
 
 
-def needs_repeat_front(groups: Sequence[Group], key: str, cap: int, signs: Sequence[float]) -> bool:
-    """With several objectives: configuration ``key`` runs again while it has fewer than ``cap``
-    runs and no configuration with its runs dominates its mean point (it would join the front)."""
+def next_repeat_front(groups: Sequence[Group], cap: int, signs: Sequence[float],
+                      pending: Iterable[str] = ()) -> Optional[Group]:
+    """The configuration to run again next with several objectives, if any.
+
+    One with fewer than ``cap`` runs whose mean point no configuration with its runs dominates
+    (it would join the front); of several, the best by the first objective's mean, then fewer
+    parameters, then the earlier.
+
+    Args:
+        groups: The study's complete runs, grouped (``group_runs``).
+        cap: The racing cap; 1 or less: never.
+        signs: +1 to maximise an objective, -1 to minimise it, per objective.
+        pending: Keys of configurations whose repeat is already waiting or running (skipped).
+
+    Returns:
+        The group to repeat, or None.
+    """
     if cap <= 1:
-        return False
-    g = next((x for x in groups if x.key == key), None)
-    if g is None or g.runs >= cap:
-        return False
-    return not any(dominates(o.mean_point, g.mean_point, signs) for o in groups if o.runs >= cap)
+        return None
+    believed = [o for o in groups if o.runs >= cap]
+    skip = set(pending)
+    due = [g for g in groups if g.runs < cap and g.key not in skip
+           and not any(dominates(o.mean_point, g.mean_point, signs) for o in believed)]
+    return max(due, key=lambda g: (signs[0] * g.mean_point[0], -g.params, -g.order), default=None)
