@@ -57,8 +57,12 @@ venv: $(STAMP)
 search: $(STAMP)
 	$(BIN)/rknas search --space digits_quick --trials 20
 
+# Four test processes (pytest-xdist), the slow tests first (tests/conftest.py), idle ones stealing
+# work: on this 2-core machine 414 s against 768 s in one process; six processes took 545 s
+# (benchmarks/RESULTS.md, "The suite's time").
+TEST_WORKERS ?= 4
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # The edit loop: no Ray, no PostgreSQL, no long training (tests marked slow, and every test that
 # uses a shared service, are left out; CI runs everything).

@@ -29,7 +29,7 @@ At the end it checks and prints (and writes as JSON with ``--out``):
 - no trial's result was recorded twice (the counted trials are distinct trials, each told once);
 - every trial a killed driver left running was recovered, never sooner than the stale timeout
   after the kill (no live trial taken) and at most the stale timeout plus a driver's start-up
-  (``RESTART_S``) after it;
+  (``--restart-s``, default ``RESTART_S``) after it;
 - the wall time: the whole run, a fault-free run of the same search (``--baseline``), and
   the difference, which is what the faults cost.
 
@@ -47,6 +47,7 @@ import datetime
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -300,7 +301,7 @@ class Stuck(RuntimeError):
 
 def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, baseline: bool,
         work: Path, say=print, deadline_s: float = 3600.0, table: bool = False, concurrency: int = 2,
-        time_scale: float = 0.02) -> Report:
+        time_scale: float = 0.02, restart_s: float = RESTART_S) -> Report:
     space_file = work / "chaos.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     db = Database(backend, work)
@@ -309,9 +310,14 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
     except BaseException:
         db.close()
         raise
-    report = Report(backend=backend, trials=trials, seed=seed, recovery_limit_s=STALE_S + RESTART_S)
+    report = Report(backend=backend, trials=trials, seed=seed, recovery_limit_s=STALE_S + restart_s)
     cut_modes = list(CUT_MODES)
     env = cluster.env if cluster is not None else None  # the drivers join the cluster as its users would
+    if cluster is not None:
+        marker = cluster.marker  # every process of the cluster carries it, its trial workers too
+    else:  # the driver's own local Ray: its workers inherit the driver's environment
+        marker = f"RKNAS_CHAOS_RUN={secrets.token_hex(8)}"
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **dict([marker.split("=", 1)])}
     try:
         def args(url: str) -> list[str]:
             space = ["--space", "fashion_mnist_bench", "--table", str(TABLE), "--time-scale", str(time_scale),
@@ -359,7 +365,7 @@ def run(backend: str, trials: int, seed: int, kinds: list[str], outage: float, b
                     report.driver_starts += 1
                     fault.detail = "SIGKILL of the driver's process group, same command restarted"
                 elif fault.kind == "worker":
-                    workers = trial_worker_pids()
+                    workers = trial_worker_pids(marker)  # this run's, not another Ray's on the machine
                     if workers:
                         os.kill(workers[0], signal.SIGKILL)
                         fault.detail = f"SIGKILL of Ray worker {workers[0]}"
@@ -484,6 +490,8 @@ def main(argv: Optional[list[str]] = None) -> Report:
     p.add_argument("--no-baseline", action="store_true", help="skip the fault-free run")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     p.add_argument("--deadline", type=float, default=3600.0, help="give up (exit 1) after this many seconds")
+    p.add_argument("--restart-s", type=float, default=RESTART_S,
+                   help="a restarted driver's start-up allowed in the recovery limit (a machine busy with other work needs more)")
     a = p.parse_args(argv)
     kinds = []
     for item in (k.strip() for k in a.faults.split(",") if k.strip()):
@@ -503,7 +511,8 @@ def main(argv: Optional[list[str]] = None) -> Report:
     try:
         with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
             report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
-                         table=a.table, concurrency=a.concurrency, time_scale=a.time_scale)
+                         table=a.table, concurrency=a.concurrency, time_scale=a.time_scale,
+                             restart_s=a.restart_s)
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, before_int)

@@ -21,8 +21,10 @@ os.environ["RKNAS_PLUGIN_MODULES"] = "rknas_testplugins"
 os.environ.setdefault("RKNAS_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's own default, for tests that call fit() directly
 # The file the `search_gate` test strategy waits for, set before the shared Ray starts so that
-# its workers see it too (see the `gate` fixture).
-os.environ.setdefault("RKNAS_TEST_GATE", os.path.join(tempfile.gettempdir(), f"rknas-test-gate-{os.getpid()}"))
+# its workers see it too (see the `gate` fixture). One per test process, always: pytest-xdist's
+# workers inherit the controller's environment, and a gate they shared would let one worker's
+# test open or clean up another's.
+os.environ["RKNAS_TEST_GATE"] = os.path.join(tempfile.gettempdir(), f"rknas-test-gate-{os.getpid()}")
 
 
 # The fast loop (`make test-fast`, `pytest -m "not slow"`) leaves out every test that needs a
@@ -40,6 +42,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     if FAST and "ray" in sys.modules:
         raise pytest.UsageError("a test module imports Ray at collection: import it inside the (slow) tests that need it")
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker
+        # Several test processes (`make test`, pytest-xdist): the slow tests first, each module's
+        # in its own order, so that the many short ones fill the processes at the end instead of
+        # one long test running alone while the others wait.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

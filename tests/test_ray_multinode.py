@@ -98,7 +98,7 @@ def two_nodes(tmp_path_factory):
                                 env=node_env, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
         procs.append(node)
         wait_for(tmp / "node.log", "Ray runtime started", node, START_TIMEOUT)
-        yield {"address": address, "home": home, "shared": shared}
+        yield {"address": address, "home": home, "shared": shared, "marker": marker}
     finally:
         stop(procs, marker)
         for log in logs:
@@ -146,7 +146,7 @@ def test_shared_trial_storage_runs_on_the_worker_node_and_a_killed_trial_continu
             held = optuna.load_study(study_name="tiny", storage=url).trials[0]
             # Epoch 1 is recorded (and checkpointed before it was reported): the trial now waits in epoch 2.
             if held.state == TrialState.RUNNING and 1 in held.intermediate_values:
-                workers = trial_worker_pids()
+                workers = trial_worker_pids(two_nodes["marker"])  # this cluster's, not another test's
                 assert len(workers) == 1, workers  # concurrency 1: the held trial's worker, on the worker node
                 killed = workers[0]
                 os.kill(killed, 9)

@@ -22,6 +22,10 @@ from rknas.search.ray_env import trial_worker_pids
 from rknas.search.runner import SearchOptions, run_search
 from rknas.storage import TrialRecord
 
+# This test process's Ray workers inherit its gate variable (tests/conftest.py): other test
+# processes' trials (pytest-xdist) are not ours to kill.
+OWN_RAY = f"RKNAS_TEST_GATE={os.environ['RKNAS_TEST_GATE']}"
+
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")]
 
 
@@ -47,7 +51,7 @@ def test_a_killed_worker_runs_its_trial_again_and_the_record_says_so(ray_local, 
     while killed is None and time.time() < deadline:
         trials = optuna.load_study(study_name="tiny", storage=url).trials
         if len(trials) >= 2 and trials[1].state == TrialState.RUNNING and waiting.exists():
-            workers = trial_worker_pids()
+            workers = trial_worker_pids(OWN_RAY)
             if workers:
                 killed = workers[0]
                 os.kill(killed, signal.SIGKILL)

@@ -295,10 +295,14 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, min(by_cpu, by_gpu))
 
 
-def trial_worker_pids() -> list[int]:
+def trial_worker_pids(marker: Optional[str] = None) -> list[int]:
     """Pids of this machine's Ray worker processes running a trial (Ray titles them after the trainable's actor).
 
     For fault injection (``benchmarks/chaos.py``, the worker-death tests): Linux only.
+
+    Args:
+        marker: ``KEY=VALUE`` that the process's environment must hold: only the workers of
+            the Ray whose processes carry it (several Rays may run trials on one machine).
 
     Returns:
         The pids, possibly none.
@@ -307,8 +311,9 @@ def trial_worker_pids() -> list[int]:
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
+            if title.startswith(b"ray::ImplicitFunc") and (
+                    marker is None or marker.encode() in (proc / "environ").read_bytes().split(b"\0")):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        if title.startswith(b"ray::ImplicitFunc"):
-            pids.append(int(proc.name))
     return pids
