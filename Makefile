@@ -36,7 +36,7 @@ test-latest: | postgres-server
 	$(LATEST)/bin/python requirements/lock.py diff $(LOCK)
 	$(LATEST)/bin/ruff check .
 	$(LATEST)/bin/mypy
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lock: test-latest
 	$(LATEST)/bin/python requirements/lock.py write $(LOCK)
