@@ -295,6 +295,15 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, min(by_cpu, by_gpu))
 
 
+def holds_marker(proc: Path, marker: str) -> bool:
+    """Whether the environment of process ``proc`` (its ``/proc/PID`` folder) holds ``marker`` (``KEY=VALUE``).
+
+    Raises:
+        OSError: The process is gone, or its environment is not ours to read.
+    """
+    return marker.encode() in (proc / "environ").read_bytes().split(b"\0")
+
+
 def trial_worker_pids(marker: Optional[str] = None) -> list[int]:
     """Pids of this machine's Ray worker processes running a trial (Ray titles them after the trainable's actor).
 
@@ -311,8 +320,7 @@ def trial_worker_pids(marker: Optional[str] = None) -> list[int]:
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().split(b"\0")[0]
-            if title.startswith(b"ray::ImplicitFunc") and (
-                    marker is None or marker.encode() in (proc / "environ").read_bytes().split(b"\0")):
+            if title.startswith(b"ray::ImplicitFunc") and (marker is None or holds_marker(proc, marker)):
                 pids.append(int(proc.name))
         except OSError:  # gone meanwhile, or not ours to read
             continue

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rknas.search.ray_env import holds_marker
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,7 +38,7 @@ def marked_pids(marker: str) -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                if holds_marker(proc, marker):
                     pids.append(int(proc.name))
             except OSError:  # gone, or not ours
                 continue
