@@ -504,6 +504,8 @@ def main(argv: Optional[list[str]] = None) -> Report:
         p.error(f"unknown faults {bad}" if bad else f"--trials must be at least {len(kinds) + 2} for {len(kinds)} faults")
     if "cut" in kinds and a.backend != "postgresql":
         p.error("cut faults need --backend postgresql (the proxy speaks PostgreSQL's protocol)")
+    if not a.restart_s >= 0:
+        p.error(f"--restart-s must be 0 seconds or more (got {a.restart_s:g})")
     before = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped run stops its servers and cluster too
     # Started in the background by a shell, this process ignores SIGINT, and so would the drivers it
     # starts until rknas installs its own handler: a `leave` during a driver's start-up went unheard.
@@ -512,7 +514,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
         with tempfile.TemporaryDirectory(prefix="rknas-chaos-") as work:
             report = run(a.backend, a.trials, a.seed, kinds, a.outage, not a.no_baseline, Path(work), deadline_s=a.deadline,
                          table=a.table, concurrency=a.concurrency, time_scale=a.time_scale,
-                             restart_s=a.restart_s)
+                         restart_s=a.restart_s)
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, before_int)

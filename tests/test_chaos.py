@@ -45,6 +45,15 @@ def test_several_drivers_join_and_leave_in_turn_and_counts_are_written_kind_time
         chaos.main(["--backend", "sqlite", "--trials", "20", "--faults", "worker*two"])
 
 
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_restart_allowance_is_one_line_and_exit_2(capsys, value):
+    chaos = load()
+    with pytest.raises(SystemExit) as exc:
+        chaos.main(["--backend", "sqlite", "--trials", "20", "--restart-s", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].endswith(f": error: --restart-s must be 0 seconds or more (got {value})")
+
+
 def test_a_recovery_may_take_as_long_as_a_database_outage_that_fell_inside_it():
     chaos = load()
     limit = chaos.STALE_S + chaos.RESTART_S

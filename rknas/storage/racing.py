@@ -1,8 +1,8 @@
 """Racing: a configuration is believed only after it survives re-measurement on new seeds.
 
 One training run's seed noise is larger than the differences a search resolves, so the best
-single run is partly a lucky draw. With a space's ``racing: N`` (N >= 2), a completed run
-whose configuration's mean beats the incumbent's is run again: the same parameters as a new
+single run is partly a lucky draw. With a space's ``racing: N`` (N >= 2), a configuration
+that would become the incumbent is run again before it is believed: the same parameters as a new
 trial, with its own seed and a repeat index (``TrialRecord.repeat_of``/``repeat``), costing
 budget like any trial, up to N runs. After every complete run the whole study is looked at
 (``next_repeat``), not only the configuration just measured: a repeat that lowers the incumbent's
