@@ -32,7 +32,7 @@ def use_fixed_range() -> None:
     """Sample stages from the whole range for every strategy; clamp at lookup."""
     import rknas.search.space as sp
     from rknas.bench import tableview as tv
-    from rknas.registry import strategies
+    from rknas.strategies.lookup import strategies
 
     real = strategies()
     minimum = {n: s.min_stages for n, s in real.items()}

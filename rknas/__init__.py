@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from rknas.models.counting import count_flops, count_params, describe
     from rknas.models.network import RKCNN, build_network
     from rknas.models.registry import create_model, list_models
-    from rknas.registry import get_strategy, list_strategies
     from rknas.strategies.base import BlockSpec, StageStrategy
+    from rknas.strategies.lookup import get_strategy, list_strategies
 
 # name -> the module that defines it (imported on first access)
 _LAZY = {
@@ -42,8 +42,8 @@ _LAZY = {
     "list_models": "rknas.models.registry",
     "load_model": "rknas.export",
     "export_model": "rknas.export",
-    "list_strategies": "rknas.registry",
-    "get_strategy": "rknas.registry",
+    "list_strategies": "rknas.strategies.lookup",
+    "get_strategy": "rknas.strategies.lookup",
 }
 
 __all__ = [

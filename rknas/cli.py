@@ -44,7 +44,7 @@ from rknas.options import (
     TrainOptions,
 )
 from rknas.plugins import load_errors, plugin_info
-from rknas.registry import list_strategies
+from rknas.strategies.lookup import list_strategies
 from rknas.util import busy_hint, plural, training_threads, usable_device
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere, as most CLIs accept

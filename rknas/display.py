@@ -496,7 +496,7 @@ class BenchProgress(BenchListener):
         _stop(self.bar)
 
 
-class ReplayProgress:
+class ReplayProgress(BenchListener):
     """Live view of ``rknas bench replay``: repeats done per strategy.
 
     Pass it as ``BenchReplayOptions.on_event``; call ``stop()`` when the replay returns.
@@ -507,7 +507,7 @@ class ReplayProgress:
         self.tasks: dict[str, Any] = {}
         self.quiet = quiet
 
-    def __call__(self, strategy: str, done: int, total: int) -> None:
+    def replay_repeat(self, *, strategy: str, done: int, total: int) -> None:
         if self.quiet:
             return
         if not self.tasks:

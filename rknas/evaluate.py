@@ -469,8 +469,8 @@ def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[s
         stem = Path(ref).stem if source == "config" else ref
         shipped = None
         if source == "model":
+            from rknas.models.named import models
             from rknas.models.sizes import shipped_counts
-            from rknas.registry import models
 
             shipped = shipped_counts(ref, network, models()[ref].package)
         entries.append(_Entry(_unique(stem, taken), source, network, ref=ref, counts=shipped))

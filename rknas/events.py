@@ -227,7 +227,8 @@ class EvaluationEvents(Protocol):
 
 @runtime_checkable
 class BenchEvents(Protocol):
-    """What ``rknas.bench.build.build_table`` tells its listener; each default does nothing."""
+    """What ``rknas.bench.build.build_table`` and ``rknas.bench.replay.run_replay`` tell their listener; each
+    default does nothing."""
 
     def start(self, *, table: str, archs: int, seeds: int, epochs: int, runs: int, done: int, concurrency: int) -> None:
         """The architectures are drawn and recorded; training starts.
@@ -253,6 +254,16 @@ class BenchEvents(Protocol):
             status: ``ok``, ``diverged`` or ``failed``.
             test_accuracy: Its final test accuracy (0 unless ok).
             train_s: Its training time.
+        """
+        return None
+
+    def replay_repeat(self, *, strategy: str, done: int, total: int) -> None:
+        """A replay finished one more repeat of a strategy.
+
+        Args:
+            strategy: The strategy's name (``tpe+asha``).
+            done: Its repeats finished so far.
+            total: Its repeats in all.
         """
         return None
 
@@ -366,7 +377,7 @@ def evaluation_listener(sink: Union[EvaluationEvents, EventSink, None]) -> Evalu
 
 
 def bench_listener(sink: Union[BenchEvents, EventSink, None]) -> BenchEvents:
-    """The listener for what ``BenchBuildOptions.on_event`` holds.
+    """The listener for what ``BenchBuildOptions.on_event`` and ``BenchReplayOptions.on_event`` hold.
 
     Args:
         sink: A listener (used as it is), a callable ``(kind, data)`` (wrapped in ``CallbackEvents``), or None.

@@ -376,7 +376,8 @@ class BenchReplayOptions(CommandOptions):
     jobs: Optional[int] = Field(None, ge=1, description="Processes replaying in parallel (default: every CPU).")
     out: Optional[Path] = Field(None, description="Write OUT.json (every figure) and OUT.png (the plot).")
     as_json: Json = False
-    on_event: Annotated[Any, NOT_CLI] = Field(None, repr=False, description="Called as (strategy, done, total) per repeat.")
+    on_event: Annotated[Any, NOT_CLI] = Field(None, repr=False, description="A BenchEvents listener, or a plain "
+                                              "(kind, data) callable: told replay_repeat after each repeat.")
 
     @field_validator("strategy", mode="before")
     @classmethod

@@ -61,8 +61,8 @@ def check_strategy(strategy: Union[str, StageStrategy], spec: Optional[BlockSpec
         PluginError: The block breaks the contract; the message names strategy and package.
     """
     from rknas.models.network import build_stage
-    from rknas.registry import get_strategy
     from rknas.strategies.base import BlockSpec as Spec
+    from rknas.strategies.lookup import get_strategy
 
     st = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if spec is None:

@@ -318,6 +318,30 @@ def test_cli_replay_writes_json_and_png(cli, table, tmp_path):
     assert all(len(s["overstatement"]) == 3 for s in doc["strategies"])
 
 
+def test_a_replay_tells_a_plain_callable_as_it_tells_a_listener(table):
+    """``BenchReplayOptions.on_event`` takes what every other command's does: a listener or a (kind, data) callable."""
+    from rknas.bench.replay import run_replay
+    from rknas.events import BenchListener
+    from rknas.options import BenchReplayOptions
+
+    got: list = []
+    run_replay(BenchReplayOptions(table=table[0], strategy="random", budget=60, repeats=2, jobs=1,
+                                  on_event=lambda kind, data: got.append((kind, data))))
+    assert got == [("replay_repeat", {"strategy": "random", "done": 1, "total": 2}),
+                   ("replay_repeat", {"strategy": "random", "done": 2, "total": 2})]
+
+    class Counting(BenchListener):
+        def __init__(self):
+            self.seen = []
+
+        def replay_repeat(self, *, strategy, done, total):
+            self.seen.append((strategy, done, total))
+
+    listener = Counting()
+    run_replay(BenchReplayOptions(table=table[0], strategy="random", budget=60, repeats=2, jobs=1, on_event=listener))
+    assert listener.seen == [("random", 1, 2), ("random", 2, 2)]
+
+
 @pytest.mark.parametrize("args,match", [
     (["--strategy", "bohb"], "unknown strategy 'bohb'"),
     (["--budget", "0"], "budget"),

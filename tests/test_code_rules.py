@@ -109,8 +109,13 @@ def _rknas_imports(path: Path, modules: set[str], name: str) -> set[str]:
     for m in found:
         while m and m not in modules:
             m = m.rpartition(".")[0]
-        if m and m != name:
-            resolved.add(m)
+        # Importing a.b.c runs a's and a.b's __init__ too: those packages are imported as well,
+        # except the ones this module is inside (they are already being imported).
+        parts = m.split(".")
+        for i in range(1, len(parts) + 1):
+            package = ".".join(parts[:i])
+            if package in modules and package != name and not name.startswith(package + "."):
+                resolved.add(package)
     return resolved
 
 
@@ -155,12 +160,30 @@ def test_no_import_cycles_in_rknas_counting_imports_inside_functions():
     assert import_cycles(PACKAGE) == []
 
 
+def package(root: Path, files: dict[str, str]) -> Path:
+    """A throwaway ``rknas`` package under ``root``: {relative path: source}."""
+    for name, source in {"__init__.py": "", **files}.items():
+        (root / "rknas" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "rknas" / name).write_text(source)
+    return root / "rknas"
+
+
 def test_the_cycle_finder_finds_a_cycle(tmp_path):
-    pkg = tmp_path / "rknas"
-    (pkg / "a").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a" / "__init__.py").write_text("")
-    (pkg / "a" / "x.py").write_text("def f():\n    from rknas.b import y\n")
-    (pkg / "b.py").write_text("from rknas.a.x import f\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import rknas.c\n")
-    (pkg / "c.py").write_text("import rknas.b\n")  # b imports c only for type checkers: no cycle
+    pkg = package(tmp_path, {
+        "a/__init__.py": "",
+        "a/x.py": "def f():\n    from rknas.b import y\n",
+        "b.py": "from rknas.a.x import f\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import rknas.c\n",
+        "c.py": "import rknas.b\n",  # b imports c only for type checkers: no cycle
+    })
     assert import_cycles(pkg) == [["rknas.a.x", "rknas.b"]]
+
+
+def test_the_cycle_finder_counts_the_packages_an_import_runs(tmp_path):
+    """`from rknas.d.e import f` runs rknas/d/__init__.py, which may import its way back."""
+    pkg = package(tmp_path, {
+        "d/__init__.py": "from rknas.d.g import h\n",
+        "d/e.py": "f = 1\n",
+        "d/g.py": "def h():\n    from rknas.r import x\n",
+        "r.py": "from rknas.d.e import f\nx = f\n",
+    })
+    assert import_cycles(pkg) == [["rknas.d", "rknas.d.g", "rknas.r"]]

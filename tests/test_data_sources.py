@@ -13,8 +13,8 @@ import torch
 import rknas
 from rknas.config import DataSpec
 from rknas.data import DataSource, TensorData, download, ensure_dataset, list_datasets, load_dataset
+from rknas.data.source import datasets
 from rknas.errors import ConfigError, PluginError, RknasError
-from rknas.registry import datasets
 
 DATA = Path(rknas.__file__).parent / "data"
 BUILTIN_NAMES = ["cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "digits", "image_folder"]

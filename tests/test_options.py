@@ -226,11 +226,13 @@ def test_the_kinds_are_todays():
     assert SEARCH_EVENTS == {"already_done", "start", "progress", "waiting", "trial_start", "trial_result", "trial_retry",
                              "trial_end", "trial_repeat", "incumbent", "recovered", "interrupted_trials"}
     assert EVALUATION_EVENTS == {"start", "run_start", "epoch", "run_end"}
+    assert BENCH_EVENTS == {"start", "run_end", "replay_repeat"}  # bench build's and bench replay's
 
 
 def test_the_no_op_listeners_take_every_event_and_the_callable_form():
     for listener, protocol, names in ((SearchListener(), SearchEvents, SEARCH_EVENTS),
-                                      (EvaluationListener(), EvaluationEvents, EVALUATION_EVENTS)):
+                                      (EvaluationListener(), EvaluationEvents, EVALUATION_EVENTS),
+                                      (BenchListener(), BenchEvents, BENCH_EVENTS)):
         for name in names:
             assert getattr(listener, name)(**_arguments(protocol, name)) is None
             listener(name, _arguments(protocol, name))

@@ -8,8 +8,8 @@ import torch
 from optuna.trial import TrialState
 
 from rknas import plugins
-from rknas.registry import list_strategies
 from rknas.search.runner import SearchOptions, run_search
+from rknas.strategies.lookup import list_strategies
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from torch import nn
 import rknas
 import rknas.testing
 from rknas import BlockSpec, PluginError, StageStrategy, build_network
+from rknas.models.named import models
 from rknas.plugins import get_plugin_manager, provider_of
-from rknas.registry import list_strategies, models
 from rknas.strategies.base import is_positional_builder
+from rknas.strategies.lookup import list_strategies, strategies
 from rknas.testing import check_strategy, registered_plugins, temporary_plugin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,8 +154,8 @@ def test_strategy_lookups_are_cached_until_the_plugin_set_changes(register_plugi
 
 
 def test_the_cached_result_cannot_be_changed_by_a_caller():
-    rknas.registry.strategies().pop("I")
-    assert "I" in rknas.registry.strategies()
+    strategies().pop("I")
+    assert "I" in strategies()
 
 
 def test_a_new_manager_starts_a_new_cache(monkeypatch):

@@ -10,7 +10,7 @@ from torch import nn
 import rknas
 from rknas import PluginError, PreActUnit, StageStrategy, build_network, hookspecs
 from rknas.plugins import get_plugin_manager, plugin_info
-from rknas.registry import list_strategies
+from rknas.strategies.lookup import list_strategies
 
 
 class Heun(nn.Module):
@@ -246,9 +246,9 @@ def test_the_package_root_lists_and_resolves_its_whole_api():
         rknas.nope  # noqa: B018
 
 
-def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_and_wrappers_included(register_plugin):
+def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_trylast_and_wrappers_included(register_plugin):
     """Two throwaway plugins and a wrapper: pluggy's order and wrapping, rknas's attribution."""
-    from rknas.registry import strategies
+    from rknas.strategies.lookup import strategies
 
     calls = []
 
@@ -267,6 +267,11 @@ def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_and_wrappers_included(re
             calls.append("plain")
             register(strategy("t_plain"))
 
+    class Last:
+        @rknas.hookimpl(trylast=True)
+        def register_stage_strategies(self, register):
+            calls.append("last")
+
     class Wrap:
         @rknas.hookimpl(wrapper=True)
         def register_stage_strategies(self, register):
@@ -277,11 +282,12 @@ def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_and_wrappers_included(re
             return result
 
     register_plugin(First(), name="firstpkg")
-    register_plugin(Plain(), name="plainpkg")  # loaded later: pluggy calls it first, unless tryfirst says otherwise
+    register_plugin(Plain(), name="plainpkg")
+    register_plugin(Last(), name="lastpkg")  # loaded last: pluggy would call it first, but trylast  # loaded later: pluggy calls it first, unless tryfirst says otherwise
     register_plugin(Wrap(), name="wrappkg")
     found = strategies()
     assert calls[0] == "wrap: before" and calls[-1] == "wrap: after"  # the wrapper wraps every implementation
-    assert calls.index("first") < calls.index("plain")  # tryfirst
+    assert calls.index("first") < calls.index("plain") < calls.index("last")  # tryfirst, trylast
     assert {n: found[n].package for n in ("t_first", "t_plain", "t_wrapped")} == {
         "t_first": "firstpkg", "t_plain": "plainpkg", "t_wrapped": "wrappkg"}
     names = list(found)

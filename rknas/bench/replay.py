@@ -27,6 +27,7 @@ from rknas.bench.regret import TARGET, regret_curve, regret_events, returned, wo
 from rknas.bench.simulator import Strategy, parse_strategy, simulate
 from rknas.bench.tableview import Bench, load_bench
 from rknas.errors import ConfigError
+from rknas.events import BenchEvents, bench_listener
 from rknas.options import BenchReplayOptions
 
 GRID_POINTS = 200  # anytime regret is reported on this many evenly spaced times
@@ -136,7 +137,7 @@ class ReplaySummary:
 
 def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: int, repeats: int, seed: int = 0,
            pareto: bool = False, max_trials: Optional[int] = None, fidelity: Optional[dict[str, int]] = None,
-           jobs: Optional[int] = None, on_repeat: Any = None, target: float = TARGET,
+           jobs: Optional[int] = None, events: Optional[BenchEvents] = None, target: float = TARGET,
            judge: str = "unseen", start_from: Optional[list[Any]] = None) -> list[ReplaySummary]:
     """Replay each strategy ``repeats`` times and summarise its anytime regret.
 
@@ -151,7 +152,7 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
         max_trials: Cap on trials per search.
         fidelity: ASHA overrides (``min_epochs``, ``reduction_factor``).
         jobs: Processes (default: the CPU count); 1 runs in this process.
-        on_repeat: Called as ``on_repeat(strategy_name, done, total)`` after each repeat.
+        events: Told ``replay_repeat`` after each repeat.
         target: The regret counted as reached (``time_to_target``).
         judge: "unseen" or "all" (``replay_once``).
         start_from: What ``+warm`` starts from instead of the table space's ``start_from``.
@@ -171,8 +172,8 @@ def replay(bench: Bench, strategies: list[Strategy], budget_s: float, workers: i
     def record(task: tuple[Strategy, int], res: dict[str, Any]) -> None:
         results[(task[0].name, task[1])] = res
         done_per[task[0].name] = done_per.get(task[0].name, 0) + 1
-        if on_repeat is not None:
-            on_repeat(task[0].name, done_per[task[0].name], repeats)
+        if events is not None:
+            events.replay_repeat(strategy=task[0].name, done=done_per[task[0].name], total=repeats)
 
     if jobs <= 1:
         for task, a in zip(tasks, args):
@@ -287,7 +288,7 @@ def run_replay(opts: BenchReplayOptions) -> dict[str, Any]:
 
         start_params(SearchSpace.model_validate(bench.space), start_from, where="--warm-from")  # fits, or one line
     summaries = replay(bench, strategies, opts.budget, opts.workers, opts.repeats, seed=opts.seed, pareto=opts.pareto,
-                       max_trials=opts.trials, fidelity=fidelity or None, jobs=opts.jobs, on_repeat=opts.on_event,
+                       max_trials=opts.trials, fidelity=fidelity or None, jobs=opts.jobs, events=bench_listener(opts.on_event),
                        target=opts.target, judge=opts.judge, start_from=start_from)
     files: list[str] = []
     if opts.out is not None:

@@ -47,7 +47,7 @@ class TensorData:
 
 def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     """(train, test) for a named data set from any plugin (built-ins included)."""
-    from rknas.registry import datasets
+    from rknas.data.source import datasets
 
     known = datasets()
     if spec.name not in known:

@@ -1,7 +1,7 @@
 """Download data sets, list where each is looked for, and check one before a run loads it.
 
 Every function here loops over the registered ``DataSource`` objects (built-ins and plugin
-sets alike, ``rknas.registry.datasets``): whatever a source can do (fetch, check presence) it
+sets alike, ``rknas.data.source.datasets``): whatever a source can do (fetch, check presence) it
 does through its own fields, so a plugin set with a ``fetch`` downloads like a built-in one.
 
 A download goes into a hidden temporary folder under ROOT; only when the source's ``fetch``
@@ -37,7 +37,7 @@ __all__ = ["MIRROR_ENV", "TIMEOUT_S", "download", "download_command", "ensure_da
 
 
 def _sources() -> dict[str, DataSource]:
-    from rknas.registry import datasets
+    from rknas.data.source import datasets
 
     return datasets()
 

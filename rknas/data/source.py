@@ -8,12 +8,14 @@ missing-data errors treat them alike (``rknas/data/download.py``).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from rknas.plugins import Registered
+from rknas.registry import by_name, collect
 
 if TYPE_CHECKING:
     from rknas.data.core import TensorData
@@ -137,3 +139,31 @@ class DataSource(Registered):
             wanted = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
         used = self.fetch(root, **{k: v for k, v in options.items() if k in wanted})
         return [str(u) for u in used or []]
+
+
+def datasets() -> dict[str, DataSource]:
+    """Every registered data source by name, built-ins first.
+
+    Returns:
+        Sources keyed by name, each stamped with the package and version that registered it.
+        A plugin that still calls ``register(name, loader)`` gets a ``DataSource`` with only
+        ``name`` and ``load`` (and a ``DeprecationWarning``).
+
+    Raises:
+        PluginError: Two plugins register the same data-set name, or a plugin registers
+            something that is neither a ``DataSource`` nor a ``(name, loader)`` pair.
+    """
+    return by_name(collect("register_datasets", DataSource, _validate, shown="rknas.data.DataSource"), "data set")
+
+
+def _validate(provider: str, *args: Any) -> Any:
+    """A source as registered; the old ``register(name, loader)`` becomes a ``DataSource`` with a warning."""
+    if len(args) == 2 and isinstance(args[0], str) and callable(args[1]):
+        warnings.warn(
+            f"plugin {provider}: register({args[0]!r}, loader) is deprecated; register a "
+            f"rknas.data.DataSource(name={args[0]!r}, load=loader, ...) instead",
+            DeprecationWarning,
+            stacklevel=2,  # re-issued at the plugin's register(...) line by registry.collect
+        )
+        return DataSource(name=args[0], load=args[1])
+    return args[0] if len(args) == 1 else args

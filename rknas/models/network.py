@@ -24,8 +24,8 @@ from rknas.config import (  # the schemas live torch-free; imported back here wh
 )
 from rknas.errors import ConfigError, PluginError
 from rknas.models.blocks import batch_norm, group_norm, set_memory_efficient
-from rknas.registry import get_strategy
 from rknas.strategies.base import BlockSpec, StageStrategy
+from rknas.strategies.lookup import get_strategy
 
 
 class Attention(nn.Module):

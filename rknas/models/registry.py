@@ -1,7 +1,7 @@
 """Named models, timm-style: ``list_models()`` and ``create_model("rkcnn_i_5_5_6_k150_120_120")``.
 
 Plugins register named models through the ``register_models`` hook (the paper's RKCNNs come
-from the built-in plugin ``rknas.models.paper``); ``rknas.registry.models()`` collects them.
+from the built-in plugin ``rknas.models.paper``); ``rknas.models.named.models()`` collects them.
 Names encode the architecture unless the plugin gives one: the strategy (one letter when every
 period shares it, else one per period), stages per period, ``mnist`` for the MNIST framework, k
 per period (one number when all periods share it), and ``r`` per period when a period takes
@@ -15,8 +15,8 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from rknas.config import NetworkConfig, model_name, network_summary  # noqa: F401  # model_name: re-exported, it lived here
+from rknas.models.named import models
 from rknas.models.sizes import shipped_counts
-from rknas.registry import models
 
 if TYPE_CHECKING:  # torch: imported when a network is built or counted
     from rknas.models.network import RKCNN

@@ -42,7 +42,7 @@ def shipped_counts(name: str, config: NetworkConfig, package: str) -> Optional[t
     row = shipped().get(name)
     if package != "rknas" or row is None or row.get("config") != config.model_dump(mode="json"):
         return None
-    from rknas.registry import strategies
+    from rknas.strategies.lookup import strategies
 
     known = strategies()
     if any(s not in known or known[s].package != "rknas" for s in config.strategy):
@@ -53,7 +53,7 @@ def shipped_counts(name: str, config: NetworkConfig, package: str) -> Optional[t
 def count_all() -> dict[str, dict[str, Any]]:
     """Count every built-in named model (builds each network: torch)."""
     from rknas.models.counting import count_network
-    from rknas.registry import models
+    from rknas.models.named import models
 
     out = {}
     for name, model in sorted(models().items()):

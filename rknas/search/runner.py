@@ -36,7 +36,6 @@ from rknas.errors import ConfigError
 from rknas.events import SearchEvents, search_listener
 from rknas.options import SearchOptions
 from rknas.plugins import plugin_env
-from rknas.registry import list_strategies
 from rknas.search import ray_env
 from rknas.search.objective import pick_device, prepare_worker, run_trial
 from rknas.search.outcome import EpochResult
@@ -64,6 +63,7 @@ from rknas.storage.bulk import counted
 from rknas.storage.racing import REPEAT_CONFIG_KEY
 from rknas.storage.retry import StorageUnavailable
 from rknas.storage.trial_storage import TrialStorage
+from rknas.strategies.lookup import list_strategies
 
 
 @dataclass

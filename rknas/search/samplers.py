@@ -11,10 +11,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Optional
 
-from rknas.errors import PluginError
 from rknas.hookspecs import hookimpl
 from rknas.plugins import Registered
-from rknas.registry import cached, collect
+from rknas.registry import Refused, by_name, cached, collect
 
 AUTO = "auto"  # a space's default: the sampler the evidence favours (benchmarks/RESULTS.md)
 
@@ -131,23 +130,15 @@ def registered_samplers() -> dict[str, SamplerSpec]:
 
 
 def _collect_samplers() -> dict[str, SamplerSpec]:
-    found: dict[str, SamplerSpec] = {}
+    specs = collect("register_samplers", SamplerSpec, _validate, shown="rknas.search.samplers.SamplerSpec")
+    return by_name(specs, "sampler")
 
-    def accept(args: tuple, package: str, version: str) -> None:
-        (spec,) = args
-        who = f"{package} {version}".strip()
-        if not isinstance(spec, SamplerSpec):
-            raise PluginError(f"plugin {who} registered {spec!r}, which is not a rknas.search.samplers.SamplerSpec")
-        if spec.name == AUTO or "+" in spec.name or not spec.name:
-            raise PluginError(f"plugin {who} registered a sampler named {spec.name!r}: names are not empty, not "
-                              f"{AUTO!r} and hold no '+' (it joins a sampler to +asha and +warm)")
-        spec = dataclasses.replace(spec, package=package, version=version)
-        if spec.name in found:
-            raise PluginError(f"sampler {spec.name!r} is registered twice: by {found[spec.name].provider} and by {spec.provider}")
-        found[spec.name] = spec
 
-    collect("register_samplers", accept)
-    return found
+def _validate(provider: str, spec: Any) -> Any:
+    if isinstance(spec, SamplerSpec) and (spec.name == AUTO or "+" in spec.name or not spec.name):
+        raise Refused(f"registered a sampler named {spec.name!r}: names are not empty, not "
+                      f"{AUTO!r} and hold no '+' (it joins a sampler to +asha and +warm)")
+    return spec
 
 
 class _RecentTrials:

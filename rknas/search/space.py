@@ -11,6 +11,7 @@ separately for each period, and a strategy is only paired with stage counts it s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 from pathlib import Path
@@ -20,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from rknas.config import DataSpec, Framework, NetworkConfig, SizeLimit, TrainConfig, format_validation_error, read_yaml
 from rknas.errors import ConfigError
-from rknas.registry import search_space_sources, strategies
+from rknas.plugins import Registered
+from rknas.registry import collect
 from rknas.search.params import NETWORK_FROM_SPACE, is_list, per_period_fields, period_param, stages_at_least
+from rknas.strategies.lookup import strategies
 
 
 class Range(BaseModel):
@@ -405,6 +408,24 @@ def _suggest(trial: Any, name: str, param: Any, fixed: dict[str, Any], integer: 
 
 
 # ---- files -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SpaceSource(Registered):
+    """A search-space file, or a folder of them, that a plugin registered (``register_search_spaces``)."""
+
+    path: Path
+    package: str = ""
+    version: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+
+def search_space_sources() -> list[SpaceSource]:
+    """Every search-space file or folder plugins registered, built-ins first."""
+    return collect("register_search_spaces", SpaceSource, lambda provider, path: SpaceSource(Path(path)))
+
+
 def space_files() -> dict[str, tuple[Path, str]]:
     """Every known space.
 
@@ -413,10 +434,11 @@ def space_files() -> dict[str, tuple[Path, str]]:
         from ``./search_spaces``.
     """
     found: dict[str, tuple[Path, str]] = {}
-    for path, package in search_space_sources():
+    for source in search_space_sources():
+        path = source.path
         files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
         for f in files:
-            found.setdefault(f.stem, (f, package))
+            found.setdefault(f.stem, (f, source.package))
     local = Path.cwd() / "search_spaces"
     if local.is_dir():
         for f in sorted(local.glob("*.y*ml")):

@@ -24,7 +24,6 @@ import optuna
 
 from rknas.errors import ConfigError
 from rknas.models.registry import model_config
-from rknas.registry import strategies
 from rknas.search.params import (
     NETWORK_FROM_SPACE,
     is_stages_at_least,
@@ -33,6 +32,7 @@ from rknas.search.params import (
     setting_of,
     stages_at_least,
 )
+from rknas.strategies.lookup import strategies
 
 if TYPE_CHECKING:  # space.py imports this module when it checks start_from: no import back
     from rknas.search.space import SearchSpace
