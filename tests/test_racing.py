@@ -296,3 +296,48 @@ def test_one_repeat_of_a_configuration_is_pending_at_a_time():
     study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
     run(study, A, 0.81)  # the sampler proposed A again and it completed: 2 runs, repeat 1 still waiting
     assert queries.race_step(study, 3)[1] is None
+
+
+def test_two_drivers_asking_for_the_same_repeat_at_once_enqueue_it_once(any_storage, monkeypatch):
+    """Each driver decides from what it read; two that read before either wrote must still make one trial.
+
+    Each asker is held after its check (for up to 2 s, until the other has checked too): without
+    the lock both checks find nothing and both write; with it, the second check waits for the
+    first writer's commit and finds its trial.
+    """
+    import threading
+
+    from rknas.storage.retry import RetryingRDBStorage
+
+    optuna.create_study(study_name="race", storage=RetryingRDBStorage(any_storage), direction="maximize")
+    checked = threading.Barrier(2, timeout=2)
+    real = RetryingRDBStorage._pending_repeat
+
+    def held(self, *args):
+        found = real(self, *args)
+        try:
+            checked.wait()
+        except threading.BrokenBarrierError:  # the other asker is waiting for this one's commit
+            pass
+        return found
+
+    monkeypatch.setattr(RetryingRDBStorage, "_pending_repeat", held)
+
+    def ask() -> None:  # one driver: its own storage (engine, connections), as another process has
+        study = optuna.load_study(study_name="race", storage=RetryingRDBStorage(any_storage))
+        study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
+
+    drivers = [threading.Thread(target=ask) for _ in range(2)]
+    for d in drivers:
+        d.start()
+    for d in drivers:
+        d.join(timeout=60)
+    trials = optuna.load_study(study_name="race", storage=any_storage).trials
+    assert [(t.state, t.user_attrs) for t in trials] == [(TrialState.WAITING, {"repeat_of": 0, "repeat": 1})]
+    # another repeat index, or the same one once the first is no longer pending, is a new trial
+    study = optuna.load_study(study_name="race", storage=RetryingRDBStorage(any_storage))
+    study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 2})
+    study.tell(study.ask(), 0.5)  # repeat 1 runs and completes
+    study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
+    assert [(t.state, t.user_attrs["repeat"]) for t in study.trials] == [
+        (TrialState.COMPLETE, 1), (TrialState.WAITING, 2), (TrialState.WAITING, 1)]

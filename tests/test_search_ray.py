@@ -95,6 +95,12 @@ def exported(resumed):
 def test_search_finishes_the_requested_trials(searched):
     assert searched["result"].finished == 4 and not searched["result"].interrupted
     assert [d["state"] for k, d in searched["events"] if k == "trial_end"] == ["COMPLETE", "PRUNED", "FAIL", "PRUNED"]
+    # the start says how many validation images score the trials (their accuracy's resolution)
+    from rknas.search.runner import load_data
+    from rknas.search.space import load_space
+
+    [start] = [d for k, d in searched["events"] if k == "start"]
+    assert start["val_images"] == len(load_data(load_space(str(searched["space"])))[1]) > 0
 
 
 def test_complete_trial_records_curve_sizes_configs_and_provenance(searched):

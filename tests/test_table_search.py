@@ -64,6 +64,25 @@ def test_a_trial_plays_out_one_recorded_run_of_its_architecture_at_scaled_times(
     assert picks == {0, 1}
 
 
+def test_a_racing_repeat_plays_another_recorded_run_than_its_configurations_first(bench, bench_space):
+    """A repeat is a new training run: in a table, the run after the one its first trial played."""
+    import optuna
+
+    from rknas.search.runner import first_seed
+    from rknas.storage.racing import REPEAT_CONFIG_KEY
+
+    for seed in range(6):
+        first = _trial(bench, 3, seed=seed, space=bench_space)[0][-1]["table_run"]
+        again = _trial(bench, 3, seed=seed, space=bench_space)[0][-1]["table_run"]
+        repeat = _trial(bench, 3, seed=100 + seed, space=bench_space,
+                        extra={REPEAT_CONFIG_KEY: {"first_seed": seed, "repeat": 1}})[0][-1]["table_run"]
+        assert first == again and repeat != first and repeat.startswith("t.db arch 3 run ")  # the same architecture
+    # the search hands a repeat its configuration's first seed from the study's record
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"seed": 42}))
+    assert first_seed(study, 0, base_seed=7) == 42 and first_seed(study, 5, base_seed=7) == 12
+
+
 def test_a_proposal_off_the_table_is_answered_by_its_nearest_architecture(bench, bench_space):
     config = {**bench.sampled[5], "p1_k": bench.sampled[5]["p1_k"] + 1}
     assert Snapper(bench).find(config) == 5

@@ -60,7 +60,7 @@ from rknas.storage import (
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
 from rknas.storage.bulk import counted
-from rknas.storage.racing import REPEAT_CONFIG_KEY
+from rknas.storage.racing import REPEAT_CONFIG_KEY, repeat_marker
 from rknas.storage.retry import StorageUnavailable
 from rknas.storage.trial_storage import TrialStorage
 from rknas.strategies.lookup import list_strategies
@@ -328,6 +328,16 @@ WAIT_POLL_S = 1.0  # how often a driver waiting for other drivers' trials looks 
 OWN_LEFT = "interrupted: the search that ran it stopped before the trial finished"
 
 
+def first_seed(study: optuna.Study, number: int, base_seed: int) -> int:
+    """The seed trial ``number`` of ``study`` trained with (its record), for a repeat of its configuration."""
+    storage = study._storage
+    try:
+        seed = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).user_attrs.get("seed")
+    except KeyError:  # not in this study (a repeat enqueued by hand)
+        seed = None
+    return int(seed) if seed is not None else base_seed + number
+
+
 def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, storage: optuna.storages.BaseStorage,
                 trainable: Any, driver: Driver, concurrency: int, events: SearchEvents,
                 trial_storage: TrialStorage) -> None:
@@ -350,8 +360,11 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
     def define(trial: optuna.Trial) -> dict:
         fixed = space.sample(trial)
         fixed["seed"] = base_seed + trial.number  # a repeat (racing) is a trial too: its own seed
-        if trial.user_attrs.get("repeat"):
-            fixed[REPEAT_CONFIG_KEY] = True  # runs every epoch, outside ASHA (tune_adapter.RepeatAwareASHA)
+        marker = repeat_marker(trial.user_attrs)
+        if marker is not None and marker[1]:
+            # runs every epoch, outside ASHA (tune_adapter.RepeatAwareASHA); a table-backed trial
+            # also reads which recorded run its configuration's first trial played
+            fixed[REPEAT_CONFIG_KEY] = {"first_seed": first_seed(trial.study, marker[0], base_seed), "repeat": marker[1]}
         return fixed
 
     multi = len(space.metrics) > 1

@@ -22,6 +22,7 @@ from rknas.bench.tableview import Bench, Snapper, load_bench
 from rknas.errors import ConfigError
 from rknas.search.outcome import EpochResult
 from rknas.search.space import SearchSpace
+from rknas.storage.racing import REPEAT_CONFIG_KEY
 
 
 def open_table(path: Path, space: SearchSpace) -> Bench:
@@ -68,6 +69,9 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
 
     Args:
         config: The trial's parameters and constants, with ``seed`` (as a search's trainable gets them).
+            A racing repeat's ``REPEAT_CONFIG_KEY`` (``{"first_seed", "repeat"}``) makes it play the
+            recorded run after the one its configuration's first trial played (the seed of a new
+            training run): while the table has runs to spare, no repeat replays one already seen.
         space: The search space (for its size constraints).
         bench: The table.
         report: As for ``objective.run_trial``; may raise to stop the trial (ASHA).
@@ -83,7 +87,8 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
     """
     t0 = clock()
     seed = int(config.get("seed", 0))
-    proposal = {k: v for k, v in config.items() if k != "seed"}
+    repeat = config.get(REPEAT_CONFIG_KEY)
+    proposal = {k: v for k, v in config.items() if k not in ("seed", REPEAT_CONFIG_KEY)}
     arch = Snapper(bench).find(proposal)
     sizes: EpochResult = {"params": int(bench.params[arch]), "flops": int(bench.flops[arch]) if len(bench.flops) else 0}
     rng = random.Random(seed)
@@ -101,7 +106,10 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
                   "table_run": f"{label} arch {arch}", "error": f"every run of this architecture in the table failed ({status})"}
         report(result)
         return result
-    pick = rng.randrange(len(runs))
+    if isinstance(repeat, dict):  # a racing repeat plays another recorded run than its configuration's first did
+        pick = (random.Random(int(repeat["first_seed"])).randrange(len(runs)) + int(repeat["repeat"])) % len(runs)
+    else:
+        pick = rng.randrange(len(runs))
     val, wall = runs[pick]
     last: EpochResult = {"epoch": 0, "val_accuracy": 0.0, **sizes}
     for epoch in range(1, len(val) + 1):

@@ -138,14 +138,17 @@ def next_repeat(groups: Sequence[Group], cap: int, maximize: bool = True,
     return max(due, key=lambda g: _confirmed(g, cap, maximize), default=None)
 
 
+REPEAT_OF, REPEAT = "repeat_of", "repeat"  # the user attributes (``TrialRecord`` fields) that mark a repeat
+
+
 def repeat_attrs(group: Group) -> dict[str, int]:
     """The user attributes of the next repeat of a group (``TrialRecord.repeat_of``/``repeat``)."""
-    return {"repeat_of": group.numbers[0], "repeat": group.runs}
+    return {REPEAT_OF: group.numbers[0], REPEAT: group.runs}
 
 
 def repeat_marker(attrs: Mapping[str, Any]) -> Optional[tuple[int, int]]:
     """``(repeat_of, repeat)`` of a trial that is a repeat, from its user attributes; None otherwise."""
-    of, k = attrs.get("repeat_of"), attrs.get("repeat")
+    of, k = attrs.get(REPEAT_OF), attrs.get(REPEAT)
     return None if of is None or k is None else (int(of), int(k))
 
 

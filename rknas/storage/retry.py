@@ -39,6 +39,7 @@ from sqlalchemy import exc as sa_exc
 
 from rknas.errors import RknasError
 from rknas.storage.defaults import DEFAULT_RETRY_S
+from rknas.storage.racing import REPEAT, REPEAT_OF, repeat_marker
 
 logger = logging.getLogger(__name__)
 _active = threading.local()  # the storage whose retry loop this thread is in
@@ -266,6 +267,7 @@ class RetryingRDBStorage(RDBStorage):
 
         key = uuid.uuid4().hex
         template = _keyed(template_trial, key)
+        repeat = repeat_key(template_trial)
         attempts = 0
 
         def create() -> FrozenTrial:
@@ -275,15 +277,44 @@ class RetryingRDBStorage(RDBStorage):
                 earlier = self._trial_with_key(study_id, key)
                 if earlier is not None:
                     return earlier
+            pending = None
             with _create_scoped_session(self.scoped_session) as session:
                 # Locking the study row orders concurrent creators, as Optuna's own does.
                 models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-                trial = self._get_prepared_new_trial(study_id, template, session)
-                frozen = copy.deepcopy(template)
-                frozen.number, frozen.datetime_start, frozen._trial_id = trial.number, trial.datetime_start, trial.trial_id
-            return frozen
+                if repeat is not None:
+                    pending = self._pending_repeat(study_id, repeat, session)
+                if pending is None:
+                    trial = self._get_prepared_new_trial(study_id, template, session)
+                    frozen = copy.deepcopy(template)
+                    frozen.number, frozen.datetime_start, frozen._trial_id = trial.number, trial.datetime_start, trial.trial_id
+            return frozen if pending is None else RDBStorage.get_trial(self, pending)
 
         return self.retrying(create)
+
+    def _pending_repeat(self, study_id: int, repeat: tuple[str, str], session: Any) -> int | None:
+        """The id of a waiting or running trial that is already this repeat (racing asks for each once).
+
+        Drivers sharing a study each decide the next repeat from what they read; two that finish
+        runs at the same moment may ask for the same one. Asked inside the creating transaction,
+        after a write to the study row, which SQLite (one writer at a time) and PostgreSQL (the
+        row lock) both hold until the commit, so the second asker sees the first's trial.
+        """
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        studies = models.StudyModel.__table__
+        session.execute(sa.update(studies).where(studies.c.study_id == study_id).values(study_name=studies.c.study_name))
+        trials = models.TrialModel.__table__
+        attrs = models.TrialUserAttributeModel.__table__
+        of, k = attrs.alias(), attrs.alias()
+        query = (
+            sa.select(trials.c.trial_id)
+            .join(of, sa.and_(of.c.trial_id == trials.c.trial_id, of.c.key == REPEAT_OF, of.c.value_json == repeat[0]))
+            .join(k, sa.and_(k.c.trial_id == trials.c.trial_id, k.c.key == REPEAT, k.c.value_json == repeat[1]))
+            .where(trials.c.study_id == study_id, trials.c.state.in_([TrialState.WAITING, TrialState.RUNNING]))
+            .limit(1)
+        )
+        return session.execute(query).scalar()
 
     def _trial_with_key(self, study_id: int, key: str) -> FrozenTrial | None:
         from optuna.storages._rdb import models
@@ -344,6 +375,12 @@ class RetryingRDBStorage(RDBStorage):
             return True
 
         return self.retrying(claim)
+
+
+def repeat_key(template: FrozenTrial | None) -> tuple[str, str] | None:
+    """``(repeat_of, repeat)`` as stored (JSON) of an enqueued racing repeat; None for any other trial."""
+    marker = None if template is None or template.state != TrialState.WAITING else repeat_marker(template.user_attrs)
+    return None if marker is None else (json.dumps(marker[0]), json.dumps(marker[1]))
 
 
 def _keyed(template: FrozenTrial | None, key: str) -> FrozenTrial:
