@@ -97,6 +97,15 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    """HOST:PORT of the shared Ray, for `rknas search --address` in a subprocess: a driver joining a
+    running cluster, as on a real one, without starting (and paying for) a Ray of its own."""
+    address = ray_local.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:"), address
+    return address
+
+
 @pytest.fixture
 def gate():
     """The (closed) gate of the `search_gate` strategy in the shared Ray: ``gate.touch()`` opens it."""

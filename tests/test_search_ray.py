@@ -304,9 +304,10 @@ MO_SPACE = {**SPACE, "architecture": {**SPACE["architecture"], "strategy": ["E"]
             "constraints": {}, "fidelity": {"epochs": 1, "early_stopping": False}, "sampler": "nsga2"}
 
 
-def test_multi_objective_search_from_the_command_line(tmp_path):
+def test_multi_objective_search_from_the_command_line(ray_address, tmp_path):
     """`rknas search` in its own process on a two-objective space: NSGA-II's sampler is live state
-    Tune cannot pickle (Optuna 5.1 gave it a lock); the search must not need it to."""
+    Tune cannot pickle (Optuna 5.1 gave it a lock); the search must not need it to. The process
+    joins the tests' Ray with --address, as a driver joins a cluster."""
     import subprocess
     import sys
 
@@ -314,7 +315,7 @@ def test_multi_objective_search_from_the_command_line(tmp_path):
     path.write_text(yaml.safe_dump(MO_SPACE))
     url = f"sqlite:///{tmp_path}/mo.db"
     cmd = [sys.executable, "-m", "rknas.cli", "search", "--space", str(path), "--study", "mo", "--trials", "2",
-           "--storage", url, "--concurrency", "1"]
+           "--storage", url, "--concurrency", "1", "--address", ray_address]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="mo", storage=url)
