@@ -367,13 +367,13 @@ def test_a_sampler_that_cannot_be_pickled_still_searches(ray_local, tmp_path, mo
 
 
 def test_racing_runs_the_leader_again_on_a_new_seed_and_best_exports_the_mean(ray_local, tmp_path, capsys):
-    """racing: 2. The first trial leads on one run, so its configuration runs again (a trial of its
-    own, the same parameters, its own seed, every epoch despite ASHA); `best` exports it by the
-    mean of both runs and says so."""
+    """racing: 2. The first trial (the space's warm start) leads on one run, so its configuration
+    runs again (a trial of its own, the same parameters, its own seed, every epoch despite ASHA);
+    `best` exports it by the mean of both runs and says so."""
     space_file = tmp_path / "race.yaml"
-    space_file.write_text(yaml.safe_dump({**SPACE, "racing": 2}))
+    warm = {"strategy": "E", "stages": [2, 1], "k": 8}  # GOOD, as a start_from entry
+    space_file.write_text(yaml.safe_dump({**SPACE, "racing": 2, "start_from": [warm]}))
     url = f"sqlite:///{tmp_path}/race.db"
-    enqueue(url, GOOD)
     events = []
     res = run_search(SearchOptions(space=str(space_file), study="tiny", trials=3, storage=url, concurrency=1, seed=5,
                                    on_event=lambda k, d: events.append((k, d))))
