@@ -325,7 +325,7 @@ def test_two_drivers_asking_for_the_same_repeat_at_once_enqueue_it_once(any_stor
 
     def ask() -> None:  # one driver: its own storage (engine, connections), as another process has
         study = optuna.load_study(study_name="race", storage=RetryingRDBStorage(any_storage))
-        study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
+        queries.enqueue_repeat(study, queries.Repeat(A, {"repeat_of": 0, "repeat": 1}, 0))
 
     drivers = [threading.Thread(target=ask) for _ in range(2)]
     for d in drivers:
@@ -336,8 +336,19 @@ def test_two_drivers_asking_for_the_same_repeat_at_once_enqueue_it_once(any_stor
     assert [(t.state, t.user_attrs) for t in trials] == [(TrialState.WAITING, {"repeat_of": 0, "repeat": 1})]
     # another repeat index, or the same one once the first is no longer pending, is a new trial
     study = optuna.load_study(study_name="race", storage=RetryingRDBStorage(any_storage))
-    study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 2})
-    study.tell(study.ask(), 0.5)  # repeat 1 runs and completes
+    queries.enqueue_repeat(study, queries.Repeat(A, {"repeat_of": 0, "repeat": 2}, 0))
+    t = study.ask()  # repeat 1 starts: it is still pending, so asking for it again changes nothing
+    assert study.trials[0].user_attrs["repeat"] == 1 and t.number == 0 and t.params == {} and t.suggest_categorical("p1_k", [8]) == 8
+    queries.enqueue_repeat(study, queries.Repeat(A, {"repeat_of": 0, "repeat": 1}, 0))
+    assert len(study.trials) == 2
+    # a failed repeat put back by its driver (not asked for once) is a new trial while the old one still runs
     study.enqueue_trial(A, user_attrs={"repeat_of": 0, "repeat": 1})
+    study.tell(t, state=TrialState.FAIL)
+    queries.enqueue_repeat(study, queries.Repeat(A, {"repeat_of": 0, "repeat": 1}, 0))  # that one is pending
     assert [(t.state, t.user_attrs["repeat"]) for t in study.trials] == [
-        (TrialState.COMPLETE, 1), (TrialState.WAITING, 2), (TrialState.WAITING, 1)]
+        (TrialState.FAIL, 1), (TrialState.WAITING, 2), (TrialState.WAITING, 1)]
+    study.tell(study.ask(), 0.5)  # repeat 2 (the lowest waiting trial) runs and completes
+    study.tell(study.ask(), 0.6)  # and the repeat 1 put back
+    queries.enqueue_repeat(study, queries.Repeat(A, {"repeat_of": 0, "repeat": 1}, 0))  # nothing pending: a new one
+    assert [(t.state, t.user_attrs["repeat"]) for t in study.trials] == [
+        (TrialState.FAIL, 1), (TrialState.COMPLETE, 2), (TrialState.COMPLETE, 1), (TrialState.WAITING, 1)]

@@ -267,7 +267,7 @@ class StudySearch(OptunaSearch):
 
     def _race(self, ot: Any) -> None:
         """Racing: after a complete run, ask for the re-measurement the study needs next, if any."""
-        from rknas.storage.queries import lean_complete, race_step
+        from rknas.storage.queries import enqueue_repeat, lean_complete, race_step
 
         space, study = self._rk_space, self._ot_study
         assert study is not None
@@ -278,7 +278,7 @@ class StudySearch(OptunaSearch):
             best = reported[0]
             self._rk_events.incumbent(number=best.numbers[0], value=best.mean, runs=best.runs)
         if repeat is not None:
-            study.enqueue_trial(repeat.params, user_attrs=repeat.attrs)
+            enqueue_repeat(study, repeat)
             if self._rk_events is not None:
                 self._rk_events.trial_repeat(number=repeat.last, repeat_of=repeat.attrs["repeat_of"],
                                              repeat=repeat.attrs["repeat"])

@@ -164,6 +164,23 @@ def race_step(study: optuna.Study, cap: int,
     return reported, None if chosen is None else Repeat(dict(chosen.config), repeat_attrs(chosen), chosen.numbers[-1])
 
 
+def enqueue_repeat(study: optuna.Study, repeat: Repeat) -> None:
+    """Ask for a racing repeat: a waiting trial of the configuration's parameters, marked as the repeat.
+
+    On a database storage (``RetryingRDBStorage``) it is created once however many drivers ask at
+    the same moment: one already waiting or running is kept instead. What Optuna's
+    ``enqueue_trial`` writes, plus that mark.
+
+    Args:
+        study: The study.
+        repeat: What ``race_step`` returned.
+    """
+    from rknas.storage.retry import ONCE_KEY
+
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=dict(repeat.attrs),
+                                              system_attrs={"fixed_params": dict(repeat.params), ONCE_KEY: True}))
+
+
 def lean_complete(study: optuna.Study) -> IncrementalComplete:
     """A reader of the study's complete trials with the record fields ranking reads (``LEAN_KEYS``).
 

@@ -49,6 +49,7 @@ FIRST_DELAY_S, MAX_DELAY_S = 0.25, 5.0
 # System attributes that make a repeated write recognisable as the same call's (see the module doc).
 CREATE_KEY = "rknas:create_key"
 CLAIM_KEY = "rknas:claim"
+ONCE_KEY = "rknas:repeat_once"  # a racing repeat that is created once, whoever asks (``_pending_repeat``)
 INTERRUPT_KEY = "rknas:interrupted_by"  # liveness.interrupt_trials
 
 # The storage calls a search makes, each retried on a lost connection: the public ones, the
@@ -378,8 +379,11 @@ class RetryingRDBStorage(RDBStorage):
 
 
 def repeat_key(template: FrozenTrial | None) -> tuple[str, str] | None:
-    """``(repeat_of, repeat)`` as stored (JSON) of an enqueued racing repeat; None for any other trial."""
-    marker = None if template is None or template.state != TrialState.WAITING else repeat_marker(template.user_attrs)
+    """``(repeat_of, repeat)`` as stored (JSON) of a racing repeat asked for once (``queries.enqueue_repeat``);
+    None for any other trial, a failed repeat enqueued again among them."""
+    if template is None or template.state != TrialState.WAITING or not template.system_attrs.get(ONCE_KEY):
+        return None
+    marker = repeat_marker(template.user_attrs)
     return None if marker is None else (json.dumps(marker[0]), json.dumps(marker[1]))
 
 
