@@ -343,12 +343,29 @@ class CallbackEvents:
         return emit
 
 
+class _Partial:
+    """A listener written before some of its protocol's events existed: told the events it has methods for."""
+
+    def __init__(self, sink: Any, events: frozenset[str]):
+        self.sink, self.events = sink, events
+
+    def __getattr__(self, kind: str) -> Callable[..., None]:
+        if kind not in self.__dict__.get("events", ()):
+            raise AttributeError(kind)
+        return getattr(self.sink, kind, lambda **data: None)
+
+
 def _listener(sink: Any, protocol: type, nothing: type) -> Any:
-    """``sink`` if it is a ``protocol`` listener, a ``CallbackEvents`` around a callable, ``nothing()`` for None."""
+    """``sink`` if it is a ``protocol`` listener; one with methods for only some of the protocol's events
+    (written before the others existed) is told those; a ``CallbackEvents`` around a plain callable;
+    ``nothing()`` for None."""
     if sink is None:
         return nothing()
     if isinstance(sink, protocol):
         return sink
+    events = _methods(protocol)
+    if any(callable(getattr(sink, name, None)) for name in events):
+        return _Partial(sink, events)
     return CallbackEvents(sink)
 
 

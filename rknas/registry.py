@@ -56,23 +56,16 @@ class Refused(Exception):
     """
 
 
-def _one(provider: str, *args: Any) -> Any:
-    if len(args) != 1:
-        raise Refused(f"registered {', '.join(map(repr, args))}: register(...) takes one argument here")
-    return args[0]
-
-
-def collect(hook_name: str, kind: type[R], validate: Optional[Callable[..., Any]] = None, *,
-            shown: Optional[str] = None) -> list[R]:
+def collect(hook_name: str, kind: type[R], validate: Callable[..., Any], *, shown: Optional[str] = None) -> list[R]:
     """Call ``hook_name`` once, as pluggy calls any hook, and return what its implementations registered.
 
     Pluggy orders the implementations (``tryfirst``/``trylast``, last registered first) and
     runs hook wrappers around the rest. Each ``register(*args, **kwargs)`` call is attributed
     to the implementation that made it (the one on the call stack) and becomes
-    ``validate(provider, *args, **kwargs)`` (by default its one argument), which must be a
-    ``kind``; the result is stamped with that plugin's package and version. The registrations come back
-    grouped by plugin in the order the plugins were loaded (built-ins first), so listings and
-    "registered twice" messages do not depend on call order. A warning ``validate`` raises
+    ``validate(provider, *args, **kwargs)``, which must be a ``kind``; the result is stamped
+    with that plugin's package and version. The registrations come back grouped by plugin in
+    the order the plugins were loaded (built-ins first), so listings and "registered twice"
+    messages do not depend on call order. A warning ``validate`` raises
     points at the plugin's ``register(...)`` line.
 
     Args:
@@ -114,7 +107,7 @@ def collect(hook_name: str, kind: type[R], validate: Optional[Callable[..., Any]
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    item = (validate or _one)(who, *args, **kwargs)
+                    item = validate(who, *args, **kwargs)
             except Refused as exc:
                 raise PluginError(f"plugin {who} {exc}") from None
             except PluginError:

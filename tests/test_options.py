@@ -222,6 +222,22 @@ def test_bench_build_takes_a_plain_callable_as_its_options_say():
     assert type(bench_listener(None)) is BenchListener
 
 
+def test_a_listener_written_before_an_event_existed_is_told_the_events_it_has():
+    class OldBuildView:  # bench build's two events only, from before bench replay's was added; no base class
+        def __init__(self):
+            self.ends = []
+
+        def run_end(self, **data):
+            self.ends.append(data["arch"])
+
+    view = OldBuildView()
+    events = bench_listener(view)
+    events.start(table="t.db", archs=1, seeds=1, epochs=1, runs=1, done=0, concurrency=1)  # it has none: nothing
+    events.run_end(arch=3, seed=0, params=10, status="ok", test_accuracy=0.5, train_s=1.0)
+    events.replay_repeat(strategy="random", done=1, total=2)
+    assert view.ends == [3]
+
+
 def test_the_kinds_are_todays():
     assert SEARCH_EVENTS == {"already_done", "start", "progress", "waiting", "trial_start", "trial_result", "trial_retry",
                              "trial_end", "trial_repeat", "incumbent", "recovered", "interrupted_trials"}

@@ -282,8 +282,8 @@ def test_the_hook_is_called_as_pluggy_calls_it_tryfirst_trylast_and_wrappers_inc
             return result
 
     register_plugin(First(), name="firstpkg")
-    register_plugin(Plain(), name="plainpkg")
-    register_plugin(Last(), name="lastpkg")  # loaded last: pluggy would call it first, but trylast  # loaded later: pluggy calls it first, unless tryfirst says otherwise
+    register_plugin(Plain(), name="plainpkg")  # loaded later: pluggy calls it first, unless tryfirst says otherwise
+    register_plugin(Last(), name="lastpkg")  # registered after Plain: pluggy would call it before Plain, but trylast
     register_plugin(Wrap(), name="wrappkg")
     found = strategies()
     assert calls[0] == "wrap: before" and calls[-1] == "wrap: after"  # the wrapper wraps every implementation

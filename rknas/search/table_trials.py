@@ -70,8 +70,10 @@ def run_table_trial(config: dict[str, Any], space: SearchSpace, bench: Bench, re
     Args:
         config: The trial's parameters and constants, with ``seed`` (as a search's trainable gets them).
             A racing repeat's ``REPEAT_CONFIG_KEY`` (``{"first_seed", "repeat"}``) makes it play the
-            recorded run after the one its configuration's first trial played (the seed of a new
-            training run): while the table has runs to spare, no repeat replays one already seen.
+            recorded run ``repeat`` places after the one its configuration's first trial played, around
+            the architecture's runs, as a new seed would: while the racing cap is below the table's
+            seeds, a configuration's runs never replay one recorded run twice (another trial that
+            proposes the same parameters afresh draws its run by its own seed, as before).
         space: The search space (for its size constraints).
         bench: The table.
         report: As for ``objective.run_trial``; may raise to stop the trial (ASHA).
