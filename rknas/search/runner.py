@@ -331,8 +331,8 @@ OWN_LEFT = "interrupted: the search that ran it stopped before the trial finishe
 def first_seed(study: optuna.Study, number: int, base_seed: int) -> int:
     """The seed trial ``number`` of ``study`` trained with (its record), for a repeat of its configuration."""
     storage = study._storage
-    try:
-        seed = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).user_attrs.get("seed")
+    try:  # one trial read by its number, not the whole study
+        seed = TrialRecord.of(storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))).seed
     except KeyError:  # not in this study (a repeat enqueued by hand)
         seed = None
     return int(seed) if seed is not None else base_seed + number
