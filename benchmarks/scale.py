@@ -14,6 +14,10 @@ part-way keeps its figures and ``--resume`` continues the same study:
   ``sample_independent`` + ``infer_relative_search_space``) per trial;
 - ``rss_mb``: the driver's resident memory at the chunk's end (and its peak).
 
+With ``--every N``, a ``progress`` line every N ended trials inside a chunk too (the same
+figures over those N trials): one long chunk then shows how the driver's memory and cost
+move within one ``rknas search`` run, which is what a user's long search is.
+
 At the end (or with ``--commands-only``), how long ``rknas studies``, ``best``, ``report`` and
 ``evaluate``'s planning (``plan_evaluation``: finalists, recipe, data, runs) take on the study,
 each in its own process.
@@ -171,6 +175,7 @@ def main() -> None:
     ap.add_argument("--data-root", help="Fashion-MNIST's files, for timing evaluate's planning")
     ap.add_argument("--sampler-window", type=int, help="continue with the space's sampler_window set to this (a new "
                                                          "space revision, as --allow-changes makes it)")
+    ap.add_argument("--every", type=int, help="also a progress line every N ended trials within a chunk")
     ap.add_argument("--census", action="store_true", help="after each chunk, count the driver's live Python objects by "
                                                           "type and measure RSS after malloc_trim (where its memory goes)")
     args = ap.parse_args()
@@ -217,6 +222,36 @@ def _server(pg_dir: Path | None) -> tuple[Any, str]:
     return server, server.url("scale")
 
 
+class Progress:
+    """A ``progress`` line every ``--every`` ended trials of a chunk (a search listener)."""
+
+    def __init__(self, args: argparse.Namespace, meters: Meters, study_trials: int):
+        self.args, self.meters, self.base, self.ended = args, meters, study_trials, 0
+        self.last = self._now()
+
+    def _now(self) -> tuple[float, float, float, float]:
+        return time.process_time(), time.perf_counter(), self.meters.db_s, self.meters.sampler_s
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind != "trial_end":
+            return
+        self.ended += 1
+        if self.ended % self.args.every:
+            return
+        now, n = self._now(), self.args.every
+        cpu, wall, db, sampler = (1000 * (a - b) / n for a, b in zip(now, self.last))
+        self.last = now
+        row = {"kind": "progress", "date": time.strftime("%Y-%m-%dT%H:%M"), "commit": _commit(),
+               "backend": self.args.backend, "concurrency": self.args.concurrency, "scale": self.args.scale,
+               "sampler_window": self.args.sampler_window, "trials_in_study": self.base + self.ended,
+               "driver_cpu_ms_per_trial": round(cpu, 1), "wall_ms_per_trial": round(wall, 1),
+               "db_ms_per_trial": round(db, 1), "sampler_ms_per_proposal": round(sampler, 1),
+               "rss_mb": round(rss_mb(), 1)}
+        with self.args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(row, flush=True)
+
+
 def chunks(args: argparse.Namespace, url: str) -> None:
     import optuna
 
@@ -239,7 +274,7 @@ def chunks(args: argparse.Namespace, url: str) -> None:
     while study_trials < args.trials:
         target = min(args.trials, study_trials + args.chunk)
         cpu0, wall0, db0, s0 = time.process_time(), time.perf_counter(), meters.db_s, meters.sampler_s
-        result = run_search(SearchOptions(
+        result = run_search(SearchOptions(on_event=Progress(args, meters, study_trials) if args.every else None,
             space=space, allow_changes=args.sampler_window is not None, table=TABLE, time_scale=args.scale, trials=target,
             storage=url,
             study=STUDY, concurrency=args.concurrency, cpus_per_trial=max(0.01, 2 / args.concurrency),

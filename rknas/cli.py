@@ -440,12 +440,18 @@ def report(
                                          help="Show this evaluation (1 = the oldest; default: the most thorough)."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    from rknas.report import plot_study  # matplotlib
+    from rknas.report import ImportanceWorker, plot_study  # matplotlib
 
     if output.is_dir():
         output = output / f"{study}.png"
-    st = db.open_study(study, storage)
-    console.print(f"Wrote {plot_study(st, output)}")
+    worker = ImportanceWorker.start()  # scikit-learn loads on the other core while the study opens
+    try:
+        st = db.open_study(study, storage)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
+    console.print(f"Wrote {plot_study(st, output, worker)}")
     record = db.StudyRecord.of(st)
     if record.all_evaluations():
         from rknas.evaluate import chosen_evaluation

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rknas.errors import RknasError
 from rknas.storage import StudyRecord, TrialRecord
-from rknas.storage.bulk import load_trials, rdb_of
+from rknas.storage.bulk import load_trials
 
 if TYPE_CHECKING:
     from rknas.bench.replay import ReplaySummary
@@ -52,24 +52,22 @@ def _importances(complete: list[FrozenTrial], directions: list[Any], index: int)
     return dict(found)
 
 
-BESIDE_MIN_TRIALS = 500  # fewer: computing inline is quicker than starting a process
-
-
-def _worth_forking(n: int) -> bool:
+def _can_fork() -> bool:
     import os
     import sys
     import threading
 
-    return (n >= BESIDE_MIN_TRIALS and (os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux")
-            and threading.active_count() == 1 and "sklearn" not in sys.modules)
+    return ((os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux") and threading.active_count() == 1
+            and "sklearn" not in sys.modules)
 
 
 class ImportanceWorker:
-    """Optuna's fANOVA in a process of its own, started before the study is read.
+    """Optuna's fANOVA in a process of its own, started before the study is opened.
 
-    scikit-learn's import (a second or more, most of a large report's time) then runs on
-    another core while this process reads the trials and plots; the trials go over as plain
-    (params, distributions, value) rows.
+    scikit-learn's import (two seconds here, most of a large report's time) then runs on
+    another core while this process opens and reads the study; the completed trials go over as
+    plain (params, distributions, value) rows, and the plot asks for the answer last. A worker
+    that is not needed (fewer than two completed trials) is stopped, not waited for.
 
     Args:
         context: The multiprocessing context (default: fork).
@@ -77,49 +75,70 @@ class ImportanceWorker:
 
     def __init__(self, context: Any = None):
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=context or mp.get_context("fork"))
-        self.pool.submit(_import_fanova)
+        ctx = context or mp.get_context("fork")
+        conn, child = ctx.Pipe()
+        self._conn: Any = conn
+        self._proc: Any = ctx.Process(target=_serve_importances, args=(child,), daemon=True, name="rknas-importances")
+        self._proc.start()
+        child.close()
 
     @classmethod
-    def start_for(cls, study: optuna.Study) -> Optional[ImportanceWorker]:
-        """A worker, where one is safe and worth it (Linux, no other thread, two CPUs, a large study)."""
-        from rknas.storage.bulk import tally
+    def start(cls) -> Optional[ImportanceWorker]:
+        """A worker, where a fork is safe and gains (Linux, no other thread, two CPUs), else None."""
+        return cls() if _can_fork() else None
 
-        return cls() if _worth_forking(tally(study).get(TrialState.COMPLETE.name, 0)) else None
+    def importances(self, study: optuna.Study, complete: list[FrozenTrial]) -> Optional[ImportanceWorker]:
+        """Hand over the completed trials; ``result()`` is then ``parameter_importances(study, complete)``.
 
-    def importances_read(self, study: optuna.Study) -> Any:
-        """A future of ``parameter_importances(study)``, the worker reading the completed trials'
-        parameters itself, beside this process's read of the rest; None where it cannot (not
-        a database: ``importances`` is the way). The worker exits once it has answered.
+        Returns:
+            This worker, or None (and the worker stopped) where there is nothing to compute or
+            the worker is gone.
         """
-        rdb = rdb_of(study)
-        if rdb is None:
-            return None
-        metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
-        index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
-        future = self.pool.submit(_importances_of_study, rdb.engine.url.render_as_string(hide_password=False),
-                                  study.study_name, index)
-        self.close()
-        return future
-
-    def importances(self, study: optuna.Study, complete: list[FrozenTrial]) -> Any:
-        """A future of ``parameter_importances(study, complete)``; the worker exits once it has answered."""
         metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
         index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
         rows = [(t.params, t.distributions, t.values[index]) for t in complete if t.values]
-        future = self.pool.submit(_importances_of_rows, rows)
-        self.close()
-        return future
+        if len(rows) < 2 or not any(p for p, _, _ in rows):
+            self.close()
+            return None
+        try:
+            self._conn.send(rows)
+        except OSError:  # the worker is gone (killed, out of memory)
+            self.close()
+            return None
+        return self
+
+    def result(self, timeout: Optional[float] = None) -> dict[str, float]:
+        """The importances; the worker has exited after.
+
+        Raises:
+            TimeoutError: No answer within ``timeout`` seconds.
+            EOFError: The worker died (out of memory, killed) before answering.
+        """
+        try:
+            if not self._conn.poll(timeout):
+                raise TimeoutError(f"no importances within {timeout} s")
+            return dict(self._conn.recv())
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """No more work: the worker exits once it has answered what it was given."""
-        self.pool.shutdown(wait=False)
+        """Stop the worker (at once, if it is still importing or computing)."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._conn.close()
 
 
-def _import_fanova() -> None:
+def _serve_importances(conn: Any) -> None:
+    """The worker: import scikit-learn, wait for the rows, answer once."""
     import optuna.importance._fanova  # noqa: F401  (scikit-learn)
+
+    try:
+        rows = conn.recv()
+    except EOFError:  # the plotting process needed no importances, or is gone
+        return
+    conn.send(_importances_of_rows(rows))
 
 
 def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, float]:
@@ -127,15 +146,6 @@ def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, floa
                           datetime_complete=None, params=p, distributions=d, user_attrs={}, system_attrs={},
                           intermediate_values={}, trial_id=i) for i, (p, d, v) in enumerate(rows)]
     return _importances(trials, [optuna.study.StudyDirection.MAXIMIZE], 0)
-
-
-def _importances_of_study(url: str, name: str, index: int) -> dict[str, float]:
-    """In the worker: a connection of its own (never the parent's, inherited at the fork), then fANOVA."""
-    from rknas.storage.backend import open_study
-
-    study = open_study(name, url)
-    complete = load_trials(study, states=(TrialState.COMPLETE,), user_keys=())
-    return _importances_of_rows([(t.params, t.distributions, t.values[index]) for t in complete if t.values])
 
 
 class _CompletedTrials:
@@ -155,32 +165,34 @@ class _CompletedTrials:
         return len(self.directions) > 1
 
 
-def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker], params: bool) -> list[FrozenTrial]:
+def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker]) -> list[FrozenTrial]:
     """The trials the study picture plots; a failed read closes the importance worker."""
     try:
-        return load_trials(study, user_keys=PLOTTED, params=params)
+        return load_trials(study, user_keys=PLOTTED)
     except BaseException:
         if worker is not None:
             worker.close()
         raise
 
 
-def _importances_from(pending: Any, study: optuna.Study, complete: list[FrozenTrial]) -> dict[str, float]:
-    """The worker's answer, or the importances computed here when there is no worker or it died
-    (``complete`` has no parameters where the worker was to read them: they are read again)."""
+def _importances_from(pending: Optional[ImportanceWorker], study: optuna.Study,
+                      complete: list[FrozenTrial]) -> dict[str, float]:
+    """The worker's answer, or the importances computed here when there is no worker or it died."""
     if pending is not None:
         try:
-            return dict(pending.result())
-        except Exception:  # the worker died (out of memory, killed): compute them here instead
-            return parameter_importances(study, complete if any(t.params for t in complete) else None)
+            return pending.result()
+        except (EOFError, OSError):  # the worker died (out of memory, killed): compute them here instead
+            pass
     return parameter_importances(study, complete)
 
 
-def plot_study(study: optuna.Study, path: Path) -> Path:
+def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorker] = None) -> Path:
     """Write a PNG with four panels; readers see at a glance what the search found.
 
     Each panel draws all trials of a state as one collection, so a study of ten thousand
-    trials plots in seconds.
+    trials plots in seconds. ``worker`` is an ``ImportanceWorker.start()`` made before the study
+    was opened (the CLI's); with None, one starts here where it can. Returns ``path``; raises
+    ``RknasError`` without matplotlib or with no trained trial to plot.
     """
     try:
         import matplotlib
@@ -190,9 +202,9 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
         from matplotlib.collections import LineCollection
     except ImportError:
         raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
-    worker = ImportanceWorker.start_for(study)  # before the read: scikit-learn loads beside it
-    pending = worker.importances_read(study) if worker is not None else None  # it reads the parameters itself
-    trials = _read_or_close(study, worker, params=pending is None)
+    if worker is None:
+        worker = ImportanceWorker.start()  # before the read: scikit-learn loads beside it
+    trials = _read_or_close(study, worker)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
@@ -208,8 +220,7 @@ def plot_study(study: optuna.Study, path: Path) -> Path:
     dot = 18 if len(done) <= 500 else 6
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if pending is None and worker is not None:
-        pending = worker.importances(study, complete)
+    pending = worker.importances(study, complete) if worker is not None else None
 
     ax = axes[0]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):

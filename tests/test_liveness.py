@@ -127,6 +127,26 @@ def test_driver_admits_until_finished_and_running_trials_reach_the_target(any_st
         beats.stop()
 
 
+def test_a_driver_ends_a_tune_round_after_its_round_limit_and_starts_the_next_afresh(any_storage):
+    storage = open_storage(any_storage, heartbeat_interval=1, grace_period=60)
+    study = optuna.create_study(storage=storage)
+    beats = Heartbeats(storage, interval=3600)
+    driver = Driver("me", target=10, heartbeats=beats, round_limit=2)
+    try:
+        driver.new_round()
+        for _ in range(2):
+            assert driver.admit(study) is None
+            trial = study.ask()
+            driver.started(trial)
+            study.tell(trial, 0.5)
+        assert driver.admit(study) == "round"  # 2 finished of 10: the study wants more, this round is full
+        driver.new_round()
+        assert driver.admit(study) is None and driver.stop_reason is None
+        assert driver.started_count == 2 and driver.round_started == 0
+    finally:
+        beats.stop()
+
+
 SPACE = {"name": "t", "data": {"name": "digits"}, "architecture": {"periods": 1, "strategy": ["E"], "stages": 1, "k": [8, 16]},
          "fidelity": {"epochs": 3, "min_epochs": 1}}
 

@@ -141,66 +141,79 @@ def test_the_evaluation_plots_params_axis_labels_do_not_overlap(tmp_path, monkey
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), seen["labels"]
 
 
-def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkeypatch):
-    import multiprocessing
-
+def _importance_study(n):
     import optuna
     from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    from rknas import report
 
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("metrics", ["val_accuracy"])
     dists = {"k": IntDistribution(8, 64), "rule": CategoricalDistribution(["E", "I", "R"])}
-    for i in range(60):
+    for i in range(n):
         k, rule = 8 + i % 57, "EIR"[i % 3]
         study.add_trial(optuna.trial.create_trial(params={"k": k, "rule": rule}, distributions=dists,
                                                   value=k / 64 + (0.05 if rule == "R" else 0.0)))
+    return study
+
+
+def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkeypatch):
+    import multiprocessing
+
+    from rknas import report
+
+    study = _importance_study(60)
     complete = study.get_trials()
     worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
     assert worker.importances(study, complete).result(timeout=120) == report.parameter_importances(study, complete)
+    assert not worker._proc.is_alive()  # it answered once and exited
     assert set(report.parameter_importances(study, complete)) == {"k", "rule"}
-    monkeypatch.setattr(report, "_worth_forking", lambda n: False)
-    assert report.ImportanceWorker.start_for(study) is None
+    monkeypatch.setattr(report, "_can_fork", lambda: False)
+    assert report.ImportanceWorker.start() is None
 
 
-def test_a_worker_that_reads_the_parameters_itself_finds_the_same_importances(tmp_path):
-    """On a database the worker reads the completed trials' parameters on its own connection,
-    while the plotting process reads everything else without them."""
+def test_a_worker_with_nothing_to_compute_is_stopped_not_waited_for():
+    """One completed trial: no importances, and the report does not wait for scikit-learn's import."""
     import multiprocessing
 
-    import optuna
-    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from rknas import report
+
+    study = _importance_study(1)
+    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    assert worker.importances(study, study.get_trials()) is None
+    assert not worker._proc.is_alive() and worker._proc.exitcode is not None
+
+
+def test_a_worker_that_died_leaves_the_importances_to_the_plotting_process():
+    import multiprocessing
 
     from rknas import report
-    from rknas.storage.bulk import load_trials
 
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
-    study.set_user_attr("metrics", ["val_accuracy"])
-    dists = {"k": IntDistribution(8, 64), "rule": CategoricalDistribution(["E", "I", "R"])}
-    for i in range(40):
-        k, rule = 8 + i % 57, "EIR"[i % 3]
-        study.add_trial(optuna.trial.create_trial(params={"k": k, "rule": rule}, distributions=dists,
-                                                  value=k / 64 + (0.05 if rule == "R" else 0.0)))
-    lean = load_trials(study, user_keys=report.PLOTTED, params=False)
-    assert len(lean) == 40 and all(t.params == {} and t.distributions == {} and t.values for t in lean)
+    study = _importance_study(30)
+    complete = study.get_trials()
     worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
-    found = worker.importances_read(study).result(timeout=120)
-    assert found == report.parameter_importances(study) and set(found) == {"k", "rule"}
-    other = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
-    assert other.importances_read(optuna.create_study()) is None  # not a database: the caller hands the trials over
-    other.close()
+    handed = worker.importances(study, complete)
+    worker._proc.kill()  # out of memory, say, while scikit-learn still loads (seconds in a spawned process)
+    assert handed is worker
+    assert report._importances_from(handed, study, complete) == report.parameter_importances(study, complete)
+    gone = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    gone._proc.kill()
+    gone._proc.join()
+    assert gone.importances(study, complete) is None  # nothing handed to a dead worker
 
 
-def test_the_study_picture_of_a_database_study_gets_its_importances_from_the_worker(tmp_path, monkeypatch):
+def test_the_study_picture_gets_its_importances_from_a_worker_started_before_the_study_opened(tmp_path, monkeypatch):
+    import multiprocessing
+
     from rknas import report
 
     figures = captured_figures(monkeypatch)
+    worker = report.ImportanceWorker(context=multiprocessing.get_context("fork"))
     study = synthetic_study(storage=f"sqlite:///{tmp_path / 's.db'}")
-    monkeypatch.setattr(report, "_worth_forking", lambda n: True)
-    asked = []
-    monkeypatch.setattr(report.ImportanceWorker, "importances", lambda *a: asked.append(a))  # not the hand-over way
-    plot_study(study, tmp_path / "r.png")
+
+    def not_here(*a, **k):
+        raise AssertionError("computed in the plotting process")
+
+    monkeypatch.setattr(report, "parameter_importances", not_here)
+    plot_study(study, tmp_path / "r.png", worker)
     importance = [a for t, *_, a in figures[0]["axes"] if t == "what mattered"][0]
     bars = {t.get_text(): p.get_width() for t, p in zip(importance.get_yticklabels(), importance.patches)}
-    assert max(bars, key=bars.get) == "lr" and not asked
+    assert max(bars, key=bars.get) == "lr" and not worker._proc.is_alive()

@@ -80,6 +80,20 @@ def test_tune_keeps_its_hands_off_sigint_only_inside_the_round(restored, monkeyp
         assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
+def test_tune_writes_no_logs_or_snapshots_nobody_reads_unless_the_user_asked(restored, monkeypatch):
+    from rknas.search.runner import TUNE_ENV
+
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "30")  # the user's own setting
+    with _GracefulSignals() as signals:
+        with signals.tune():
+            assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+            assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
+        assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+        assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
+    assert set(TUNE_ENV) == {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "TUNE_GLOBAL_CHECKPOINT_S"}
+
+
 def test_the_previous_handlers_come_back(restored):
     def mine(signum, frame):
         pass

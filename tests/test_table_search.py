@@ -154,11 +154,19 @@ def test_a_table_backed_search_runs_tune_asha_and_the_study_as_a_real_one(ray_lo
             assert t.value == curve[-1] and len(record.val_accuracy_per_epoch) == EPOCHS
 
 
-def test_a_search_with_a_sampler_window_runs_through_tunes_searcher(ray_local, table, tmp_path):
-    """Ray Tune's Optuna searcher accepts only Optuna samplers: the windowed one is one."""
+def test_a_search_with_a_sampler_window_runs_through_tunes_searcher_in_rounds(ray_local, table, tmp_path, monkeypatch):
+    """Ray Tune's Optuna searcher accepts only Optuna samplers: the windowed one is one. Tune
+    runs of at most ROUND_TRIALS trials follow each other until the study holds its trials,
+    none lost or run twice at a round's end."""
     import yaml
 
+    from rknas.search import runner
     from rknas.search.runner import SearchOptions, run_search
+
+    monkeypatch.setattr(runner, "ROUND_TRIALS", 5)
+    rounds = []
+    real_round = runner._tune_round
+    monkeypatch.setattr(runner, "_tune_round", lambda *a, **k: (rounds.append(1), real_round(*a, **k))[1])
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces" / "fashion_mnist_bench.yaml").read_text())
     space_file = tmp_path / "windowed.yaml"
@@ -169,3 +177,4 @@ def test_a_search_with_a_sampler_window_runs_through_tunes_searcher(ray_local, t
     assert result.finished == 14
     trials = optuna.load_study(study_name="fashion_mnist_bench", storage=url).trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) and len(trials) == 14
+    assert len(rounds) == 3 and result.started_now == 14  # 5 + 5 + 4

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from rknas._version import __version__
 from rknas.errors import ConfigError
 from rknas.search.space import SearchSpace
+from rknas.storage.bulk import load_trials, tally
 from rknas.storage.queries import finished_trials
 from rknas.storage.record import StudyRecord, TrialRecord
 from rknas.util import differences as nested_differences
@@ -174,9 +175,10 @@ def write_plan(study: optuna.Study, plan: ResumePlan, space: SearchSpace, seed: 
         for key, value in record.user_attrs().items():
             study.set_user_attr(key, value)
     if plan.new_revision is not None:
-        trials = study.get_trials(deepcopy=False)
-        waiting = [t.number for t in trials if t.state == TrialState.WAITING]  # enqueued: they run under the revision
-        revision = {**plan.new_revision, "space": space.model_dump(mode="json"), "first_trial": min(waiting, default=len(trials)),
+        # enqueued trials run under the revision (read in SQL: a driver caches no whole study)
+        waiting = [t.number for t in load_trials(study, states=(TrialState.WAITING,), user_keys=(), params=False)]
+        revision = {**plan.new_revision, "space": space.model_dump(mode="json"),
+                    "first_trial": min(waiting, default=sum(tally(study).values())),
                     "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         revisions = list(StudyRecord.of(study).revisions or []) + [revision]
         for key, value in StudyRecord(revisions=revisions).user_attrs().items():

@@ -59,7 +59,7 @@ from rknas.storage import (
     summarize,
 )
 from rknas.storage.backend import discard_new_sqlite, sqlite_file
-from rknas.storage.bulk import counted
+from rknas.storage.bulk import counted, tally
 from rknas.storage.racing import REPEAT_CONFIG_KEY, repeat_marker
 from rknas.storage.retry import StorageUnavailable
 from rknas.storage.trial_storage import TrialStorage
@@ -283,7 +283,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
     trainable = work()
     driver = Driver(driver_id(), opts.trials, Heartbeats(storage, opts.heartbeat_interval), revision=plan.revision,
-                    deadline=None if opts.timeout is None else started_at + opts.timeout, events=events)
+                    deadline=None if opts.timeout is None else started_at + opts.timeout, events=events,
+                    round_limit=ROUND_TRIALS)
     events.start(study=study_name, storage=safe_url(url), finished=done, target=opts.trials, remaining=remaining,
                  concurrency=concurrency, stale=len(stale), space=space.name, warm_start=warm, driver=driver.name,
                  revision=plan.revision, changes={k: list(v) for k, v in plan.changes.items()}, deadline=driver.deadline,
@@ -325,7 +326,31 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
 
 WAIT_POLL_S = 1.0  # how often a driver waiting for other drivers' trials looks at the study
+# Trials one Tune run starts at most (Driver.new_round): a driver's memory and CPU per trial stay
+# flat however long the search. A round's end waits for its last trials, so rounds stay long.
+ROUND_TRIALS = 1000
+# Tune settings of a round, where the user set none: rknas records every result in the study and
+# resumes from it, so Tune's own per-trial logs (JSON, CSV, TensorBoard) and its experiment
+# snapshots are work nobody reads, and the loggers keep every finished trial in memory.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(10**9)}
 OWN_LEFT = "interrupted: the search that ran it stopped before the trial finished"
+
+
+def driver_storage(storage: optuna.storages.BaseStorage, window: Optional[int]) -> optuna.storages.BaseStorage:
+    """The storage a round's searcher asks, tells and samples through.
+
+    With a sampler window, a cache of the recent trials only (``RecentTrialsCache``): Optuna's
+    own would hold every trial of the study in the driver's memory. Without one, the sampler
+    reads every finished trial anyway, and Optuna's cache (which it puts around a database
+    storage) is what keeps that read incremental.
+    """
+    from optuna.storages import RDBStorage
+
+    from rknas.storage.recent import RecentTrialsCache
+
+    if window is None or not isinstance(storage, RDBStorage):
+        return storage
+    return RecentTrialsCache(storage, keep=window)
 
 
 def first_seed(study: optuna.Study, number: int, base_seed: int) -> int:
@@ -354,7 +379,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
     from rknas.search.tune_adapter import StudySearch, TrialEvents
 
     # A new sampler seed on every round and resume, or the first proposals would repeat.
-    sampler_seed = opts.seed + 7919 * len(study.trials)
+    sampler_seed = opts.seed + 7919 * sum(tally(study).values())
     base_seed = opts.seed
 
     def define(trial: optuna.Trial) -> dict:
@@ -375,7 +400,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
         mode=modes if multi else modes[0],
         sampler=_sampler(space, sampler_seed),
         study_name=study.study_name,
-        storage=storage,
+        storage=driver_storage(storage, space.sampler_window),
         rk_space=space,
         rk_versions=strategy_versions(),
         rk_events=events,
@@ -384,7 +409,7 @@ def _tune_round(opts: SearchOptions, space: SearchSpace, study: optuna.Study, st
     )
     scheduler = make_scheduler(space)
     seed_rungs(scheduler, study, space)
-    driver.stop_reason = None
+    driver.new_round()
     name = f"rknas-{study.study_name}-{int(time.time())}-{driver.name.rsplit(':', 1)[-1]}"
     tuner = tune.Tuner(
         trainable,
@@ -493,15 +518,18 @@ class _GracefulSignals:
         self.in_tune = True
         self.received = False
         self._install()
-        saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        settings = {k: v for k, v in TUNE_ENV.items() if k not in os.environ}  # the user's settings win
+        settings["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
         try:
             yield self
         finally:
-            if saved is None:
-                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-            else:
-                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             self.in_tune = False
             self._install()
 

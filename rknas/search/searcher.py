@@ -40,12 +40,15 @@ class Driver:
         heartbeats: The heartbeats of this driver's running trials.
         events: The search's listener (told of recovered trials), if any.
         stop_reason: Why ``admit`` last refused: "timeout", "done" (the study holds ``target``
-            finished trials) or "busy" (finished and running trials, of all drivers, reach
-            ``target``); None while it admits.
+            finished trials), "busy" (finished and running trials, of all drivers, reach
+            ``target``) or "round" (this Tune round started ``round_limit`` trials); None while
+            it admits.
+        round_limit: Trials one Tune round starts at most (None: no limit); see ``new_round``.
     """
 
     def __init__(self, name: str, target: int, heartbeats: Heartbeats, revision: int = 0,
-                 deadline: Optional[float] = None, events: Optional[SearchEvents] = None):
+                 deadline: Optional[float] = None, events: Optional[SearchEvents] = None,
+                 round_limit: Optional[int] = None):
         self.name = name
         self.target = target
         self.heartbeats = heartbeats
@@ -54,6 +57,8 @@ class Driver:
         self.events = events
         self.stop_reason: Optional[str] = None
         self.started_count = 0
+        self.round_limit = round_limit
+        self.round_started = 0
         self.ended_count = 0
         self.outside_training: list[str] = []  # why each of its trials that failed outside training failed
 
@@ -80,6 +85,16 @@ class Driver:
             self.events.recovered(numbers=recovered)
         return counted(study)
 
+    def new_round(self) -> None:
+        """A Tune round begins: it may start ``round_limit`` trials.
+
+        Tune's controller keeps every trial of a run in memory, and scans them on every step:
+        a driver's memory and CPU per trial would grow with the study. Runs of a bounded number
+        of trials keep both flat; the next round starts where the study is.
+        """
+        self.round_started = 0
+        self.stop_reason = None
+
     def admit(self, study: optuna.Study) -> Optional[str]:
         """Whether another trial may start.
 
@@ -87,10 +102,12 @@ class Driver:
             study: The study.
 
         Returns:
-            None if it may, else the reason: "timeout", "done" or "busy" (``stop_reason``).
+            None if it may, else the reason: "timeout", "done", "busy" or "round" (``stop_reason``).
         """
         if self.timed_out():
             self.stop_reason = "timeout"
+        elif self.round_limit is not None and self.round_started >= self.round_limit:
+            self.stop_reason = "round"
         else:
             finished, running = self.counts(study)
             self.stop_reason = "done" if finished >= self.target else "busy" if finished + running >= self.target else None
@@ -104,6 +121,7 @@ class Driver:
         """
         self.heartbeats.add(trial._trial_id)
         self.started_count += 1
+        self.round_started += 1
         for key, value in TrialRecord(driver=self.name, space_revision=self.revision).user_attrs().items():
             trial.set_user_attr(key, value)
 
