@@ -252,15 +252,24 @@ class Progress:
         print(row, flush=True)
 
 
-def chunks(args: argparse.Namespace, url: str) -> None:
+def _count(url: str) -> int:
+    """The study's trials, counted in SQL: reading them whole would itself add hundreds of MB to
+    this process, the driver whose memory the rows report (the first runs' chunk rows did)."""
     import optuna
+
+    from rknas.storage.bulk import tally
+
+    return sum(tally(optuna.load_study(study_name=STUDY, storage=url)).values())
+
+
+def chunks(args: argparse.Namespace, url: str) -> None:
 
     from rknas.search.runner import SearchOptions, run_search
 
     meters = Meters()
     meters.install()
     try:  # a continued run counts from the study's trials, not from 0
-        study_trials = len(optuna.load_study(study_name=STUDY, storage=url).trials)
+        study_trials = _count(url)
     except KeyError:
         study_trials = 0
     space = "fashion_mnist_bench"
@@ -279,7 +288,7 @@ def chunks(args: argparse.Namespace, url: str) -> None:
             storage=url,
             study=STUDY, concurrency=args.concurrency, cpus_per_trial=max(0.01, 2 / args.concurrency),
             heartbeat_interval=10, stale_after=120))
-        n = len(optuna.load_study(study_name=STUDY, storage=url).trials)
+        n = _count(url)
         added = max(1, n - study_trials)
         row = {
             "kind": "chunk", "date": time.strftime("%Y-%m-%dT%H:%M"), "commit": _commit(), "backend": url.split(":", 1)[0],

@@ -12,7 +12,7 @@ from rknas._version import __version__
 from rknas.config import NetworkConfig, SizeLimit
 from rknas.errors import RknasError
 from rknas.storage.backend import safe_url
-from rknas.storage.bulk import INTERRUPTED, IncrementalComplete, load_trials, pareto_front, tally
+from rknas.storage.bulk import FINISHED, INTERRUPTED, IncrementalComplete, load_trials, pareto_front, tally
 from rknas.storage.racing import (
     RULE,
     Group,
@@ -26,7 +26,6 @@ from rknas.storage.racing import (
 )
 from rknas.storage.record import StudyRecord, TrialRecord
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LEAN_KEYS = ("params", "flops", "seed", "repeat_of", "repeat")  # the record fields ranking and size limits read
 
 
