@@ -246,7 +246,8 @@ class Progress:
                "sampler_window": self.args.sampler_window, "trials_in_study": self.base + self.ended,
                "driver_cpu_ms_per_trial": round(cpu, 1), "wall_ms_per_trial": round(wall, 1),
                "db_ms_per_trial": round(db, 1), "sampler_ms_per_proposal": round(sampler, 1),
-               "rss_mb": round(rss_mb(), 1)}
+               "rss_mb": round(rss_mb(), 1),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         with self.args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(row, flush=True)
