@@ -159,7 +159,7 @@ class SearchSpace(BaseModel):
         None,
         ge=10,
         description="The sampler learns from the latest this-many finished trials only (default: all); bounds TPE's "
-        "cost per proposal on studies of thousands of trials (benchmarks/RESULTS.md).",
+        "cost per proposal and the driver's memory on studies of thousands of trials (benchmarks/RESULTS.md).",
     )
     racing: int = Field(
         1,
