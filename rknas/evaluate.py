@@ -29,29 +29,30 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from rknas._version import __version__
 from rknas.config import DataSpec, NetworkConfig, SizeLimit, TrainConfig, format_validation_error, load_network_section
-from rknas.data.core import TensorData, load_dataset
+from rknas.data.source import DataFacts, describe_dataset
 from rknas.errors import ConfigError, RknasError
 from rknas.events import EvaluationEvents, EventSink, evaluation_listener
-from rknas.models.counting import count_network
-from rknas.models.network import parse_network_config
 from rknas.models.registry import list_models, model_config
 from rknas.options import EvaluateOptions
 from rknas.report import plot_evaluation
 from rknas.storage import StudyRecord, TrialRecord, accuracy_of, best_trial, candidates, full, open_study, storage_url
 from rknas.storage.bulk import load_trials, pareto_front
 from rknas.storage.queries import accuracy_index
-from rknas.train import evaluate as evaluate_model
-from rknas.train import fit, resolve_channels_last
 from rknas.util import differences, plural, torch_threads, training_threads, usable_device, write_json_atomic
+
+if TYPE_CHECKING:
+    from rknas.data.core import TensorData
+
+# torch (2 s to import here) and the images load when the first run trains: planning, and its
+# refusals, take neither where the data set can describe itself (DataSource.describe)
 
 RECIPE_NOTE = (
     "every model trains with the training settings of the study's best trial (recipe_trial), "
@@ -295,13 +296,13 @@ def _shape(c: Optional[int], s: Optional[int]) -> str:
     return f"{c}x{s}x{s}"
 
 
-def resolve_include(ref: str, train: TensorData, data_name: str) -> tuple[NetworkConfig, str]:
+def resolve_include(ref: str, data: Union[DataFacts, TensorData], data_name: str) -> tuple[NetworkConfig, str]:
     """The network of an ``--include`` entry, checked against the data set.
 
     Args:
         ref: A registered model name (``rknas models``) or a config file (``rknas best -o FILE``,
             or any YAML with a ``network:`` section).
-        train: The training split (for channels, image size and classes).
+        data: The data set's facts, or its training split (for channels, image size and classes).
         data_name: The data set's name, for messages.
 
     Returns:
@@ -315,6 +316,8 @@ def resolve_include(ref: str, train: TensorData, data_name: str) -> tuple[Networ
     path = Path(ref)
     is_file = path.suffix in (".yaml", ".yml", ".json") or path.is_file() or os.sep in ref
     if is_file:
+        from rknas.models.network import parse_network_config
+
         network = parse_network_config(load_network_section(path))
         source = "config"
     else:
@@ -323,14 +326,14 @@ def resolve_include(ref: str, train: TensorData, data_name: str) -> tuple[Networ
             close = difflib.get_close_matches(ref, known, n=5, cutoff=0.6)
             hint = f"close matches: {', '.join(close)}" if close else "see `rknas models`"
             raise ConfigError(f"unknown model {ref!r} in --include; {hint} (or give a config file written by `rknas best`)")
-        network = model_config(ref, classes=train.classes)
+        network = model_config(ref, classes=data.classes)
         source = "model"
-    want, have = _shape(network.in_channels, network.image_size), _shape(train.in_channels, train.image_size)
+    want, have = _shape(network.in_channels, network.image_size), _shape(data.in_channels, data.image_size)
     if want != have:
         raise ConfigError(f"{ref}: the network expects {want} inputs, data set {data_name!r} has {have} images; "
                           "it does not fit this study's data")
-    if network.classes != train.classes:
-        raise ConfigError(f"{ref}: the network has {network.classes} classes, data set {data_name!r} has {train.classes}")
+    if network.classes != data.classes:
+        raise ConfigError(f"{ref}: the network has {network.classes} classes, data set {data_name!r} has {data.classes}")
     return network, source
 
 
@@ -375,8 +378,8 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
-    device = usable_device(options.device)  # before anything is planned or written
-    plan = plan_evaluation(options)
+    plan = plan_evaluation(options)  # writes nothing; without torch where the data set describes itself
+    device = usable_device(options.device)  # before anything is written
     with torch_threads(training_threads(options.threads)):
         trained = run_evaluation(plan, device, options.on_event)
     return publish_evaluation(plan, trained, store=options.store)
@@ -406,11 +409,13 @@ class EvaluationPlan:
         recipe_trial: The trial whose training settings every run uses.
         recipe: Those settings.
         data: Name and sizes of the data set (train = the whole training split).
-        train: The training split.
-        test: The test split.
+        data_spec: The data set's name, root and options (the study's, with ``--data-root``).
+        facts: Its sizes and image shape, from ``DataSource.describe`` or from loading it.
         out: The output folder.
         runs: Every run, finished ones with their metrics.
         results: Per model (by name): what it is and its size; test accuracies are added as runs end.
+        train: The training split, loaded on first use (``load_data``).
+        test: The test split, likewise.
     """
 
     study: optuna.Study
@@ -420,11 +425,38 @@ class EvaluationPlan:
     recipe_trial: int
     recipe: TrainConfig
     data: dict[str, Any]
-    train: TensorData
-    test: TensorData
+    data_spec: DataSpec
+    facts: DataFacts
     out: Path
     runs: list[_Run]
     results: dict[str, ModelResult]
+    loaded: Optional[tuple[TensorData, TensorData]] = field(default=None, repr=False)
+
+    def load_data(self) -> tuple[TensorData, TensorData]:
+        """The training and test splits, loaded once and checked against the facts planned with.
+
+        Raises:
+            ConfigError: The data set cannot be loaded, or its loader disagrees with what its
+                ``describe`` said (a plugin's bug, or files changed since planning).
+        """
+        if self.loaded is None:
+            from rknas.data.core import load_dataset
+
+            train, test = load_dataset(self.data_spec)
+            found = DataFacts.of(train, test)
+            if found != self.facts:
+                raise ConfigError(f"data set {self.data_spec.name!r} loaded as {found}, but it was described as "
+                                  f"{self.facts}; its describe() and load() disagree (or its files changed meanwhile)")
+            self.loaded = train, test
+        return self.loaded
+
+    @property
+    def train(self) -> TensorData:
+        return self.load_data()[0]
+
+    @property
+    def test(self) -> TensorData:
+        return self.load_data()[1]
 
 
 def _recipe(st: optuna.Study, best: Optional[FrozenTrial] = None) -> tuple[int, TrainConfig]:
@@ -453,7 +485,7 @@ def _data_spec(st: optuna.Study, data_root: Optional[str]) -> DataSpec:
     return data_spec
 
 
-def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[str], train: TensorData,
+def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[str], facts: DataFacts,
              data_name: str) -> list[_Entry]:
     taken: set[str] = set()
     entries: list[_Entry] = []
@@ -465,7 +497,7 @@ def _entries(st: optuna.Study, finalists: list[FrozenTrial], include: Sequence[s
         entries.append(_Entry(_unique(f"trial_{t.number}", taken), "trial", NetworkConfig.model_validate(r.network),
                               trial=t.number, search_val_accuracy=accuracy_of(st, t), counts=counts))
     for ref in dict.fromkeys(include):
-        network, source = resolve_include(ref, train, data_name)
+        network, source = resolve_include(ref, facts, data_name)
         stem = Path(ref).stem if source == "config" else ref
         shipped = None
         if source == "model":
@@ -521,15 +553,22 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
                                           max_flops=options.max_flops, pool=pool))
     recipe_trial, recipe = _recipe(st, full(st, pool[:1])[0] if pool else None)
     data_spec = _data_spec(st, options.data_root)
-    train, test = load_dataset(data_spec)
-    data = {"name": data_spec.name, "train_images": len(train), "test_images": len(test)}
-    entries = _entries(st, finalists, options.include, train, data_spec.name)
+    facts, loaded = describe_dataset(data_spec), None
+    if facts is None:  # the source cannot describe itself: load it now
+        from rknas.data.core import load_dataset
+
+        loaded = load_dataset(data_spec)
+        facts = DataFacts.of(*loaded)
+    data = {"name": data_spec.name, "train_images": facts.train_images, "test_images": facts.test_images}
+    entries = _entries(st, finalists, options.include, facts, data_spec.name)
     out = Path(options.out or Path("runs") / "evaluate" / _safe(study))
     seed_list = [seed + i for i in range(seeds)]
     runs = _runs(entries, seed_list, recipe, epochs, data, out)
     results: dict[str, ModelResult] = {}
     for e in entries:
         if e.counts is None:
+            from rknas.models.counting import count_network
+
             e.counts = count_network(e.network)
         results[e.name] = ModelResult(
             name=e.name, source=e.source, architecture=e.network.name, network=e.network.model_dump(mode="json"),
@@ -537,7 +576,7 @@ def plan_evaluation(options: EvaluateOptions) -> EvaluationPlan:
             ref=e.ref, search_val_accuracy=e.search_val_accuracy,
         )
     return EvaluationPlan(study=st, url=url, epochs=epochs, seeds=seed_list, recipe_trial=recipe_trial, recipe=recipe,
-                          data=data, train=train, test=test, out=out, runs=runs, results=results)
+                          data=data, data_spec=data_spec, facts=facts, out=out, runs=runs, results=results, loaded=loaded)
 
 
 def run_evaluation(plan: EvaluationPlan, device: str,
@@ -557,6 +596,8 @@ def run_evaluation(plan: EvaluationPlan, device: str,
     emit.start(study=plan.study.study_name, runs=len(plan.runs), done=sum(r.finished is not None for r in plan.runs),
                models=len(plan.results), seeds=plan.seeds, epochs=plan.epochs, out=str(plan.out),
                recipe_trial=plan.recipe_trial, device=device)
+    if any(r.finished is None for r in plan.runs):
+        plan.load_data()  # before the first run's folder is written; none when every run is done
     trained = 0
     for run in plan.runs:
         e, metrics = run.entry, run.finished
@@ -588,7 +629,7 @@ def publish_evaluation(plan: EvaluationPlan, trained: int, store: bool = True) -
     )
     result.json_path = plan.out / "evaluation.json"
     write_json_atomic(result.json_path, result.to_json())
-    title = f"{result.study}: {plan.epochs} epochs on {len(plan.train):,} images, {len(plan.seeds)} seed(s)"
+    title = f"{result.study}: {plan.epochs} epochs on {plan.facts.train_images:,} images, {len(plan.seeds)} seed(s)"
     result.plot_path = plot_evaluation([m.summary() for m in result.models], plan.out / "evaluation.png", title=title)
     if store:
         result.note = _store_evaluation(plan.study, result.summary())
@@ -617,6 +658,11 @@ def _store_evaluation(study: optuna.Study, summary: dict[str, Any]) -> Optional[
 def _train_run(e: _Entry, cfg: TrainConfig, spec: dict, run_dir: Path, train: TensorData, test: TensorData,
                device: str, emit: EvaluationEvents) -> dict[str, Any]:
     """Train one model with one seed; checkpoint each epoch; write metrics.json at the end."""
+    import torch
+
+    from rknas.train import evaluate as evaluate_model
+    from rknas.train import fit, resolve_channels_last
+
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     if _read_json(run_dir / "spec.json") != spec:

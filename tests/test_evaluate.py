@@ -75,14 +75,16 @@ def mini_config(tmp_path):
 @pytest.fixture
 def count_fits(monkeypatch):
     """Counts the trainings `evaluate` starts (the real training still runs)."""
+    import rknas.train
+
     calls = []
-    real = ev.fit
+    real = rknas.train.fit  # evaluate imports it when a run trains
 
     def counting_fit(network, cfg, *args, **kwargs):
         calls.append((network.name, cfg.seed, cfg.epochs))
         return real(network, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "fit", counting_fit)
+    monkeypatch.setattr(rknas.train, "fit", counting_fit)
     return calls
 
 
@@ -250,6 +252,51 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(cli, study_url, tmp_pa
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and why in err, err
     assert not out.exists() and count_fits == []
     assert StudyRecord.of(optuna.load_study(study_name="tiny", storage=study_url)).all_evaluations() == []
+
+
+@pytest.mark.slow
+def test_planning_and_a_finished_rerun_load_neither_torch_nor_the_images(study_url, tmp_path):
+    """A set that describes itself (digits) is planned from its facts; the images load when a run trains."""
+    import os
+    import subprocess
+    import sys
+
+    options = f"EvaluateOptions(study='tiny', storage={study_url!r}, epochs=1, seeds=2, out={str(tmp_path / 'ev')!r})"
+    code = f"""
+import json, sys
+from rknas.evaluate import plan_evaluation, publish_evaluation, run_evaluation
+from rknas.options import EvaluateOptions
+plan = plan_evaluation({options})
+seen = ["torch" in sys.modules, plan.loaded is None, str(plan.facts), len(plan.runs)]
+for i, run in enumerate(plan.runs):  # every run finished earlier, as a rerun finds them
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "metrics.json").write_text(json.dumps({{"test_accuracy": 0.5 + i / 100, "spec": run.spec}}))
+plan = plan_evaluation({options})
+trained = run_evaluation(plan, "cpu")
+result = publish_evaluation(plan, trained)
+seen += [trained, result.skipped, "torch" in sys.modules, plan.loaded is None]
+print(json.dumps(seen))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}  # the tests' plugin imports torch
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == [False, True, "1,438 + 359 images of 1x8x8, 10 classes", 6, 0, 6, False, True]
+
+
+def test_a_data_set_whose_description_and_images_disagree_is_refused_before_anything_is_written(
+        study_url, tmp_path, monkeypatch, count_fits):
+    from rknas.data import loaders
+    from rknas.errors import ConfigError
+    from rknas.options import EvaluateOptions
+
+    monkeypatch.setattr(loaders, "DIGITS_IMAGES", 1796)  # describe() now claims one image too few
+    out = tmp_path / "ev"
+    options = EvaluateOptions(study="tiny", storage=study_url, epochs=1, seeds=1, top=1, out=out, device="cpu")
+    plan = ev.plan_evaluation(options)
+    assert plan.facts.train_images == 1437 and plan.loaded is None
+    with pytest.raises(ConfigError, match=r"'digits' loaded as 1,438 \+ 359 images .* described as 1,437 \+ 359"):
+        ev.evaluate(options)
+    assert not out.exists() and count_fits == []
 
 
 def test_unknown_study_and_a_study_without_complete_trials(cli, tmp_path, count_fits):

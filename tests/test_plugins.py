@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import os
 
 import pytest
 import torch
@@ -235,6 +236,27 @@ def test_importing_the_hook_markers_imports_neither_torch_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]", out
     assert out[1] == "True"  # and the lazy names still resolve
+
+
+@pytest.mark.slow
+def test_loading_every_installed_plugin_imports_no_torch():
+    """Every command that looks up plugins imports their entry points: the shipped ones keep torch out."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rknas.plugins import plugin_info; from rknas.data.source import datasets; "
+            "from rknas.models.registry import list_models; from rknas.strategies.lookup import list_strategies; "
+            "from rknas.search.space import space_files; "
+            "datasets(); list_models(); list_strategies(); space_files(); "
+            "print(sorted({p['package'] for p in plugin_info()})); print('torch' in sys.modules)")
+    from rknas.plugins import MODULES_ENV, PLUGINS_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in (PLUGINS_ENV, MODULES_ENV)}  # every plugin installed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    packages, torch_imported = out.stdout.splitlines()
+    assert {"rknas", "rknas-baselines", "rknas-template"} <= set(eval(packages)), packages
+    assert torch_imported == "False"
 
 
 def test_the_package_root_lists_and_resolves_its_whole_api():

@@ -8,7 +8,8 @@ import yaml
 
 from rknas.config import TrainConfig
 from rknas.data.core import augment, split
-from rknas.data.loaders import digits, fashion_mnist, mnist
+from rknas.data.loaders import digits, digits_facts, fashion_mnist, fashion_mnist_facts, mnist, mnist_facts
+from rknas.data.source import DataFacts
 from rknas.errors import ConfigError
 from rknas.train import lr_factor, recalibrate_bn, train_from_config
 
@@ -96,6 +97,13 @@ def test_mnist_idx_format_read(tmp_path):
     train, test = mnist(str(tmp_path))
     assert train.x.shape == (5, 1, 28, 28) and torch.equal(train.x[3, 0], torch.from_numpy(imgs[3].astype(np.uint8)))
     assert test.y.tolist() == [5, 6]
+    assert mnist_facts(str(tmp_path)) == DataFacts.of(train, test) == DataFacts(5, 2, 1, 28, 10)  # from the headers
+
+
+def test_described_sets_say_what_loading_gives_and_fail_as_loading_does(tmp_path):
+    assert digits_facts(test_fraction=0.3) == DataFacts.of(*digits(test_fraction=0.3))
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte.*MNIST/raw"):
+        mnist_facts(str(tmp_path))
 
 
 def test_cifar_and_svhn_formats(tmp_path, monkeypatch):
@@ -147,6 +155,7 @@ def test_fashion_mnist_is_found_without_a_root_in_debians_folder(tmp_path, monke
     _write_idx(tmp_path / "debian", 6, 2)  # Debian's package lays the IDX files out flat
     train, test = fashion_mnist()
     assert train.x.shape == (6, 1, 28, 28) and len(test) == 2 and train.y.tolist() == [0, 1, 2, 3, 4, 5]
+    assert fashion_mnist_facts() == DataFacts.of(train, test)
 
 
 def test_fashion_mnist_without_debians_folder_or_a_root_says_what_to_do(tmp_path, monkeypatch):

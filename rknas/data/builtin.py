@@ -30,14 +30,14 @@ SOURCES: tuple[DataSource, ...] = (
     CifarSet("cifar10", "CIFAR10").source("CIFAR-10", loaders.cifar10),
     CifarSet("cifar100", "CIFAR100").source("CIFAR-100", loaders.cifar100),
     SvhnSet("svhn", "SVHN").source("SVHN", loaders.svhn),
-    MnistSet("mnist", "MNIST").source("MNIST", loaders.mnist),
+    MnistSet("mnist", "MNIST").source("MNIST", loaders.mnist, describe=loaders.mnist_facts),
     MnistSet("fashion_mnist", "FashionMNIST", default_root=loaders.FASHION_MNIST_DEBIAN).source(
-        "Fashion-MNIST", loaders.fashion_mnist, how="apt install dataset-fashion-mnist"
+        "Fashion-MNIST", loaders.fashion_mnist, how="apt install dataset-fashion-mnist", describe=loaders.fashion_mnist_facts
     ),
     DataSource(
         name="digits", label="digits", load=loaders.digits, where=lambda root: ["inside scikit-learn"],
         present=lambda root: importlib.util.find_spec("sklearn") is not None,
-        how="pip install scikit-learn",
+        how="pip install scikit-learn", describe=loaders.digits_facts,
     ),
     DataSource(
         name="image_folder", label="image folder", load=loaders.image_folder, where=_image_folder_where,

@@ -47,12 +47,9 @@ class TensorData:
 
 def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     """(train, test) for a named data set from any plugin (built-ins included)."""
-    from rknas.data.source import datasets
+    from rknas.data.source import find_dataset
 
-    known = datasets()
-    if spec.name not in known:
-        raise ConfigError(f"unknown data set {spec.name!r}; known: {', '.join(sorted(known))}")
-    source = known[spec.name]
+    source = find_dataset(spec.name)
     provider = source.provider
     try:
         train, test = source.load(spec.root, **spec.options)

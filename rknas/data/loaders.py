@@ -13,10 +13,11 @@ from typing import Optional
 
 import numpy as np
 
-from rknas.data.source import download_command
+from rknas.data.source import DataFacts, download_command
 from rknas.errors import ConfigError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+DIGITS_IMAGES = 1797  # scikit-learn's load_digits (its documentation); describe's claim is checked on load
 
 
 def digits(root: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0):
@@ -31,9 +32,32 @@ def digits(root: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0
     y = torch.from_numpy(d.target)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)
-    n_test = int(round(len(y) * test_fraction))
+    n_test = _digits_test(len(y), test_fraction)
     te, tr = perm[:n_test], perm[n_test:]
     return TensorData(x[tr], y[tr], 10), TensorData(x[te], y[te], 10)
+
+
+def _digits_test(n: int, test_fraction: float) -> int:
+    return int(round(n * test_fraction))
+
+
+def digits_facts(root: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0) -> DataFacts:
+    """``digits``' sizes without importing scikit-learn (1.7 s) or torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("data set 'digits' needs scikit-learn: pip install scikit-learn")
+    n_test = _digits_test(DIGITS_IMAGES, test_fraction)
+    return DataFacts(DIGITS_IMAGES - n_test, n_test, 1, 8, 10)
+
+
+def _idx_dims(path: Path) -> tuple[int, ...]:
+    """An IDX file's dimensions from its header alone (the file may be gzipped)."""
+    with (gzip.open(path) if path.suffix == ".gz" else path.open("rb")) as f:
+        head = f.read(4)
+        if len(head) < 4:
+            raise ConfigError(f"{path} is not an IDX file (it is shorter than its header)")
+        return tuple(int(d) for d in np.frombuffer(f.read(4 * head[3]), dtype=">i4"))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -67,13 +91,28 @@ def _mnist_like(root: Optional[str], name: str, dataset_dir: str, label: str, de
 
     from rknas.data.core import TensorData
 
+    files = _mnist_files(root, name, dataset_dir, label, default)
+    x_tr, y_tr, x_te, y_te = (_read_idx(files[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+    t = lambda a: torch.from_numpy(a.copy())  # noqa: E731
+    return TensorData(t(x_tr)[:, None], t(y_tr), 10), TensorData(t(x_te)[:, None], t(y_te), 10)
+
+
+def _mnist_like_facts(root: Optional[str], name: str, dataset_dir: str, label: str,
+                      default: Optional[Path] = None) -> DataFacts:
+    files = _mnist_files(root, name, dataset_dir, label, default)
+    train, test = _idx_dims(files["train_x"]), _idx_dims(files["test_x"])
+    if len(train) != 3 or train[1] != train[2]:
+        raise ConfigError(f"{files['train_x']}: expected square grey images (N, H, H), its header says {train}")
+    return DataFacts(train[0], test[0], 1, train[1], 10)
+
+
+def _mnist_files(root: Optional[str], name: str, dataset_dir: str, label: str, default: Optional[Path]) -> dict:
+    """The four IDX files under ``root`` (or ``default``), or the error that says where they were looked for."""
     candidates = [Path(root).expanduser()] if root else ([default] if default else [])
     for base in candidates:
         files = _idx_files(base, dataset_dir)
         if files:
-            x_tr, y_tr, x_te, y_te = (_read_idx(files[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
-            t = lambda a: torch.from_numpy(a.copy())  # noqa: E731
-            return TensorData(t(x_tr)[:, None], t(y_tr), 10), TensorData(t(x_te)[:, None], t(y_te), 10)
+            return files
     where = root or "(no root given)"
     raise ConfigError(
         f"{label} not found under {where}: expected the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
@@ -90,6 +129,16 @@ def mnist(root: Optional[str] = None):
 def fashion_mnist(root: Optional[str] = None):
     """Fashion-MNIST; Debian's dataset-fashion-mnist package is found without a root."""
     return _mnist_like(root, "fashion_mnist", "FashionMNIST", "Fashion-MNIST", default=FASHION_MNIST_DEBIAN)
+
+
+def mnist_facts(root: Optional[str] = None) -> DataFacts:
+    """``mnist``'s sizes from the IDX headers."""
+    return _mnist_like_facts(root, "mnist", "MNIST", "MNIST")
+
+
+def fashion_mnist_facts(root: Optional[str] = None) -> DataFacts:
+    """``fashion_mnist``'s sizes from the IDX headers."""
+    return _mnist_like_facts(root, "fashion_mnist", "FashionMNIST", "Fashion-MNIST", default=FASHION_MNIST_DEBIAN)
 
 
 def _torchvision(name: str, cls_name: str, label: str, fmt: str, root: Optional[str], **kw):

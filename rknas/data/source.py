@@ -18,6 +18,7 @@ from rknas.plugins import Registered
 from rknas.registry import by_name, collect
 
 if TYPE_CHECKING:
+    from rknas.config import DataSpec
     from rknas.data.core import TensorData
 
 MIRROR_ENV = "RKNAS_DATA_MIRROR"
@@ -27,6 +28,7 @@ Loader = Callable[..., "tuple[TensorData, TensorData]"]
 Where = Callable[[Optional[Path]], list[str]]
 Present = Callable[[Optional[Path]], Optional[bool]]
 Verify = Callable[[Path], Optional[list[Path]]]
+Describe = Callable[..., "DataFacts"]
 Fetch = Callable[..., Optional[Iterable[str]]]
 FETCH_OPTIONS = ("mirror", "progress", "timeout")  # the keywords a fetch may declare
 
@@ -42,6 +44,34 @@ def download_command(name: str, root: Optional[Union[str, Path]] = None) -> str:
         ``rknas data download NAME --root ROOT``.
     """
     return f"rknas data download {name} --root {root or 'DIR'}"
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """A data set's sizes and image shape: what planning needs, known without reading the images.
+
+    Attributes:
+        train_images: Images in the training split.
+        test_images: Images in the test split.
+        in_channels: Channels of an image (1: grey, 3: colour).
+        image_size: Height (= width) of an image in pixels.
+        classes: Number of classes.
+    """
+
+    train_images: int
+    test_images: int
+    in_channels: int
+    image_size: int
+    classes: int
+
+    @classmethod
+    def of(cls, train: TensorData, test: TensorData) -> DataFacts:
+        """The facts of two loaded splits."""
+        return cls(len(train), len(test), train.in_channels, train.image_size, train.classes)
+
+    def __str__(self) -> str:
+        return (f"{self.train_images:,} + {self.test_images:,} images of {self.in_channels}x{self.image_size}x"
+                f"{self.image_size}, {self.classes} classes")
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,11 @@ class DataSource(Registered):
             fetches only when it returns None. Default: ``present(root)``, listing no files.
         how: How to get the files by hand: shown by ``rknas data list`` (after the download
             command when there is a ``fetch``). Default: "see PACKAGE's documentation".
+        describe: ``describe(root, **options) -> DataFacts`` (the same arguments as ``load``):
+            the sizes and shape without reading the images (file headers, a documented size),
+            raising ``ConfigError`` as ``load`` would when the files are missing. Lets
+            ``rknas evaluate`` plan, and refuse, before torch and the images are loaded; rknas
+            checks it against the loaded set before training. None (the default): planning loads.
         package, version: Filled in by rknas from the registering distribution; do not set them.
     """
 
@@ -86,6 +121,7 @@ class DataSource(Registered):
     fetch: Optional[Fetch] = None
     verify: Optional[Verify] = None
     how: str = ""
+    describe: Optional[Describe] = None
     package: str = field(default="", compare=False)
     version: str = field(default="", compare=False)
 
@@ -154,6 +190,50 @@ def datasets() -> dict[str, DataSource]:
             something that is neither a ``DataSource`` nor a ``(name, loader)`` pair.
     """
     return by_name(collect("register_datasets", DataSource, _validate, shown="rknas.data.DataSource"), "data set")
+
+
+def find_dataset(name: str) -> DataSource:
+    """The registered source called ``name``.
+
+    Raises:
+        ConfigError: No such data set (the known ones are listed).
+    """
+    from rknas.errors import ConfigError
+
+    known = datasets()
+    if name not in known:
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def describe_dataset(spec: DataSpec) -> Optional[DataFacts]:
+    """A data set's facts from its ``describe``, without loading it; None when it has none.
+
+    Args:
+        spec: The data set's name, root and options (a search space's ``data`` section).
+
+    Returns:
+        Its ``DataFacts``, or None: the source cannot describe itself, so the caller loads it.
+
+    Raises:
+        ConfigError: Unknown data set, files missing, or a ``describe`` that failed (one line).
+    """
+    from rknas.errors import ConfigError, RknasError
+
+    source = find_dataset(spec.name)
+    if source.describe is None:
+        return None
+    try:
+        facts = source.describe(spec.root, **spec.options)
+    except RknasError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"data set {spec.name!r} ({source.provider}) could not be described: "
+                          f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(facts, DataFacts):
+        raise ConfigError(f"data set {spec.name!r} ({source.provider}): describe() returned {type(facts).__name__}, "
+                          "not rknas.data.DataFacts")
+    return facts
 
 
 def _validate(provider: str, *args: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from rknas.data.fetching import Plan, fetch_files, reason
 from rknas.data.loaders import _idx_files
-from rknas.data.source import TIMEOUT_S, DataSource, Loader
+from rknas.data.source import TIMEOUT_S, DataSource, Describe, Loader
 from rknas.errors import RknasError
 
 
@@ -131,19 +131,20 @@ class TorchvisionSet:
                 f.unlink()  # the archives, and anything else torchvision left
         return sources
 
-    def source(self, label: str, load: Loader, how: str = "") -> DataSource:
+    def source(self, label: str, load: Loader, how: str = "", describe: Optional[Describe] = None) -> DataSource:
         """This set as a ``DataSource``.
 
         Args:
             label: Human name for messages.
             load: The loader.
             how: Another way to get the files, shown after the download command.
+            describe: The set's facts without loading it (``DataSource.describe``), if it can.
 
         Returns:
             A downloadable ``DataSource``.
         """
         return DataSource(name=self.name, label=label, load=load, where=self.where, present=self.present,
-                          fetch=self.fetch, verify=self.verify, how=how)
+                          fetch=self.fetch, verify=self.verify, how=how, describe=describe)
 
 
 class CifarSet(TorchvisionSet):

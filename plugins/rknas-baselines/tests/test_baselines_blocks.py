@@ -9,6 +9,7 @@ from torch import nn
 import rknas
 from rknas import PluginError, build_network
 from rknas.models.network import build_stage
+from rknas_baselines import ode, plugin
 from rknas_baselines.dense import CliqueBlock, DenseBlock
 from rknas_baselines.ode import ODEBlock
 from rknas_baselines.plugin import STRATEGIES
@@ -233,3 +234,7 @@ def test_broken_solver_is_reported_by_strategy_and_package(monkeypatch):
     monkeypatch.setattr(ODEBlock, "forward", lambda self, y: y.detach())
     with pytest.raises(PluginError, match="'rknn' from rknas-baselines .*gradient"):
         build_network({"strategy": "rknn", "stages": 1, "k": 4, "image_size": 8})
+
+
+def test_the_plugin_names_the_ode_modules_method_without_importing_it():
+    assert plugin.CLASSIC == ode.CLASSIC  # the entry point keeps torch out, so it repeats the name

@@ -8,7 +8,8 @@ import torch
 import rknas
 from rknas import build_network, count_params
 from rknas.testing import check_strategy
-from rknas_heun.plugin import HEUN, HeunBlock
+from rknas_heun.block import HeunBlock
+from rknas_heun.plugin import HEUN
 
 
 def test_registered_with_package_and_version():

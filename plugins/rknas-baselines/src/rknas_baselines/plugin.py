@@ -15,34 +15,46 @@ import dataclasses
 import warnings
 from functools import partial
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 import rknas
 from rknas import BlockSpec, StageStrategy
-from rknas_baselines.dense import CliqueBlock, DenseBlock
-from rknas_baselines.ode import CLASSIC, ODEBlock, ODEFunc
-from rknas_baselines.resnet import PreActBasic, PreActBottleneck, ResidualStack
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# The block modules (and torch) are imported by the builders, when a network is built: loading
+# this plugin, as every rknas command that lists or looks up plugins does, costs no torch import.
+CLASSIC = "rk4_classic"  # rknas_baselines.ode.CLASSIC (a test pins that they agree)
 
 # Paper tolerance of the Adams-Moulton corrector: 0.5 on MNIST (GroupNorm models), 0.9 on CIFAR/SVHN.
 IMPLICIT_TOL = {"batch": 0.9, "group": 0.5}
 
 
-def _residual(block: type, spec: BlockSpec) -> nn.Module:
-    return ResidualStack(block, spec.channels, spec.stages, spec.norm_layer, spec.width, spec.dropout)
+def _residual(block: str, spec: BlockSpec) -> nn.Module:
+    from rknas_baselines import resnet
+
+    return resnet.ResidualStack(getattr(resnet, block), spec.channels, spec.stages, spec.norm_layer, spec.width,
+                                spec.dropout)
 
 
 def _ode(time_dependent: bool, method: str, spec: BlockSpec) -> nn.Module:
+    from rknas_baselines.ode import ODEBlock, ODEFunc
+
     tol = IMPLICIT_TOL[spec.norm] if method == "implicit_adams" else 0.0
     func = ODEFunc(spec.channels, spec.norm_layer, time_dependent, spec.width, spec.dropout)
     return ODEBlock(func, steps=spec.stages, method=method, tol=tol)
 
 
 def _dense(spec: BlockSpec) -> nn.Module:
+    from rknas_baselines.dense import DenseBlock
+
     return DenseBlock(spec.channels, spec.stages, spec.width, spec.dropout)  # BatchNorm, like the RK blocks
 
 
 def _clique(spec: BlockSpec) -> nn.Module:
+    from rknas_baselines.dense import CliqueBlock
+
     return CliqueBlock(spec.channels, spec.stages, spec.width, spec.dropout)
 
 
@@ -62,12 +74,12 @@ def _strategies() -> list[StageStrategy]:
         StageStrategy(
             name="preact",
             description=f"pre-activation ResNet block ({norm}); s blocks in a row, paper: s=1",
-            builder=partial(_residual, PreActBasic),
+            builder=partial(_residual, "PreActBasic"),
         ),
         StageStrategy(
             name="preact_bottleneck",
             description=f"pre-activation ResNet bottleneck block 1x1(k/4)-3x3(k/4)-1x1(k) ({norm}); paper: s=1",
-            builder=partial(_residual, PreActBottleneck),
+            builder=partial(_residual, "PreActBottleneck"),
         ),
         StageStrategy(
             name="rknn",

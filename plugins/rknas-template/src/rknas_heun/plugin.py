@@ -1,48 +1,32 @@
-"""A Heun-style predictor-corrector RK block, registered as the stage strategy ``heun``.
+"""The plugin: registers ``HeunBlock`` (block.py) as the stage strategy ``heun``.
 
-Heun's method takes an Euler step as a prediction and corrects it with the average slope:
-    y_p = y_n + h f(y_n),    y_{n+1} = y_n + h/2 (f(y_n) + f(y_p)).
-As in RKCNN, each increment is approximated by a unit of the network (its input carries y_n
-and what the increment depends on) instead of by evaluating an ODE function:
-    e_1 = unit_1(y_n)                               predictor, ~ h f(y_n)
-    d   = (e_1 + unit_2(concat(y_n, e_1))) / 2      corrector, ~ h/2 (f(y_n) + f(y_n + e_1))
-    y_{n+1} = y_n + d
-With s > 2 stages the corrector is iterated: d = (e_1 + unit_i(concat(y_n, d))) / 2.
+rknas imports this module (the entry point) whenever it looks up plugins, in every command that
+lists strategies, models or data sets; the block module, and torch with it, is imported by the
+builder, when a network is built. Keeping torch out of this module keeps those commands quick.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 import rknas
-from rknas import BlockSpec, PreActUnit, StageStrategy, concat
+from rknas import BlockSpec, StageStrategy
+
+if TYPE_CHECKING:
+    from rknas_heun.block import HeunBlock
 
 
-class HeunBlock(nn.Module):
-    def __init__(self, channels: int, stages: int, width: float = 1.0, dropout: float = 0.0):
-        super().__init__()
-        k = channels
-        self.predictor = PreActUnit(k, k, width, dropout)
-        self.correctors = nn.ModuleList(PreActUnit(2 * k, k, width, dropout) for _ in range(stages - 1))
+def build_heun(spec: BlockSpec) -> HeunBlock:
+    """The builder: k, s, width and dropout from the spec (its norm is not used: PreActUnit is BN)."""
+    from rknas_heun.block import HeunBlock
 
-    @classmethod
-    def from_spec(cls, spec: BlockSpec) -> HeunBlock:
-        """The builder: k, s, width and dropout from the spec (its norm is not used: PreActUnit is BN)."""
-        return cls(spec.channels, spec.stages, spec.width, spec.dropout)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        e = self.predictor(y)
-        d = e
-        for unit in self.correctors:
-            d = 0.5 * (e + unit(concat([y, d])))
-        return y + d
+    return HeunBlock.from_spec(spec)
 
 
 HEUN = StageStrategy(
     name="heun",
     description="Heun predictor-corrector: y + (e1 + unit(y, e1))/2; s > 2 iterates the corrector",
-    builder=HeunBlock.from_spec,  # called as builder(spec) with a rknas.BlockSpec
+    builder=build_heun,  # called as builder(spec) with a rknas.BlockSpec
     min_stages=2,
 )
 
