@@ -414,6 +414,8 @@ class EvaluationPlan:
         out: The output folder.
         runs: Every run, finished ones with their metrics.
         results: Per model (by name): what it is and its size; test accuracies are added as runs end.
+        loaded: ``(train, test)`` once loaded (by planning when the set cannot describe itself,
+            else by ``load_data`` before the first run trains); None until then.
         train: The training split, loaded on first use (``load_data``).
         test: The test split, likewise.
     """
