@@ -378,8 +378,12 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
         RknasError: Bad options, an unknown study, no completed trial, an unknown or unfitting
             model, or runs in ``out`` that were made with other settings.
     """
-    plan = plan_evaluation(options)  # writes nothing; without torch where the data set describes itself
-    device = usable_device(options.device)  # before anything is written
+    # A device asked for is checked first; the default one (CUDA if torch sees it) after planning,
+    # which writes nothing and needs no torch where the data set describes itself.
+    device = usable_device(options.device) if options.device is not None else None
+    plan = plan_evaluation(options)
+    if device is None:
+        device = usable_device(None)
     with torch_threads(training_threads(options.threads)):
         trained = run_evaluation(plan, device, options.on_event)
     return publish_evaluation(plan, trained, store=options.store)

@@ -205,6 +205,8 @@ def usable_device(device: Optional[str], flag: str = "--device") -> str:
     if kind not in DEVICE_TYPES or (colon and not index.isdigit()) or (kind in ("cpu", "mps") and colon):
         raise ConfigError(f"{flag} {device!r} is not a device rknas can train on: use cpu, cuda, cuda:N, mps or xpu:N "
                           f"(this machine has {', '.join(devices_here())})")
+    if kind == "cpu":
+        return device  # every machine has one: no torch import to say so
     here = devices_here()
     wanted = f"{kind}:{index or 0}" if kind in ("cuda", "xpu") else kind
     if wanted not in here:
