@@ -422,11 +422,11 @@ class EvaluationProgress(EvaluationListener):
 
     def start(self, *, study: str, runs: int, done: int, models: int, seeds: list[int], epochs: int, out: str,
               recipe_trial: int, device: str) -> None:
-        if self.note:
+        if self.note and done < runs:  # a note on training speed; nothing trains when every run is done
             print(self.note, file=sys.stderr)
         self.console.print(
             f"Evaluating {models} model(s) x {len(seeds)} seed(s), {epochs} epochs each, "
-            f"recipe of trial {recipe_trial}, on {device}; runs in {out}"
+            f"recipe of trial {recipe_trial}" + (f", on {device}" if device else "") + f"; runs in {out}"
             + (f" ({done} finished earlier, skipped)" if done else "")
         )
         self.bar.start()

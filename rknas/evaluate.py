@@ -19,6 +19,7 @@ and resumes unfinished ones, so an interrupted evaluation continues where it sto
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
 import json
@@ -382,10 +383,11 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     # which writes nothing and needs no torch where the data set describes itself.
     device = usable_device(options.device) if options.device is not None else None
     plan = plan_evaluation(options)
-    if device is None:
+    training = any(r.finished is None for r in plan.runs)  # else: no device to find, no torch to import
+    if device is None and training:
         device = usable_device(None)
-    with torch_threads(training_threads(options.threads)):
-        trained = run_evaluation(plan, device, options.on_event)
+    with torch_threads(training_threads(options.threads)) if training else contextlib.nullcontext():
+        trained = run_evaluation(plan, device or "", options.on_event)  # "": every run finished, none to place
     return publish_evaluation(plan, trained, store=options.store)
 
 

@@ -187,7 +187,7 @@ class EvaluationEvents(Protocol):
             epochs: Epochs of every run.
             out: The output folder.
             recipe_trial: The trial whose training settings every run uses.
-            device: Where the runs train.
+            device: Where the runs train ("" when every run had finished: nothing trains).
         """
         return None
 

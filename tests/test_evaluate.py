@@ -264,23 +264,21 @@ def test_planning_and_a_finished_rerun_load_neither_torch_nor_the_images(study_u
     options = f"EvaluateOptions(study='tiny', storage={study_url!r}, epochs=1, seeds=2, out={str(tmp_path / 'ev')!r})"
     code = f"""
 import json, sys
-from rknas.evaluate import plan_evaluation, publish_evaluation, run_evaluation
+from rknas.evaluate import evaluate, plan_evaluation
 from rknas.options import EvaluateOptions
 plan = plan_evaluation({options})
 seen = ["torch" in sys.modules, plan.loaded is None, str(plan.facts), len(plan.runs)]
 for i, run in enumerate(plan.runs):  # every run finished earlier, as a rerun finds them
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "metrics.json").write_text(json.dumps({{"test_accuracy": 0.5 + i / 100, "spec": run.spec}}))
-plan = plan_evaluation({options})
-trained = run_evaluation(plan, "cpu")
-result = publish_evaluation(plan, trained)
-seen += [trained, result.skipped, "torch" in sys.modules, plan.loaded is None]
+result = evaluate({options})  # the whole command's path: no device to find, nothing to load
+seen += [result.trained, result.skipped, "torch" in sys.modules]
 print(json.dumps(seen))
 """
     env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}  # the tests' plugin imports torch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout) == [False, True, "1,438 + 359 images of 1x8x8, 10 classes", 6, 0, 6, False, True]
+    assert json.loads(out.stdout) == [False, True, "1,438 + 359 images of 1x8x8, 10 classes", 6, 0, 6, False]
 
 
 def test_a_data_set_whose_description_and_images_disagree_is_refused_before_anything_is_written(
@@ -362,3 +360,19 @@ def test_finalists_are_the_first_distinct_networks_however_many_ties_come_first(
     assert [t.number for t in kept] == [0, 11, 13]
     assert [TrialRecord.of(t).network for t in kept] == [network(0), network(1), network(2)]
     assert [t.number for t in ev._first_distinct(study, pool, 5, chunk=2)] == [0, 11, 13]  # only three networks
+
+
+def test_the_note_on_training_speed_and_the_device_are_said_only_when_something_trains(capsys):
+    import io
+
+    from rich.console import Console
+
+    from rknas.display import EvaluationProgress
+
+    for done, device, trains in ((2, "", False), (1, "cpu", True)):
+        shown = io.StringIO()
+        view = EvaluationProgress(Console(file=shown), note="note: the machine is busy")
+        view.start(study="s", runs=2, done=done, models=2, seeds=[0], epochs=1, out="o", recipe_trial=3, device=device)
+        view.stop()
+        assert ("note: the machine is busy" in capsys.readouterr().err) is trains
+        assert (", on cpu;" in shown.getvalue()) is trains and "recipe of trial 3" in shown.getvalue()
