@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rknas._lazy import lazy_exports
 from rknas.config import DataSpec
 from rknas.data.download import download, ensure_dataset, list_datasets  # the function shadows its module's name, as always
-from rknas.data.source import DataSource
+from rknas.data.source import DataFacts, DataSource
 
 if TYPE_CHECKING:
     from rknas.data.core import TensorData, augment, load_dataset, normalizer, split
@@ -21,6 +21,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 __all__ = [
-    "DataSource", "DataSpec", "TensorData", "augment", "download", "ensure_dataset", "list_datasets", "load_dataset",
+    "DataFacts", "DataSource", "DataSpec", "TensorData", "augment", "download", "ensure_dataset", "list_datasets", "load_dataset",
     "normalizer", "split",
 ]
