@@ -261,3 +261,20 @@ def test_no_import_cycle_inside_rknas_data():
 @pytest.mark.parametrize("module", sorted(p.stem for p in DATA.glob("*.py") if p.stem != "__init__"))
 def test_each_rknas_data_module_imports_on_its_own(module):
     subprocess.run([sys.executable, "-c", f"import rknas.data.{module}"], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("describe, why", [
+    (lambda root: (40, 4), r"describe\(\) returned tuple, not rknas.data.DataFacts"),
+    (lambda root: 1 / 0, "could not be described: ZeroDivisionError"),
+    (lambda root: load_toy(root), "Toy not found under None"),  # the loader's own words pass through
+])
+def test_a_plugins_describe_is_checked_and_its_failures_are_one_line(register_plugin, describe, why):
+    import dataclasses
+
+    from rknas.data.source import describe_dataset
+
+    register_plugin(toy_plugin(dataclasses.replace(toy_source(Fetches()), describe=describe)), name="toypkg")
+    with pytest.raises(ConfigError, match=why) as err:
+        describe_dataset(DataSpec(name="toy"))
+    assert "\n" not in str(err.value)
+    assert describe_dataset(DataSpec(name="cifar10")) is None  # no describe: the caller loads

@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from rknas.config import TrainConfig
+from rknas.data import DataFacts  # the public name
 from rknas.data.core import augment, split
 from rknas.data.loaders import digits, digits_facts, fashion_mnist, fashion_mnist_facts, mnist, mnist_facts
-from rknas.data import DataFacts  # the public name
 from rknas.errors import ConfigError
 from rknas.train import lr_factor, recalibrate_bn, train_from_config
 
