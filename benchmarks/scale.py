@@ -264,7 +264,6 @@ def _count(url: str) -> int:
 
 
 def chunks(args: argparse.Namespace, url: str) -> None:
-
     from rknas.search.runner import SearchOptions, run_search
 
     meters = Meters()

@@ -112,10 +112,11 @@ def curve_trial(curve, revision=0, interrupted=False, state=TrialState.PRUNED):
 
 
 @pytest.mark.slow  # Ray's ASHA scheduler
-def test_seed_rungs_fills_ashas_rung_records_so_a_weak_new_trial_is_stopped():
+@pytest.mark.parametrize("in_sql", [False, True])  # SQL: the lean read of four record fields
+def test_seed_rungs_fills_ashas_rung_records_so_a_weak_new_trial_is_stopped(tmp_path, in_sql):
     """Pins Ray's private ASHA layout that seed_rungs writes to: ``_brackets[i]._rungs``."""
     space = parse_space({**SPACE, "fidelity": {"epochs": 4, "min_epochs": 1, "reduction_factor": 2}}, "s")
-    study = optuna.create_study(direction="maximize")
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path}/s.db" if in_sql else None)
     for t in (curve_trial([0.8, 0.85, 0.9, 0.95], state=TrialState.COMPLETE), curve_trial([0.7, 0.8]), curve_trial([0.1]),
               curve_trial([0.99], interrupted=True), curve_trial([0.99], revision=3)):
         study.add_trial(t)

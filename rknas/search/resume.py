@@ -24,7 +24,7 @@ from rknas._version import __version__
 from rknas.errors import ConfigError
 from rknas.search.space import SearchSpace
 from rknas.storage.bulk import load_trials, tally
-from rknas.storage.queries import FINISHED, is_interrupted
+from rknas.storage.queries import finished_trials
 from rknas.storage.record import StudyRecord, TrialRecord
 from rknas.util import differences as nested_differences
 from rknas.util import flatten
@@ -235,10 +235,8 @@ def seed_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace) -> int:
     fed = 0
     # only what the rungs need: a driver reads this at every round, and whole trials of a large
     # study would take hundreds of MB for the moment
-    needed = TrialRecord(val_accuracy_per_epoch=[], space_revision=0, interrupted=True, repeat_of=0).user_attrs()
-    for t in load_trials(study, states=FINISHED, user_keys=tuple(needed), params=False):
-        if is_interrupted(t):
-            continue
+    needed = TrialRecord(val_accuracy_per_epoch=[], space_revision=0, repeat_of=0).user_attrs()
+    for t in finished_trials(study, user_keys=tuple(needed), params=False):
         record = TrialRecord.of(t)
         curve = record.val_accuracy_per_epoch
         if not curve or (record.space_revision or 0) not in comparable or record.repeat_of is not None:

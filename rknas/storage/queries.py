@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Collection
 from typing import Any, NamedTuple, Optional
 
 import optuna
@@ -41,16 +42,21 @@ def is_interrupted(t: FrozenTrial) -> bool:
     return TrialRecord.of(t).interrupted
 
 
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+def finished_trials(study: optuna.Study, user_keys: Optional[Collection[str]] = None,
+                    params: bool = True) -> list[FrozenTrial]:
     """Trials that count towards ``--trials``.
 
     Args:
         study: The study.
+        user_keys: A lean read (``load_trials``): only these user attributes; ``interrupted``
+            is always read, as it decides which trials count.
+        params: False: no parameters (``load_trials``).
 
     Returns:
         COMPLETE, PRUNED, and FAIL trials except interrupted ones.
     """
-    return [t for t in load_trials(study, states=FINISHED) if not is_interrupted(t)]
+    keys = None if user_keys is None else (*user_keys, *TrialRecord(interrupted=True).user_attrs())
+    return [t for t in load_trials(study, states=FINISHED, user_keys=keys, params=params) if not is_interrupted(t)]
 
 
 def accuracy_of(study: optuna.Study, t: FrozenTrial) -> float:
