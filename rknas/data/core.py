@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rknas.config import DataSpec  # the schema lives torch-free
-from rknas.errors import ConfigError, RknasError
+from rknas.errors import ConfigError
 
 
 @dataclass
@@ -47,17 +47,10 @@ class TensorData:
 
 def load_dataset(spec: DataSpec) -> tuple[TensorData, TensorData]:
     """(train, test) for a named data set from any plugin (built-ins included)."""
-    from rknas.data.source import find_dataset
+    from rknas.data.source import call_source, find_dataset
 
     source = find_dataset(spec.name)
-    provider = source.provider
-    try:
-        train, test = source.load(spec.root, **spec.options)
-    except RknasError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"data set {spec.name!r} ({provider}) could not be loaded: {type(exc).__name__}: {exc}") from None
-    return train, test
+    return call_source(source, source.load, spec, "loaded")
 
 
 def split(train: TensorData, val_fraction: float, seed: int, subset: Optional[int] = None) -> tuple[TensorData, TensorData]:

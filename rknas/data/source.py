@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from rknas.errors import ConfigError, RknasError
 from rknas.plugins import Registered
 from rknas.registry import by_name, collect
 
@@ -198,8 +199,6 @@ def find_dataset(name: str) -> DataSource:
     Raises:
         ConfigError: No such data set (the known ones are listed).
     """
-    from rknas.errors import ConfigError
-
     known = datasets()
     if name not in known:
         raise ConfigError(f"unknown data set {name!r}; known: {', '.join(sorted(known))}")
@@ -218,22 +217,30 @@ def describe_dataset(spec: DataSpec) -> Optional[DataFacts]:
     Raises:
         ConfigError: Unknown data set, files missing, or a ``describe`` that failed (one line).
     """
-    from rknas.errors import ConfigError, RknasError
-
     source = find_dataset(spec.name)
     if source.describe is None:
         return None
-    try:
-        facts = source.describe(spec.root, **spec.options)
-    except RknasError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"data set {spec.name!r} ({source.provider}) could not be described: "
-                          f"{type(exc).__name__}: {exc}") from None
+    facts = call_source(source, source.describe, spec, "described")
     if not isinstance(facts, DataFacts):
         raise ConfigError(f"data set {spec.name!r} ({source.provider}): describe() returned {type(facts).__name__}, "
                           "not rknas.data.DataFacts")
     return facts
+
+
+def call_source(source: DataSource, fn: Callable[..., Any], spec: DataSpec, what: str) -> Any:
+    """``fn(spec.root, **spec.options)`` (a source's ``load`` or ``describe``); a plugin's failure in one line.
+
+    Raises:
+        RknasError: As ``fn`` raised it (it says what is missing).
+        ConfigError: Any other exception, as "data set NAME (PROVIDER) could not be WHAT: ...".
+    """
+    try:
+        return fn(spec.root, **spec.options)
+    except RknasError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"data set {spec.name!r} ({source.provider}) could not be {what}: "
+                          f"{type(exc).__name__}: {exc}") from None
 
 
 def _validate(provider: str, *args: Any) -> Any:
