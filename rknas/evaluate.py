@@ -19,7 +19,6 @@ and resumes unfinished ones, so an interrupted evaluation continues where it sto
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import difflib
 import json
@@ -383,11 +382,11 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     # which writes nothing and needs no torch where the data set describes itself.
     device = usable_device(options.device) if options.device is not None else None
     plan = plan_evaluation(options)
-    training = any(r.finished is None for r in plan.runs)  # else: no device to find, no torch to import
-    if device is None and training:
-        device = usable_device(None)
-    with torch_threads(training_threads(options.threads)) if training else contextlib.nullcontext():
-        trained = run_evaluation(plan, device or "", options.on_event)  # "": every run finished, none to place
+    if any(r.finished is None for r in plan.runs):
+        with torch_threads(training_threads(options.threads)):
+            trained = run_evaluation(plan, device or usable_device(None), options.on_event)
+    else:  # every run finished: no device to find, no torch to import
+        trained = run_evaluation(plan, "", options.on_event)
     return publish_evaluation(plan, trained, store=options.store)
 
 
