@@ -12,7 +12,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rknas.errors import RknasError
-from rknas.storage import StudyRecord, TrialRecord
+from rknas.importance import ImportanceWorker, parameter_importances
+from rknas.storage import TrialRecord
 from rknas.storage.bulk import load_trials
 
 if TYPE_CHECKING:
@@ -22,153 +23,10 @@ if TYPE_CHECKING:
 PLOTTED = ("val_accuracy_per_epoch", "params")  # the record fields the study picture reads
 
 
-def parameter_importances(study: optuna.Study, complete: Optional[list[FrozenTrial]] = None) -> dict[str, float]:
-    """How much each searched parameter explains validation accuracy (Optuna's fANOVA).
-
-    Args:
-        study: The study.
-        complete: Its completed trials, when the caller has read them already.
-
-    Returns:
-        Parameter -> importance (summing to 1), largest first; empty with fewer than two
-        completed trials or nothing searched.
-    """
-    if complete is None:
-        complete = load_trials(study, states=(TrialState.COMPLETE,))
-    metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
-    return _importances(complete, list(study.directions), metrics.index("val_accuracy") if "val_accuracy" in metrics else 0)
-
-
-def _importances(complete: list[FrozenTrial], directions: list[Any], index: int) -> dict[str, float]:
-    if len(complete) < 2 or not any(t.params for t in complete):
-        return {}
+def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker], **lean: Any) -> list[FrozenTrial]:
+    """``load_trials(study, **lean)``; a failed read closes the importance worker."""
     try:
-        found = optuna.importance.get_param_importances(
-            _CompletedTrials(complete, directions), target=lambda t: t.values[index],  # type: ignore[arg-type]
-            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-        )
-    except (RuntimeError, ValueError):  # e.g. every completed trial has the same parameters
-        return {}
-    return dict(found)
-
-
-def _can_fork() -> bool:
-    import os
-    import sys
-    import threading
-
-    return ((os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux") and threading.active_count() == 1
-            and "sklearn" not in sys.modules)
-
-
-class ImportanceWorker:
-    """Optuna's fANOVA in a process of its own, started before the study is opened.
-
-    scikit-learn's import (two seconds here, most of a large report's time) then runs on
-    another core while this process opens and reads the study; the completed trials go over as
-    plain (params, distributions, value) rows, and the plot asks for the answer last. A worker
-    that is not needed (fewer than two completed trials) is stopped, not waited for.
-
-    Args:
-        context: The multiprocessing context (default: fork).
-    """
-
-    def __init__(self, context: Any = None):
-        import multiprocessing as mp
-
-        ctx = context or mp.get_context("fork")
-        conn, child = ctx.Pipe()
-        self._conn: Any = conn
-        self._proc: Any = ctx.Process(target=_serve_importances, args=(child,), daemon=True, name="rknas-importances")
-        self._proc.start()
-        child.close()
-
-    @classmethod
-    def start(cls) -> Optional[ImportanceWorker]:
-        """A worker, where a fork is safe and gains (Linux, no other thread, two CPUs), else None."""
-        return cls() if _can_fork() else None
-
-    def importances(self, study: optuna.Study, complete: list[FrozenTrial]) -> Optional[ImportanceWorker]:
-        """Hand over the completed trials; ``result()`` is then ``parameter_importances(study, complete)``.
-
-        Returns:
-            This worker, or None (and the worker stopped) where there is nothing to compute or
-            the worker is gone.
-        """
-        metrics = StudyRecord.of(study).metrics or ["val_accuracy"]
-        index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
-        rows = [(t.params, t.distributions, t.values[index]) for t in complete if t.values]
-        if len(rows) < 2 or not any(p for p, _, _ in rows):
-            self.close()
-            return None
-        try:
-            self._conn.send(rows)
-        except OSError:  # the worker is gone (killed, out of memory)
-            self.close()
-            return None
-        return self
-
-    def result(self, timeout: Optional[float] = None) -> dict[str, float]:
-        """The importances; the worker has exited after.
-
-        Raises:
-            TimeoutError: No answer within ``timeout`` seconds.
-            EOFError: The worker died (out of memory, killed) before answering.
-        """
-        try:
-            if not self._conn.poll(timeout):
-                raise TimeoutError(f"no importances within {timeout} s")
-            return dict(self._conn.recv())
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the worker (at once, if it is still importing or computing)."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
-        self._conn.close()
-
-
-def _serve_importances(conn: Any) -> None:
-    """The worker: import scikit-learn, wait for the rows, answer once."""
-    import optuna.importance._fanova  # noqa: F401  (scikit-learn)
-
-    try:
-        rows = conn.recv()
-    except EOFError:  # the plotting process needed no importances, or is gone
-        return
-    conn.send(_importances_of_rows(rows))
-
-
-def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, float]:
-    trials = [FrozenTrial(number=i, state=TrialState.COMPLETE, value=None, values=[v], datetime_start=None,
-                          datetime_complete=None, params=p, distributions=d, user_attrs={}, system_attrs={},
-                          intermediate_values={}, trial_id=i) for i, (p, d, v) in enumerate(rows)]
-    return _importances(trials, [optuna.study.StudyDirection.MAXIMIZE], 0)
-
-
-class _CompletedTrials:
-    """What Optuna's importance evaluators read of a study, served from trials already in memory.
-
-    The evaluator reads the study's trials several times; a copy into an in-memory study
-    deep-copied every one of them (a second of a ten-thousand-trial report).
-    """
-
-    def __init__(self, trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection]):
-        self.trials, self.directions = trials, directions
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return [t for t in self.trials if states is None or t.state in states]
-
-    def _is_multi_objective(self) -> bool:
-        return len(self.directions) > 1
-
-
-def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker]) -> list[FrozenTrial]:
-    """The trials the study picture plots; a failed read closes the importance worker."""
-    try:
-        return load_trials(study, user_keys=PLOTTED)
+        return load_trials(study, **lean)
     except BaseException:
         if worker is not None:
             worker.close()
@@ -194,38 +52,35 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
     was opened (the CLI's); with None, one starts here where it can. Returns ``path``; raises
     ``RknasError`` without matplotlib or with no trained trial to plot.
     """
-    try:
-        import matplotlib
+    fig = _figure(figsize=(21, 4.6))
+    from matplotlib.collections import LineCollection
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.collections import LineCollection
-    except ImportError:
-        raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
     if worker is None:
         worker = ImportanceWorker.start()  # before the read: scikit-learn loads beside it
-    trials = _read_or_close(study, worker)
+    # The completed trials' parameters and values first: fANOVA then runs in the worker while
+    # everything else is read and drawn here, and the picture hardly waits for it.
+    complete = _read_or_close(study, worker, states=(TrialState.COMPLETE,), user_keys=())
+    pending = worker.importances(study, complete) if worker is not None else None
+    trials = _read_or_close(study, pending, user_keys=PLOTTED, params=False)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    and records[t.number].val_accuracy_per_epoch), key=lambda t: t.number)
     if not done:
-        if worker is not None:
-            worker.close()
+        if pending is not None:
+            pending.close()
         raise RknasError(f"study {study.study_name!r} has no trained trial to plot yet")
     colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
     labels = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     last = {t.number: records[t.number].val_accuracy_per_epoch[-1] for t in done}
     size = {t.number: records[t.number].params or 0 for t in done}
     dot = 18 if len(done) <= 500 else 6
 
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pending = worker.importances(study, complete) if worker is not None else None
 
     ax = axes[0]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
         of = [t.number for t in done if t.state == state]
-        ax.scatter(of, [last[n] for n in of], c=colors[state], s=dot, label=labels[state])
+        ax.scatter(_array(of), _array([last[n] for n in of]), c=colors[state], s=dot, label=labels[state])
     best, xs, ys = None, [], []
     for t in done:
         if t.state == TrialState.COMPLETE:
@@ -240,7 +95,7 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
     ax = axes[1]
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
         of = [t.number for t in done if t.state == state]
-        ax.scatter([size[n] for n in of], [last[n] for n in of], c=colors[state], s=dot)
+        ax.scatter(_array([size[n] for n in of]), _array([last[n] for n in of]), c=colors[state], s=dot)
     front, top = [], -1.0
     for n in sorted((t.number for t in done if t.state == TrialState.COMPLETE), key=lambda n: size[n]):
         if last[n] > top:  # accuracy/params Pareto front of the completed trials
@@ -250,6 +105,7 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
         ax.step(*zip(*front), where="post", c="k", lw=1.2, label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="accuracy vs size")
+    _count_axis(ax.xaxis)  # 20k, 50k, 100k: read at a glance, and no mathtext to load for 10^5
 
     ax = axes[2]
     alpha = 0.5 if len(done) <= 500 else 0.15
@@ -258,7 +114,8 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
         ax.add_collection(LineCollection(curves, colors=colors[state], alpha=alpha, lw=1))
         if len(done) <= 500:
             points = [p for c in curves for p in c]
-            ax.scatter([p[0] for p in points], [p[1] for p in points], c=colors[state], s=9, alpha=alpha)
+            ax.scatter(_array([p[0] for p in points]), _array([p[1] for p in points]), c=colors[state], s=9,
+                       alpha=alpha)
     ax.autoscale_view()
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
@@ -292,14 +149,8 @@ def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:
     Returns:
         ``path``. Finalists (trials) are blue circles, named models and config files orange squares.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig = _figure(figsize=(7.5, 5))
+    ax = fig.subplots()
     for kind, marker, color, label in ((("trial",), "o", "tab:blue", "finalist (trial)"),
                                        (("model", "config"), "s", "tab:orange", "named model")):
         group = [m for m in models if m["source"] in kind]
@@ -319,12 +170,8 @@ def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool, targ
 
     ``target`` (a fraction of accuracy, as ``--target``) is drawn and labelled as it is.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for s in summaries:
         x = np.array(s.grid) / 60.0
         y = np.array(s.median) * (1 if pareto else 100)
@@ -346,11 +193,7 @@ def replay_figure(summaries: list[ReplaySummary], title: str, pareto: bool, targ
 
 def plot_replay(summaries: list[ReplaySummary], path: Path, title: str, pareto: bool, target: float) -> None:
     """Write ``replay_figure`` to ``path`` (PNG)."""
-    import matplotlib.pyplot as plt
-
-    fig = replay_figure(summaries, title, pareto, target)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    replay_figure(summaries, title, pareto, target).savefig(path, dpi=110)
 
 
 def _count_axis(axis: Any) -> None:
@@ -370,13 +213,37 @@ def _count(v: float) -> str:
     return f"{v:g}"
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Write a figure as PNG (creating its folder) and free it."""
-    import matplotlib.pyplot as plt
+def _array(values: list) -> np.ndarray:
+    """Floats for matplotlib: handed a list, scatter checks every element for a mask (a tenth of
+    a second for ten thousand points)."""
+    return np.asarray(values, dtype=float)
 
+
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` drawn by Agg, made without pyplot.
+
+    Nothing global to close or to leak in a long-lived process (a notebook, a server), and
+    pyplot's import (a fifth of a second here) is not paid. Raises ``RknasError`` without
+    matplotlib.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise RknasError("plots need matplotlib: pip install 'rknas[plot]'") from None
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG (creating its folder)."""
     fig.tight_layout()
+    # tight_layout leaves a placeholder layout engine behind, and savefig draws the whole figure
+    # once more for any engine (a fifth of a second with ten thousand learning curves): the
+    # layout is done, so no engine.
+    fig.set_layout_engine(None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -69,6 +69,9 @@ def test_plot_study_shows_progress_size_curves_and_importances(tmp_path, monkeyp
     ys = best_line.get_ydata()
     assert all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] == max(accs)
     assert size.get_xscale() == "log" and size.get_xlabel() == "parameters"
+    size.figure.canvas.draw()
+    labels = [t.get_text() for t in size.xaxis.get_ticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"\d+(\.\d+)?[kMG]?", t) for t in labels), labels  # 2k, 5k: no 10^3 mathtext
     from matplotlib.collections import LineCollection
 
     segments = [seg for c in curves.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
@@ -158,26 +161,26 @@ def _importance_study(n):
 def test_importances_computed_beside_the_plot_equal_those_computed_inline(monkeypatch):
     import multiprocessing
 
-    from rknas import report
+    from rknas import importance
 
     study = _importance_study(60)
     complete = study.get_trials()
-    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
-    assert worker.importances(study, complete).result(timeout=120) == report.parameter_importances(study, complete)
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    assert worker.importances(study, complete).result(timeout=120) == importance.parameter_importances(study, complete)
     assert not worker._proc.is_alive()  # it answered once and exited
-    assert set(report.parameter_importances(study, complete)) == {"k", "rule"}
-    monkeypatch.setattr(report, "_can_fork", lambda: False)
-    assert report.ImportanceWorker.start() is None
+    assert set(importance.parameter_importances(study, complete)) == {"k", "rule"}
+    monkeypatch.setattr(importance, "_can_fork", lambda: False)
+    assert importance.ImportanceWorker.start() is None
 
 
 def test_a_worker_with_nothing_to_compute_is_stopped_not_waited_for():
     """One completed trial: no importances, and the report does not wait for scikit-learn's import."""
     import multiprocessing
 
-    from rknas import report
+    from rknas import importance
 
     study = _importance_study(1)
-    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("spawn"))
     assert worker.importances(study, study.get_trials()) is None
     assert not worker._proc.is_alive() and worker._proc.exitcode is not None
 
@@ -185,16 +188,16 @@ def test_a_worker_with_nothing_to_compute_is_stopped_not_waited_for():
 def test_a_worker_that_died_leaves_the_importances_to_the_plotting_process():
     import multiprocessing
 
-    from rknas import report
+    from rknas import importance, report
 
     study = _importance_study(30)
     complete = study.get_trials()
-    worker = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("spawn"))
     handed = worker.importances(study, complete)
     worker._proc.kill()  # out of memory, say, while scikit-learn still loads (seconds in a spawned process)
     assert handed is worker
-    assert report._importances_from(handed, study, complete) == report.parameter_importances(study, complete)
-    gone = report.ImportanceWorker(context=multiprocessing.get_context("spawn"))
+    assert report._importances_from(handed, study, complete) == importance.parameter_importances(study, complete)
+    gone = importance.ImportanceWorker(context=multiprocessing.get_context("spawn"))
     gone._proc.kill()
     gone._proc.join()
     assert gone.importances(study, complete) is None  # nothing handed to a dead worker
@@ -203,10 +206,10 @@ def test_a_worker_that_died_leaves_the_importances_to_the_plotting_process():
 def test_the_study_picture_gets_its_importances_from_a_worker_started_before_the_study_opened(tmp_path, monkeypatch):
     import multiprocessing
 
-    from rknas import report
+    from rknas import importance, report
 
     figures = captured_figures(monkeypatch)
-    worker = report.ImportanceWorker(context=multiprocessing.get_context("fork"))
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("fork"))
     study = synthetic_study(storage=f"sqlite:///{tmp_path / 's.db'}")
 
     def not_here(*a, **k):
@@ -214,6 +217,70 @@ def test_the_study_picture_gets_its_importances_from_a_worker_started_before_the
 
     monkeypatch.setattr(report, "parameter_importances", not_here)
     plot_study(study, tmp_path / "r.png", worker)
-    importance = [a for t, *_, a in figures[0]["axes"] if t == "what mattered"][0]
-    bars = {t.get_text(): p.get_width() for t, p in zip(importance.get_yticklabels(), importance.patches)}
+    panel = [a for t, *_, a in figures[0]["axes"] if t == "what mattered"][0]
+    bars = {t.get_text(): p.get_width() for t, p in zip(panel.get_yticklabels(), panel.patches)}
     assert max(bars, key=bars.get) == "lr" and not worker._proc.is_alive()
+
+
+def test_a_study_picture_is_drawn_once_when_saved(tmp_path, monkeypatch):
+    """tight_layout left a placeholder layout engine, for which savefig drew the whole figure twice."""
+    from matplotlib.figure import Figure
+
+    draws = []
+    real = Figure.draw
+
+    def counted(self, renderer):
+        draws.append(self)
+        return real(self, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counted)
+    plot_study(synthetic_study(), tmp_path / "r.png")
+    assert len(draws) == 1
+
+
+def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monkeypatch):
+    """Rows past a pipe's buffer: ``importances()`` returns while the worker still imports
+    scikit-learn (it blocked until that import ended, a quarter second of every large report)."""
+    import importlib.abc
+    import importlib.machinery
+    import multiprocessing
+    import pickle
+    import sys
+    import threading
+    import time
+
+    from rknas import importance
+
+    gate = tmp_path / "go"
+
+    class SlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            return importlib.machinery.ModuleSpec(name, self) if name == "rknas_slow_import" else None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            while not gate.exists():
+                time.sleep(0.02)
+
+    monkeypatch.setattr(sys, "meta_path", [SlowImport(), *sys.meta_path])
+    monkeypatch.setattr(importance, "_SLOW_IMPORT", "rknas_slow_import")
+    from optuna.distributions import FloatDistribution
+
+    study = _importance_study(2)  # the study's metrics; the trials handed over are these:
+    dists = {f"x{j}": FloatDistribution(0.0, 1.0) for j in range(6)}
+    complete = [optuna.trial.create_trial(params={n: (i * 7 + j) % 10 / 10 for j, n in enumerate(dists)},
+                                          distributions=dists, value=i % 10 / 10) for i in range(8000)]
+    assert len(pickle.dumps([(t.params, t.distributions, t.value) for t in complete])) > 4 * 212992  # > socket buffers
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("fork"))
+    handed = []
+    sender = threading.Thread(target=lambda: handed.append(worker.importances(study, complete)))
+    sender.start()
+    sender.join(60)
+    try:
+        assert handed == [worker] and not gate.exists()  # handed over while the worker waits at its import
+    finally:
+        gate.touch()
+        sender.join()
+    assert set(worker.result(timeout=120)) == set(dists)

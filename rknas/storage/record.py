@@ -8,6 +8,7 @@ the CLI read them back through ``TrialRecord.of(trial)`` / ``StudyRecord.of(stud
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -16,8 +17,13 @@ def _to_attrs(obj: Any) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None and v is not False}
 
 
+@functools.cache
+def _field_names(cls: Any) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def _from_attrs(cls: Any, attrs: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)  # once per class: a report reads ten thousand records
     return cls(**{k: v for k, v in attrs.items() if k in names})
 
 
