@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rknas._version import __version__
 from rknas.errors import ConfigError, PluginError, RknasError
 from rknas.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
+    from rknas._version import __version__
     from rknas.config import NetworkConfig
     from rknas.export import export_model, load_model
     from rknas.models.blocks import PreActUnit, RKBlock, concat
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # name -> the module that defines it (imported on first access)
 _LAZY = {
+    "__version__": "rknas._version",  # reading the installed metadata scans site-packages (35 ms)
     "StageStrategy": "rknas.strategies.base",
     "BlockSpec": "rknas.strategies.base",
     "PreActUnit": "rknas.models.blocks",

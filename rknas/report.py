@@ -111,7 +111,9 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
     alpha = 0.5 if len(done) <= 500 else 0.15
     for state in (TrialState.PRUNED, TrialState.COMPLETE):
         curves = [list(enumerate(records[t.number].val_accuracy_per_epoch, 1)) for t in done if t.state == state]
-        ax.add_collection(LineCollection(curves, colors=colors[state], alpha=alpha, lw=1))
+        # a curve of one epoch is no line (a point, drawn below where there are few): left out,
+        # it would only widen the axes around nothing visible and cost its path
+        ax.add_collection(LineCollection([c for c in curves if len(c) > 1], colors=colors[state], alpha=alpha, lw=1))
         if len(done) <= 500:
             points = [p for c in curves for p in c]
             ax.scatter(_array([p[0] for p in points]), _array([p[1] for p in points]), c=colors[state], s=9,

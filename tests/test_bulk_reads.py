@@ -3,6 +3,7 @@
 import math
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -40,8 +41,17 @@ def _same(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
         b.system_attrs, norm(b.intermediate_values), b._trial_id)
 
 
-def test_load_trials_and_tally_equal_optunas_reads_on_a_database(any_storage):
-    _check(open_storage(any_storage))
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])  # UTC: stored times are handed out as they are
+def test_load_trials_and_tally_equal_optunas_reads_on_a_database(any_storage, zone, monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        _check(open_storage(any_storage))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_load_trials_and_tally_equal_optunas_reads_in_memory():

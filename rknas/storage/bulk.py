@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Optional, TypeVar
@@ -96,6 +97,7 @@ def _frozen(rows: Any, values: dict, params: dict, user: dict, system: dict, ste
             dists[text] = json_to_distribution(text)
         return dists[text]
 
+    local = _local if (time.timezone, time.altzone) != (0, 0) else _same  # a server in UTC: nothing to convert
     trials = []
     for tid, number, state, start, complete in rows:
         ps = sorted(params.get(tid, ()))
@@ -103,7 +105,7 @@ def _frozen(rows: Any, values: dict, params: dict, user: dict, system: dict, ste
         trials.append(FrozenTrial(
             number=number, state=state, value=None,
             values=[by_objective[i] for i in sorted(by_objective)] if by_objective else None,
-            datetime_start=_local(start), datetime_complete=_local(complete),
+            datetime_start=local(start), datetime_complete=local(complete),
             params={name: dist_of(dist).to_external_repr(value) for _, name, value, dist in ps},
             distributions={name: dist_of(dist) for _, name, _, dist in ps},
             user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
@@ -124,6 +126,10 @@ def counted(study: optuna.Study) -> tuple[int, int]:
     """
     counts = tally(study)
     return sum(counts.get(s.name, 0) for s in FINISHED), counts.get(TrialState.RUNNING.name, 0)
+
+
+def _same(utc: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
+    return utc
 
 
 def _local(utc: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
