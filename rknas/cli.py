@@ -440,14 +440,13 @@ def report(
                                          help="Show this evaluation (1 = the oldest; default: the most thorough)."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    from rknas.importance import ImportanceWorker  # the standard library only: the fork comes first
+    from rknas.importance import ImportanceWorker
+    from rknas.report import plot_study  # Optuna and numpy, which the worker uses too: imported once
 
     if output.is_dir():
         output = output / f"{study}.png"
     worker = ImportanceWorker.start()  # scikit-learn loads on the other core while the study opens
     try:
-        from rknas.report import plot_study  # Optuna, matplotlib
-
         st = db.open_study(study, storage)
     except BaseException:
         if worker is not None:

@@ -1,9 +1,10 @@
 """Which searched parameters mattered (Optuna's fANOVA), computed beside the plot.
 
 fANOVA needs scikit-learn, whose import is most of a large report's time. ``ImportanceWorker``
-forks before anything heavy is imported and loads scikit-learn on the other core while the
-report opens, reads and draws the study. This module imports only the standard library at
-the top, so the fork comes before Optuna's and matplotlib's imports, not after them.
+forks early and loads scikit-learn on the other core while the report opens, reads and draws
+the study. This module imports only the standard library at the top, so the caller chooses
+the moment: the CLI forks once Optuna is imported (the worker needs it too, and importing it
+twice cost more than it gained on two cores) and before the storage's and matplotlib's imports.
 """
 
 from __future__ import annotations
