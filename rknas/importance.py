@@ -145,29 +145,32 @@ class ImportanceWorker:
 def _serve_importances(conn: Any) -> None:
     """The worker: import scikit-learn, take the rows, answer once.
 
-    The rows are taken on a thread as soon as they are sent, so the plotting process never
-    blocks on a full pipe while scikit-learn is still loading here. A worker that cannot import
-    scikit-learn exits without a word: the plotting process then computes the importances
-    itself (and says what is missing).
+    The rows are taken as bytes on a thread as soon as they are sent, so the plotting process
+    never blocks on a full socket while scikit-learn is still loading here; they are unpickled
+    after the import, on this thread (unpickling imports the classes it meets, and two threads
+    importing Optuna at once can see it half initialized). A worker that cannot import
+    scikit-learn exits without a word: the plotting process then computes the importances itself
+    (and says what is missing).
     """
     import importlib
+    import pickle
     import threading
 
-    rows: list[Any] = []
-    reader = threading.Thread(target=_receive, args=(conn, rows), daemon=True)
+    received: list[bytes] = []
+    reader = threading.Thread(target=_receive, args=(conn, received), daemon=True)
     reader.start()
     try:
         importlib.import_module(_SLOW_IMPORT)
     except Exception:  # any import failure: the plotting process computes them
         return
     reader.join()
-    if rows:  # none: the plotting process needed no importances, or is gone
-        conn.send(_importances_of_rows(rows[0]))
+    if received:  # none: the plotting process needed no importances, or is gone
+        conn.send(_importances_of_rows(pickle.loads(received[0])))
 
 
-def _receive(conn: Any, into: list[Any]) -> None:
+def _receive(conn: Any, into: list[bytes]) -> None:
     try:
-        into.append(conn.recv())
+        into.append(conn.recv_bytes())
     except EOFError:
         pass
 

@@ -239,8 +239,12 @@ def test_a_study_picture_is_drawn_once_when_saved(tmp_path, monkeypatch):
 
 
 def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monkeypatch):
-    """Rows past a pipe's buffer: ``importances()`` returns while the worker still imports
-    scikit-learn (it blocked until that import ended, a quarter second of every large report)."""
+    """Rows past a socket's buffers: ``importances()`` returns while the worker still imports
+    scikit-learn (it blocked until that import ended, a quarter second of every large report),
+    and the worker unpickles them only after that import: unpickling imports the classes it
+    meets, and on the receiving thread it raced the import (a spawned worker found Optuna half
+    initialized)."""
+    import importlib
     import importlib.abc
     import importlib.machinery
     import multiprocessing
@@ -251,7 +255,12 @@ def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monke
 
     from rknas import importance
 
-    gate = tmp_path / "go"
+    gate, met = tmp_path / "go", tmp_path / "met"
+    (tmp_path / "rknas_probe_dist.py").write_text(
+        "import os\nfrom optuna.distributions import FloatDistribution\n"
+        f"open({str(met)!r}, 'w').write(str(os.path.exists({str(gate)!r})))  # was the worker's import over?\n"
+        "class ProbeFloat(FloatDistribution):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
 
     class SlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         def find_spec(self, name, path, target=None):
@@ -266,21 +275,25 @@ def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monke
 
     monkeypatch.setattr(sys, "meta_path", [SlowImport(), *sys.meta_path])
     monkeypatch.setattr(importance, "_SLOW_IMPORT", "rknas_slow_import")
-    from optuna.distributions import FloatDistribution
-
     study = _importance_study(2)  # the study's metrics; the trials handed over are these:
-    dists = {f"x{j}": FloatDistribution(0.0, 1.0) for j in range(6)}
+    worker = importance.ImportanceWorker(context=multiprocessing.get_context("fork"))  # before the probe's import
+    probe = importlib.import_module("rknas_probe_dist")
+    met.unlink()  # written by this process's import
+    dists = {f"x{j}": probe.ProbeFloat(0.0, 1.0) for j in range(6)}
     complete = [optuna.trial.create_trial(params={n: (i * 7 + j) % 10 / 10 for j, n in enumerate(dists)},
                                           distributions=dists, value=i % 10 / 10) for i in range(8000)]
     assert len(pickle.dumps([(t.params, t.distributions, t.value) for t in complete])) > 4 * 212992  # > socket buffers
-    worker = importance.ImportanceWorker(context=multiprocessing.get_context("fork"))
     handed = []
     sender = threading.Thread(target=lambda: handed.append(worker.importances(study, complete)))
     sender.start()
     sender.join(60)
     try:
         assert handed == [worker] and not gate.exists()  # handed over while the worker waits at its import
+        waited = time.monotonic() + 2
+        while not met.exists() and time.monotonic() < waited:  # where the rows are unpickled too early
+            time.sleep(0.02)
     finally:
         gate.touch()
         sender.join()
     assert set(worker.result(timeout=120)) == set(dists)
+    assert met.read_text() == "True"  # the worker met the rows' classes after its import, not during it
