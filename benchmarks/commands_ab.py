@@ -48,6 +48,8 @@ def timed(tree: Path, argv: list[str], cwd: str) -> float:
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:1])} failed in {tree}: {proc.stderr.strip()[-300:]}")
+    if "Traceback" in proc.stderr:  # exit 0 with a traceback (a worker that died): not a clean run
+        raise SystemExit(f"{' '.join(argv[:1])} printed a traceback in {tree}: {proc.stderr.strip()[-300:]}")
     return round(seconds, 3)
 
 
