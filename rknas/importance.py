@@ -125,7 +125,7 @@ class ImportanceWorker:
 
         Raises:
             TimeoutError: No answer within ``timeout`` seconds.
-            EOFError: The worker died (out of memory, killed, scikit-learn missing) before answering.
+            EOFError: The worker died (out of memory, killed, its import failed) before answering.
         """
         try:
             if not self._conn.poll(timeout):
@@ -148,9 +148,8 @@ def _serve_importances(conn: Any) -> None:
     The rows are taken as bytes on a thread as soon as they are sent, so the plotting process
     never blocks on a full socket while scikit-learn is still loading here; they are unpickled
     after the import, on this thread (unpickling imports the classes it meets, and two threads
-    importing Optuna at once can see it half initialized). A worker that cannot import
-    scikit-learn exits without a word: the plotting process then computes the importances itself
-    (and says what is missing).
+    importing Optuna at once can see it half initialized). A worker whose import fails exits
+    without an answer, and the plotting process computes the importances itself.
     """
     import importlib
     import pickle

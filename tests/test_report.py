@@ -249,6 +249,7 @@ def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monke
     import importlib.machinery
     import multiprocessing
     import pickle
+    import socket
     import sys
     import threading
     import time
@@ -282,7 +283,10 @@ def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monke
     dists = {f"x{j}": probe.ProbeFloat(0.0, 1.0) for j in range(6)}
     complete = [optuna.trial.create_trial(params={n: (i * 7 + j) % 10 / 10 for j, n in enumerate(dists)},
                                           distributions=dists, value=i % 10 / 10) for i in range(8000)]
-    assert len(pickle.dumps([(t.params, t.distributions, t.value) for t in complete])) > 4 * 212992  # > socket buffers
+    end = socket.socket(fileno=worker._conn.fileno())  # the rows must overflow this machine's socket buffers
+    buffers = end.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + end.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    end.detach()
+    assert len(pickle.dumps([(t.params, t.distributions, t.value) for t in complete])) > 2 * buffers
     handed = []
     sender = threading.Thread(target=lambda: handed.append(worker.importances(study, complete)))
     sender.start()
