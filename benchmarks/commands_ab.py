@@ -54,8 +54,12 @@ def timed(tree: Path, argv: list[str], cwd: str) -> float:
 
 
 def commit_of(ref: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "--verify", f"{ref}^{{commit}}"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"error: --base {ref!r} is not a commit of this repository (git log shows them)", file=sys.stderr)
+        raise SystemExit(2)
+    return out.stdout.strip()
 
 
 def main() -> None:
