@@ -267,6 +267,7 @@ def best(
                                               "lists them)."),
 ):
     """Export the winning config (multi-objective: list the Pareto set, export the most accurate within limits)."""
+    _short_lived()
     if by not in ("trial", "evaluation"):
         raise RknasError(f"--by must be trial or evaluation, got {by!r}")
     if by == "evaluation" and trial is not None:
@@ -421,6 +422,8 @@ def studies(storage: Storage = None, as_json: Json = False):
     """The studies in a storage with trial counts and best values."""
     import optuna
 
+    _short_lived()
+
     url = db.storage_url(storage)
     st = db.open_storage(url, create=False)
     rows = [db.summarize(optuna.load_study(study_name=n, storage=st)) for n in db.study_names(st)]
@@ -440,39 +443,34 @@ def report(
                                          help="Show this evaluation (1 = the oldest; default: the most thorough)."),
 ):
     """Plot a study: progress, accuracy against params (Pareto front), learning curves."""
-    from rknas.importance import ImportanceWorker
-    from rknas.report import plot_study  # Optuna and numpy, which the worker uses too: imported once
+    _short_lived()
+    from rknas.report import Drawer, drawn, plot_evaluation, plot_study  # Optuna and numpy: the drawer has them
 
     if output.is_dir():
         output = output / f"{study}.png"
-    worker = ImportanceWorker.start()  # scikit-learn loads on the other core while the study opens
+    drawer = Drawer.start()  # matplotlib loads on the other core while the study opens and is read
     try:
         st = db.open_study(study, storage)
-    except BaseException:
-        if worker is not None:
-            worker.close()
-        raise
-    console.print(f"Wrote {plot_study(st, output, worker)}")
-    record = db.StudyRecord.of(st)
-    if record.all_evaluations():
-        from rknas.evaluate import chosen_evaluation
-        from rknas.report import plot_evaluation
+        console.print(f"Wrote {plot_study(st, output, drawer=drawer)}")
+        record = db.StudyRecord.of(st)
+        if record.all_evaluations():
+            from rknas.evaluate import chosen_evaluation
 
-        evaluation = chosen_evaluation(st, number)
-        kept = record.all_evaluations()
-        which = f"evaluation {kept.index(evaluation) + 1} of {len(kept)}"
-        console.print(display.evaluation_table(evaluation, title=f"{which} ({evaluation.get('evaluated_at', '')})"))
-        for i, other in enumerate(kept, 1):
-            if other is not evaluation:
-                console.print(f"  also evaluation {i}: {plural(len(other.get('seeds') or []), 'seed')} x "
-                              f"{plural(int(other.get('epochs') or 0), 'epoch')}, {other.get('evaluated_at', '')}, "
-                              f"in {other.get('out')} (--evaluation {i})")
-        path = plot_evaluation(
-            evaluation["models"],
-            output.with_name(f"{output.stem}_evaluation.png"),
-            title=f"{study}: evaluation, {evaluation['epochs']} epochs",
-        )
-        console.print(f"Wrote {path}")
+            evaluation = chosen_evaluation(st, number)
+            kept = record.all_evaluations()
+            which = f"evaluation {kept.index(evaluation) + 1} of {len(kept)}"
+            console.print(display.evaluation_table(evaluation, title=f"{which} ({evaluation.get('evaluated_at', '')})"))
+            for i, other in enumerate(kept, 1):
+                if other is not evaluation:
+                    console.print(f"  also evaluation {i}: {plural(len(other.get('seeds') or []), 'seed')} x "
+                                  f"{plural(int(other.get('epochs') or 0), 'epoch')}, {other.get('evaluated_at', '')}, "
+                                  f"in {other.get('out')} (--evaluation {i})")
+            path = drawn(drawer, plot_evaluation, evaluation["models"], output.with_name(f"{output.stem}_evaluation.png"),
+                         f"{study}: evaluation, {evaluation['epochs']} epochs")
+            console.print(f"Wrote {path}")
+    finally:
+        if drawer is not None:
+            drawer.close()
 
 
 @command()
@@ -628,12 +626,31 @@ def export_cmd(
     )
 
 
+_owns_process = False  # main() sets it when it runs the command line: the process ends with the command
+
+
+def _short_lived() -> None:
+    """A read-only command in a process of its own: no cyclic garbage collection.
+
+    The collector walks every object of Optuna, SQLAlchemy and matplotlib again and again while
+    a large study is read (a quarter second of ``report`` on ten thousand trials), to free the
+    few cycles a process that ends in seconds leaves. A caller's process (a notebook, the
+    tests) keeps its collector.
+    """
+    if _owns_process:
+        import gc
+
+        gc.disable()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback.
 
     Args:
         argv: The arguments (default: the command line's, and then the process exits after).
     """
+    global _owns_process
+    _owns_process = argv is None
     try:
         _run(argv)
     finally:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from rknas.forked import ForkedWorker
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+    from rknas.storage.record import StudyRecord
 
 _SLOW_IMPORT = "optuna.importance._fanova"  # what the worker loads ahead: Optuna's fANOVA and scikit-learn
 
@@ -36,6 +40,86 @@ def parameter_importances(study: optuna.Study, complete: Optional[list[FrozenTri
     if complete is None:
         complete = load_trials(study, states=(TrialState.COMPLETE,))
     return _importances(complete, list(study.directions), _objective(study))
+
+
+# From this many completed trials, the importances are kept with the study (``StudyRecord.
+# importances``) by a search's end and by a report, and a later report reuses them while no
+# trial has completed since: below it, computing them hides behind the rest of a report.
+KEPT_FROM = 1000
+METHOD = "fanova(seed=0)"  # how they were computed: kept ones computed otherwise are not reused
+
+
+def kept_importances(record: StudyRecord, complete: int) -> Optional[dict[str, float]]:
+    """The importances kept with a study, where they were computed from its current completed trials.
+
+    The completed trials only ever grow (a finished trial never changes), so their count names
+    the set the importances were computed from.
+
+    Args:
+        record: The study's record.
+        complete: How many completed trials the study holds now.
+
+    Returns:
+        Parameter -> importance, largest first; None where none are kept for these trials.
+    """
+    kept = record.importances or {}
+    if kept.get("complete") != complete or kept.get("method") != METHOD or not isinstance(kept.get("values"), dict):
+        return None
+    return {str(k): float(v) for k, v in kept["values"].items()}
+
+
+def keep_importances(study: optuna.Study, complete: int, values: dict[str, float]) -> bool:
+    """Keep importances computed from ``complete`` completed trials with the study, where it is
+    large (``KEPT_FROM``) and takes writes.
+
+    Returns:
+        Whether they were kept (a read-only or unreachable storage: not, and nothing raised).
+    """
+    import datetime
+    import logging
+
+    if complete < KEPT_FROM:
+        return False
+    kept = {"complete": complete, "method": METHOD, "values": {k: float(v) for k, v in values.items()},
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    try:
+        study.set_user_attr("importances", kept)
+    except Exception as exc:  # a cache: a storage that refuses the write costs the next report time, nothing else
+        logging.getLogger(__name__).debug("importances not kept with study %s: %s", study.study_name, exc)
+        return False
+    return True
+
+
+def keep_with_study(study: optuna.Study) -> Optional[dict[str, float]]:
+    """Compute a large study's importances and keep them with it (a search does this as it ends).
+
+    Args:
+        study: The study.
+
+    Returns:
+        The importances, or None where the study has fewer than ``KEPT_FROM`` completed trials
+        or they are kept already.
+    """
+    from optuna.trial import TrialState
+
+    from rknas.storage.bulk import tally
+    from rknas.storage.record import StudyRecord
+
+    complete = tally(study).get(TrialState.COMPLETE.name, 0)
+    if complete < KEPT_FROM or kept_importances(StudyRecord.of(study), complete) is not None:
+        return None
+    from rknas.storage.bulk import load_trials
+
+    trials = load_trials(study, states=(TrialState.COMPLETE,), user_keys=())
+    try:
+        values = parameter_importances(study, trials)
+    except Exception as exc:  # a cache: a search does not fail for it; the report computes them
+        import logging
+
+        logging.getLogger(__name__).warning("importances of study %s not computed: %s", study.study_name, exc)
+        return None
+    keep_importances(study, len(trials), values)
+    return values
 
 
 def _objective(study: optuna.Study) -> int:
@@ -62,19 +146,24 @@ def _importances(complete: list[FrozenTrial], directions: list[Any], index: int)
 
 
 def _can_fork() -> bool:
-    import os
     import sys
-    import threading
 
-    return ((os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux") and threading.active_count() == 1
-            and "sklearn" not in sys.modules)
+    from rknas.forked import can_fork
+
+    return can_fork() and "sklearn" not in sys.modules
 
 
-class ImportanceWorker:
-    """Optuna's fANOVA in a process of its own, started before the study is opened.
+def _load_fanova() -> None:
+    import importlib
+
+    importlib.import_module(_SLOW_IMPORT)
+
+
+class ImportanceWorker(ForkedWorker):
+    """Optuna's fANOVA in a process of its own, started before the study is read.
 
     scikit-learn's import (one and a half seconds here) then runs on another core while
-    this process opens and reads the study; the completed trials go over as plain (params,
+    this process reads the study; the completed trials go over as plain (params,
     distributions, value) rows, and the plot asks for the answer last. A worker that is not
     needed (fewer than two completed trials) is stopped, not waited for.
 
@@ -83,14 +172,7 @@ class ImportanceWorker:
     """
 
     def __init__(self, context: Any = None):
-        import multiprocessing as mp
-
-        ctx = context or mp.get_context("fork")
-        conn, child = ctx.Pipe()
-        self._conn: Any = conn
-        self._proc: Any = ctx.Process(target=_serve_importances, args=(child,), daemon=True, name="rknas-importances")
-        self._proc.start()
-        child.close()
+        super().__init__(_load_fanova, context, name="rknas-importances")
 
     @classmethod
     def start(cls) -> Optional[ImportanceWorker]:
@@ -113,12 +195,7 @@ class ImportanceWorker:
         if len(rows) < 2 or not any(p for p, _, _ in rows):
             self.close()
             return None
-        try:
-            self._conn.send(rows)
-        except OSError:  # the worker is gone (killed, out of memory)
-            self.close()
-            return None
-        return self
+        return self if self.submit(_importances_of_rows, rows) else None
 
     def result(self, timeout: Optional[float] = None) -> dict[str, float]:
         """The importances; the worker has exited after.
@@ -128,50 +205,9 @@ class ImportanceWorker:
             EOFError: The worker died (out of memory, killed, its import failed) before answering.
         """
         try:
-            if not self._conn.poll(timeout):
-                raise TimeoutError(f"no importances within {timeout} s")
-            return dict(self._conn.recv())
+            return dict(super().result(timeout))
         finally:
             self.close()
-
-    def close(self) -> None:
-        """Stop the worker (at once, if it is still importing or computing)."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
-        self._conn.close()
-
-
-def _serve_importances(conn: Any) -> None:
-    """The worker: import scikit-learn, take the rows, answer once.
-
-    The rows are taken as bytes on a thread as soon as they are sent, so the plotting process
-    never blocks on a full socket while scikit-learn is still loading here; they are unpickled
-    after the import, on this thread (unpickling imports the classes it meets, and two threads
-    importing Optuna at once can see it half initialized). A worker whose import fails exits
-    without an answer, and the plotting process computes the importances itself.
-    """
-    import importlib
-    import pickle
-    import threading
-
-    received: list[bytes] = []
-    reader = threading.Thread(target=_receive, args=(conn, received), daemon=True)
-    reader.start()
-    try:
-        importlib.import_module(_SLOW_IMPORT)
-    except Exception:  # any import failure: the plotting process computes them
-        return
-    reader.join()
-    if received:  # none: the plotting process needed no importances, or is gone
-        conn.send(_importances_of_rows(pickle.loads(received[0])))
-
-
-def _receive(conn: Any, into: list[bytes]) -> None:
-    try:
-        into.append(conn.recv_bytes())
-    except EOFError:
-        pass
 
 
 def _importances_of_rows(rows: list[tuple[dict, dict, float]]) -> dict[str, float]:

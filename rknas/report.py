@@ -4,6 +4,7 @@ the paper's models, and a benchmark replay's anytime regret."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -12,15 +13,42 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rknas.errors import RknasError
-from rknas.importance import ImportanceWorker, parameter_importances
-from rknas.storage import TrialRecord
-from rknas.storage.bulk import load_trials
+from rknas.forked import ForkedWorker, can_fork
+from rknas.importance import ImportanceWorker, keep_importances, kept_importances, parameter_importances
+from rknas.storage import StudyRecord, TrialRecord
+from rknas.storage.bulk import load_trials, tally
 
 if TYPE_CHECKING:
     from rknas.bench.replay import ReplaySummary
 
 
 PLOTTED = ("val_accuracy_per_epoch", "params")  # the record fields the study picture reads
+
+
+@dataclass
+class StudyPicture:
+    """What the study picture shows, read from the study: arrays, so that it crosses to a
+    ``Drawer`` in a few milliseconds.
+
+    Attributes:
+        title: The figure's title (the study and its trial counts).
+        number: Trial numbers of the trained trials (complete or pruned, with a curve), ascending.
+        complete: Whether each of them completed (else it was pruned).
+        last: Each one's validation accuracy at its last epoch.
+        size: Each one's parameter count (0 where unknown).
+        curves: Their validation accuracy per epoch, one after the other.
+        lengths: How many epochs of ``curves`` are each one's.
+        importances: Parameter -> importance, largest first (empty: none to show).
+    """
+
+    title: str
+    number: np.ndarray
+    complete: np.ndarray
+    last: np.ndarray
+    size: np.ndarray
+    curves: np.ndarray
+    lengths: np.ndarray
+    importances: dict[str, float] = field(default_factory=dict)
 
 
 def _read_or_close(study: optuna.Study, worker: Optional[ImportanceWorker], **lean: Any) -> list[FrozenTrial]:
@@ -44,23 +72,37 @@ def _importances_from(pending: Optional[ImportanceWorker], study: optuna.Study,
     return parameter_importances(study, complete)
 
 
-def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorker] = None) -> Path:
-    """Write a PNG with four panels; readers see at a glance what the search found.
+def study_picture(study: optuna.Study, worker: Optional[ImportanceWorker] = None) -> StudyPicture:
+    """Read what the study picture shows.
 
-    Each panel draws all trials of a state as one collection, so a study of ten thousand
-    trials plots in seconds. ``worker`` is an ``ImportanceWorker.start()`` made before the study
-    was opened (the CLI's); with None, one starts here where it can. Returns ``path``; raises
-    ``RknasError`` without matplotlib or with no trained trial to plot.
+    The importances are the ones kept with the study when no trial has completed since they
+    were computed (``kept_importances``); else they are computed (in ``worker``, or in one
+    started here, while the rest is read) and, for a large study with no trial running, kept.
+
+    Args:
+        study: The study.
+        worker: An ``ImportanceWorker.start()``, or None (one starts here where needed).
+
+    Returns:
+        The picture's data.
+
+    Raises:
+        RknasError: The study has no trained trial to plot.
     """
-    fig = _figure(figsize=(21, 4.6))
-    from matplotlib.collections import LineCollection
-
-    if worker is None:
-        worker = ImportanceWorker.start()  # before the read: scikit-learn loads beside it
-    # The completed trials' parameters and values first: fANOVA then runs in the worker while
-    # everything else is read and drawn here, and the picture hardly waits for it.
-    complete = _read_or_close(study, worker, states=(TrialState.COMPLETE,), user_keys=())
-    pending = worker.importances(study, complete) if worker is not None else None
+    counts = tally(study)
+    n_complete = counts.get(TrialState.COMPLETE.name, 0)
+    importances = kept_importances(StudyRecord.of(study), n_complete)
+    pending, complete = None, []
+    if importances is not None:
+        if worker is not None:
+            worker.close()
+    else:
+        if worker is None:
+            worker = ImportanceWorker.start()  # before the read: scikit-learn loads beside it
+        # The completed trials' parameters and values first: fANOVA then runs in the worker
+        # while everything else is read, and the picture hardly waits for it.
+        complete = _read_or_close(study, worker, states=(TrialState.COMPLETE,), user_keys=())
+        pending = worker.importances(study, complete) if worker is not None else None
     trials = _read_or_close(study, pending, user_keys=PLOTTED, params=False)
     records = {t.number: TrialRecord.of(t) for t in trials}
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -69,75 +111,175 @@ def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorke
         if pending is not None:
             pending.close()
         raise RknasError(f"study {study.study_name!r} has no trained trial to plot yet")
-    colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
-    labels = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
-    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
-    last = {t.number: records[t.number].val_accuracy_per_epoch[-1] for t in done}
-    size = {t.number: records[t.number].params or 0 for t in done}
-    dot = 18 if len(done) <= 500 else 6
+    if importances is None:
+        importances = _importances_from(pending, study, complete)
+        if not counts.get(TrialState.RUNNING.name, 0) + counts.get(TrialState.WAITING.name, 0):
+            keep_importances(study, len(complete), importances)  # a quiet large study's next report reuses them
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    order = [s.name.lower() for s in TrialState]
+    flat = [records[t.number].val_accuracy_per_epoch or [] for t in done]
+    return StudyPicture(
+        title=f"{study.study_name}: " + ", ".join(f"{states[k]} {k}" for k in order if k in states),
+        number=np.array([t.number for t in done], dtype=np.int64),
+        complete=np.array([t.state == TrialState.COMPLETE for t in done], dtype=bool),
+        last=np.array([c[-1] for c in flat], dtype=float),
+        size=np.array([records[t.number].params or 0 for t in done], dtype=float),
+        curves=np.fromiter((v for c in flat for v in c), dtype=float),
+        lengths=np.array([len(c) for c in flat], dtype=np.int64),
+        importances=dict(importances),
+    )
 
+
+def plot_study(study: optuna.Study, path: Path, worker: Optional[ImportanceWorker] = None,
+               drawer: Optional[Drawer] = None) -> Path:
+    """Write a PNG with four panels; readers see at a glance what the search found.
+
+    Args:
+        study: The study.
+        path: The PNG to write (its folder is created).
+        worker: An ``ImportanceWorker.start()`` made before the study was opened, or None.
+        drawer: A ``Drawer.start()`` made before the study was opened (the CLI's), or None to
+            draw in this process.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        RknasError: No matplotlib, or no trained trial to plot.
+    """
+    return drawn(drawer, draw_study, study_picture(study, worker), path)
+
+
+def draw_study(picture: StudyPicture, path: Path) -> Path:
+    """Draw a ``StudyPicture`` as a PNG: progress, accuracy against size, learning curves, importances.
+
+    Each panel draws all trials of a state as one collection, so a study of ten thousand
+    trials plots in a second.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        RknasError: No matplotlib.
+    """
+    fig = _figure(figsize=(21, 4.6))
+    from matplotlib.collections import LineCollection
+
+    p = picture
+    colors = {True: "tab:blue", False: "tab:orange"}  # complete, pruned
+    labels = {True: "complete", False: "pruned"}
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    many = len(p.number) > 500
+    dot = 6 if many else 18
 
     ax = axes[0]
-    for state in (TrialState.COMPLETE, TrialState.PRUNED):
-        of = [t.number for t in done if t.state == state]
-        ax.scatter(_array(of), _array([last[n] for n in of]), c=colors[state], s=dot, label=labels[state])
-    best, xs, ys = None, [], []
-    for t in done:
-        if t.state == TrialState.COMPLETE:
-            best = last[t.number] if best is None else max(best, last[t.number])
-        if best is not None:
-            xs.append(t.number)
-            ys.append(best)
-    ax.step(xs, ys, where="post", c="k", lw=1.2, label="best complete")
+    for state in (True, False):
+        of = p.complete == state
+        ax.scatter(p.number[of].astype(float), p.last[of], c=colors[state], s=dot, label=labels[state])
+    best = np.maximum.accumulate(np.where(p.complete, p.last, -np.inf))  # best complete so far
+    seen = np.isfinite(best)
+    ax.step(p.number[seen], best[seen], where="post", c="k", lw=1.2, label="best complete")
     ax.set(xlabel="trial", ylabel="validation accuracy (last epoch)", title="search progress")
     ax.legend(loc="lower right", fontsize=8)
 
     ax = axes[1]
-    for state in (TrialState.COMPLETE, TrialState.PRUNED):
-        of = [t.number for t in done if t.state == state]
-        ax.scatter(_array([size[n] for n in of]), _array([last[n] for n in of]), c=colors[state], s=dot)
-    front, top = [], -1.0
-    for n in sorted((t.number for t in done if t.state == TrialState.COMPLETE), key=lambda n: size[n]):
-        if last[n] > top:  # accuracy/params Pareto front of the completed trials
-            front.append((size[n], last[n]))
-            top = last[n]
-    if front:
-        ax.step(*zip(*front), where="post", c="k", lw=1.2, label="Pareto front")
+    for state in (True, False):
+        of = p.complete == state
+        ax.scatter(p.size[of], p.last[of], c=colors[state], s=dot)
+    order = np.flatnonzero(p.complete)
+    order = order[np.argsort(p.size[order], kind="stable")]  # by size, then by trial number
+    front = order[p.last[order] > np.maximum.accumulate(np.r_[-1.0, p.last[order]])[:-1]]
+    if len(front):  # accuracy/params Pareto front of the completed trials
+        ax.step(p.size[front], p.last[front], where="post", c="k", lw=1.2, label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
     ax.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="accuracy vs size")
     _count_axis(ax.xaxis)  # 20k, 50k, 100k: read at a glance, and no mathtext to load for 10^5
 
     ax = axes[2]
-    alpha = 0.5 if len(done) <= 500 else 0.15
-    for state in (TrialState.PRUNED, TrialState.COMPLETE):
-        curves = [list(enumerate(records[t.number].val_accuracy_per_epoch, 1)) for t in done if t.state == state]
+    alpha = 0.15 if many else 0.5
+    epochs = np.concatenate([np.arange(1, n + 1, dtype=float) for n in p.lengths])
+    curves = np.split(np.column_stack([epochs, p.curves]), np.cumsum(p.lengths)[:-1])
+    for state in (False, True):  # pruned first, complete on top
+        of = [c for c, s in zip(curves, p.complete) if s == state]
         # a curve of one epoch is no line (a point, drawn below where there are few): left out,
         # it would only widen the axes around nothing visible and cost its path
-        ax.add_collection(LineCollection([c for c in curves if len(c) > 1], colors=colors[state], alpha=alpha, lw=1))
-        if len(done) <= 500:
-            points = [p for c in curves for p in c]
-            ax.scatter(_array([p[0] for p in points]), _array([p[1] for p in points]), c=colors[state], s=9,
-                       alpha=alpha)
+        ax.add_collection(LineCollection([c for c in of if len(c) > 1], colors=colors[state], alpha=alpha, lw=1))
+        if not many and of:
+            points = np.concatenate(of)
+            ax.scatter(points[:, 0], points[:, 1], c=colors[state], s=9, alpha=alpha)
     ax.autoscale_view()
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves (ASHA rungs prune early)")
 
     ax = axes[3]
-    importances = _importances_from(pending, study, complete)
-    if importances:
-        names = list(importances)[:12][::-1]
-        ax.barh(names, [importances[n] for n in names], color="tab:green")
+    if p.importances:
+        names = list(p.importances)[:12][::-1]
+        ax.barh(names, [p.importances[n] for n in names], color="tab:green")
         ax.set(xlabel="importance (fANOVA, validation accuracy)", title="what mattered")
     else:
         ax.text(0.5, 0.5, "needs two completed trials\nwith searched parameters", ha="center", va="center")
         ax.set(xticks=[], yticks=[], title="what mattered")
-
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    order = [s.name.lower() for s in TrialState]
-    fig.suptitle(f"{study.study_name}: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts))
+    fig.suptitle(p.title)
     return _save(fig, path)
+
+
+def _load_matplotlib() -> None:
+    """A drawer's preload: matplotlib's modules, and its fonts read once."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection  # noqa: F401
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.5, "0")
+    fig.canvas.draw()
+
+
+class Drawer(ForkedWorker):
+    """matplotlib in a process forked before the study is opened (``rknas report``'s).
+
+    matplotlib's import (nearly half a second here) runs on the other core while this process
+    opens and reads the study; the picture's data then goes over and is drawn there.
+    """
+
+    def __init__(self, context: Any = None):
+        super().__init__(_load_matplotlib, context, name="rknas-drawer")
+
+    @classmethod
+    def start(cls) -> Optional[Drawer]:
+        """A drawer, where a fork is safe and gains (Linux, no other thread, two CPUs) and
+        matplotlib is not loaded here already; else None."""
+        import sys
+
+        return cls() if can_fork() and "matplotlib" not in sys.modules else None
+
+    def draw(self, func: Any, *args: Any) -> Any:
+        """``func(*args)`` in the drawer: a module-level function of this module.
+
+        Raises:
+            EOFError: The drawer is gone (draw here instead).
+            Exception: What ``func`` raised.
+        """
+        if not self.submit(func, *args):
+            raise EOFError("the drawer is gone")
+        return self.result()
+
+
+def drawn(drawer: Optional[Drawer], func: Any, *args: Any) -> Any:
+    """``func(*args)`` (a module-level plotting function) in ``drawer``, or here where there is
+    none or it died (killed, or its matplotlib import failed).
+
+    Raises:
+        Exception: What ``func`` raised, wherever it ran.
+    """
+    if drawer is not None:
+        try:
+            return drawer.draw(func, *args)
+        except EOFError:
+            pass
+    return func(*args)
 
 
 def plot_evaluation(models: list[dict], path: Path, title: str = "") -> Path:

@@ -59,8 +59,8 @@ def test_a_command_that_only_reads_imports_no_torch_or_ray(args, study_url):
 REPORT_PROBE = """
 import atexit, gc, json, sys
 atexit.register(lambda: print(json.dumps({  # registered first, so it runs last: after main's own exit
-    "frozen": gc.get_freeze_count() > 0,
-    "heavy": sorted(m for m in ("torch", "ray", "matplotlib.pyplot") if m in sys.modules)})))
+    "frozen": gc.get_freeze_count() > 0, "collecting": gc.isenabled(),
+    "heavy": sorted(m for m in ("torch", "ray", "matplotlib", "sklearn") if m in sys.modules)})))
 sys.argv = ["rknas", *sys.argv[1:]]
 from rknas.cli import main
 main()
@@ -69,18 +69,20 @@ main()
 
 def test_the_command_line_skips_collecting_at_exit_and_a_caller_of_main_keeps_collecting(study_url, tmp_path, cli):
     """`rknas` freezes its objects as it exits (Python's shutdown then skips a collection that took
-    a quarter second with Optuna and matplotlib loaded); ``main([...])`` in a caller's process
-    (these tests, a notebook) must not, or that process would never collect them. The report
-    draws without pyplot."""
+    a quarter second with Optuna and matplotlib loaded), and a read-only command does not collect
+    cycles at all while it reads (another quarter second of a large report); ``main([...])`` in a
+    caller's process (these tests, a notebook) must do neither, or that process would never
+    collect them. The report draws in its drawer process (no matplotlib here) and computes
+    importances in a worker (no scikit-learn here)."""
     import gc
 
     env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}
     run = subprocess.run([sys.executable, "-c", REPORT_PROBE, "report", "--study", "tiny", "--storage", study_url,
                           "-o", str(tmp_path / "r.png")], capture_output=True, text=True, env={**env, "RKNAS_PLUGINS": ""})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"frozen": True, "heavy": []}
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"frozen": True, "collecting": False, "heavy": []}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     before = gc.get_freeze_count()
     code, _, err = cli("report", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "again.png")
     assert code == 0, err
-    assert gc.get_freeze_count() == before
+    assert gc.get_freeze_count() == before and gc.isenabled()

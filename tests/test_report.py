@@ -301,3 +301,127 @@ def test_handing_rows_to_the_worker_does_not_wait_for_its_import(tmp_path, monke
         sender.join()
     assert set(worker.result(timeout=120)) == set(dists)
     assert met.read_text() == "True"  # the worker met the rows' classes after its import, not during it
+
+
+def test_the_drawer_draws_the_same_png_in_its_own_process_and_raises_what_drawing_raised(tmp_path):
+    """`rknas report` draws in a process forked before matplotlib's import: the bytes written
+    there are the ones drawn here, and a failure there is the same exception here."""
+    import multiprocessing
+    import os
+
+    import pytest
+
+    from rknas import report
+
+    picture = report.study_picture(synthetic_study())
+    here = report.draw_study(picture, tmp_path / "here.png")
+    drawer = report.Drawer(context=multiprocessing.get_context("spawn"))
+    try:
+        assert report.drawn(drawer, os.getpid) == drawer._proc.pid  # calls run there
+        there = report.drawn(drawer, report.draw_study, picture, tmp_path / "there.png")
+        assert there == tmp_path / "there.png" and there.read_bytes() == here.read_bytes()
+        (tmp_path / "a-file").write_text("")
+        with pytest.raises((NotADirectoryError, FileExistsError)):  # its folder cannot be made
+            report.drawn(drawer, report.draw_study, picture, tmp_path / "a-file" / "r.png")
+        assert drawer._proc.is_alive()  # and it still draws
+        assert report.drawn(drawer, report.draw_study, picture, tmp_path / "again.png").read_bytes() == here.read_bytes()
+    finally:
+        drawer.close()
+    assert not drawer._proc.is_alive()
+
+
+def test_a_dead_drawer_leaves_the_drawing_to_this_process(tmp_path, monkeypatch):
+    import multiprocessing
+    import sys
+
+    from rknas import report
+
+    figures = captured_figures(monkeypatch)
+    drawer = report.Drawer(context=multiprocessing.get_context("fork"))
+    drawer._proc.kill()
+    drawer._proc.join()
+    path = report.plot_study(synthetic_study(), tmp_path / "r.png", drawer=drawer)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(figures) == 1  # drawn here
+    monkeypatch.setattr(report, "can_fork", lambda: True)
+    assert "matplotlib" in sys.modules and report.Drawer.start() is None  # loaded here already: nothing to gain
+
+
+def _kept(study):
+    return study.user_attrs.get("importances")
+
+
+def test_a_large_quiet_studys_importances_are_kept_and_reused_until_a_trial_completes(tmp_path, monkeypatch):
+    """fANOVA (scikit-learn's import, a second and a half) is most of a large study's report: kept
+    with the study, it is computed once per set of completed trials, not once per report."""
+    from rknas import importance, report
+
+    monkeypatch.setattr(importance, "KEPT_FROM", 12)
+    study = synthetic_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    figures = captured_figures(monkeypatch)
+    plot_study(study, tmp_path / "1.png")
+    kept = _kept(study)
+    assert kept["complete"] == 12 and kept["method"] == importance.METHOD
+    assert kept["values"] == parameter_importances(study) and list(kept["values"])[0] == "lr"
+
+    computed = []
+    monkeypatch.setattr(report, "parameter_importances", lambda *a: computed.append(1) or {"p1_k": 1.0})
+    monkeypatch.setattr(importance, "_can_fork", lambda: False)  # computed here, where the test sees it
+    plot_study(study, tmp_path / "2.png")
+    assert computed == []  # reused
+    panel = [a for t, *_, a in figures[1]["axes"] if t == "what mattered"][0]
+    assert [t.get_text() for t in panel.get_yticklabels()][::-1] == list(kept["values"])
+    assert (tmp_path / "1.png").read_bytes() == (tmp_path / "2.png").read_bytes()
+
+    t = study.ask()  # a trial running: nothing is kept while it runs (its end will change them)
+    t.suggest_float("lr", 0.01, 1.0, log=True)
+    t.suggest_int("p1_k", 8, 32)
+    plot_study(study, tmp_path / "3.png")
+    assert computed == [] and _kept(study) == kept  # still 12 completed: reused
+    for key, value in TrialRecord(val_accuracy_per_epoch=[0.5, 0.6], params=1000).user_attrs().items():
+        t.set_user_attr(key, value)
+    study.tell(t, 0.6)
+    plot_study(study, tmp_path / "4.png")
+    assert computed == [1] and _kept(study)["complete"] == 13 and _kept(study)["values"] == {"p1_k": 1.0}
+
+
+def test_importances_are_not_kept_for_small_or_busy_studies_or_where_the_storage_refuses(tmp_path, monkeypatch):
+    import sqlalchemy
+
+    from rknas import importance
+
+    study = synthetic_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    plot_study(study, tmp_path / "small.png")
+    assert _kept(study) is None  # 12 < KEPT_FROM: computed within the report's time, nothing written
+    monkeypatch.setattr(importance, "KEPT_FROM", 12)
+    study.ask()
+    plot_study(study, tmp_path / "busy.png")
+    assert _kept(study) is None  # a trial running
+
+    quiet = synthetic_study(storage=f"sqlite:///{tmp_path / 'q.db'}")
+
+    def refuse(self, key, value):
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", refuse)
+    assert plot_study(quiet, tmp_path / "ro.png").read_bytes()[:4] == b"\x89PNG"  # the picture all the same
+    monkeypatch.undo()
+    assert _kept(quiet) is None
+
+
+def test_kept_importances_are_used_only_for_the_completed_trials_and_method_they_came_from():
+    from rknas.importance import METHOD, kept_importances
+
+    values = {"lr": 0.75, "p1_k": 0.25}
+    good = {"complete": 12, "method": METHOD, "values": values, "at": "2026-12-06T00:00:00+00:00"}
+    table = [
+        (good, 12, values),
+        (good, 13, None),  # a trial completed since
+        (good, 11, None),
+        ({**good, "method": "fanova(seed=1)"}, 12, None),  # computed otherwise
+        ({**good, "values": None}, 12, None),
+        ({"complete": 12}, 12, None),
+        (None, 12, None),
+    ]
+    for kept, complete, expected in table:
+        assert kept_importances(StudyRecord(importances=kept), complete) == expected, (kept, complete)
+    assert list(kept_importances(StudyRecord(importances=good), 12)) == ["lr", "p1_k"]  # largest first, as kept

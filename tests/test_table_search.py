@@ -178,3 +178,30 @@ def test_a_search_with_a_sampler_window_runs_through_tunes_searcher_in_rounds(ra
     trials = optuna.load_study(study_name="fashion_mnist_bench", storage=url).trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) and len(trials) == 14
     assert len(rounds) == 3 and result.started_now == 14  # 5 + 5 + 4
+
+
+def test_a_search_keeps_a_large_studys_importances_as_it_ends_and_its_report_reuses_them(ray_local, table, tmp_path,
+                                                                                        monkeypatch):
+    """fANOVA on a finished ten-thousand-trial study is most of its first report's time: the search
+    computes it once as it ends, where it costs seconds of hours."""
+    from rknas import importance, report
+    from rknas.search.runner import SearchOptions, run_search
+    from rknas.storage import StudyRecord
+
+    monkeypatch.setattr(importance, "KEPT_FROM", 2)
+    url = f"sqlite:///{tmp_path}/k.db"
+    result = run_search(SearchOptions(space="fashion_mnist_bench", epochs=EPOCHS, table=table, time_scale=0.01,
+                                      trials=8, storage=url, seed=3))
+    assert result.finished == 8
+    study = optuna.load_study(study_name="fashion_mnist_bench", storage=url)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    kept = StudyRecord.of(study).importances
+    assert kept is not None and kept["complete"] == len(complete) >= 2
+    assert kept["values"] == importance.parameter_importances(study) != {}
+
+    def not_again(*a, **k):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(report, "parameter_importances", not_again)
+    monkeypatch.setattr(importance, "_can_fork", lambda: False)
+    assert report.study_picture(study).importances == kept["values"]

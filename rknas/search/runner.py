@@ -34,6 +34,7 @@ from rknas.data.core import TensorData, load_dataset, split
 from rknas.data.download import ensure_dataset
 from rknas.errors import ConfigError
 from rknas.events import SearchEvents, search_listener
+from rknas.importance import keep_with_study
 from rknas.options import SearchOptions
 from rknas.plugins import plugin_env
 from rknas.search import ray_env
@@ -318,6 +319,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
         interrupted = True
     finally:
         driver.heartbeats.stop()
+    if not interrupted:  # a large study's report then reuses them (seconds, once, here)
+        keep_with_study(study)
     finished = counted(study)[0]
     timed_out = driver.stop_reason == "timeout" and finished < opts.trials  # SearchResult.timed_out says it
     out = _result(study, url, opts.trials, driver.started_count, interrupted and finished < opts.trials, timed_out)

@@ -141,6 +141,9 @@ class StudyRecord:
             epochs, seeds, recipe trial, data, folder, time, and per model its name, source
             (trial number), params, FLOPs, test accuracy per seed, mean and std
             (``rknas.evaluate.Evaluation.summary``). ``chosen_evaluation`` picks one.
+        importances: Which parameters mattered, kept by a search's end or a report once the
+            study is large: ``{"complete": completed trials they were computed from, "method",
+            "values": {parameter: importance}, "at"}`` (``rknas.importance.kept_importances``).
     """
 
     space_name: Optional[str] = None
@@ -151,6 +154,7 @@ class StudyRecord:
     evaluation: Optional[dict[str, Any]] = None
     revisions: Optional[list[dict[str, Any]]] = None
     evaluations: Optional[list[dict[str, Any]]] = None
+    importances: Optional[dict[str, Any]] = None
 
     def user_attrs(self) -> dict[str, Any]:
         """The non-empty fields, as Optuna user attributes.
