@@ -86,3 +86,23 @@ def test_the_command_line_skips_collecting_at_exit_and_a_caller_of_main_keeps_co
     code, _, err = cli("report", "--study", "tiny", "--storage", study_url, "-o", tmp_path / "again.png")
     assert code == 0, err
     assert gc.get_freeze_count() == before and gc.isenabled()
+
+
+def test_the_report_draws_both_pictures_in_its_drawer_process(study_url, tmp_path):
+    """The study picture and the evaluation's picture are drawn in the process forked before
+    matplotlib's import: the command's own process never imports it."""
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    optuna.copy_study(from_study_name="tiny", from_storage=study_url, to_storage=url)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    summary = {"epochs": 1, "seeds": [0, 1], "recipe_trial": 0, "out": "runs/e", "models": [
+        {"name": "trial_0", "source": "trial", "trial": 0, "params": 1234, "flops": 5678, "test_accuracy": [0.9, 0.92],
+         "mean": 0.91, "std": 0.014, "architecture": "RKCNN-E-1"}]}
+    study.set_user_attr("evaluations", [summary])
+    env = {k: v for k, v in os.environ.items() if k != "RKNAS_PLUGIN_MODULES"}
+    run = subprocess.run([sys.executable, "-c", REPORT_PROBE, "report", "--study", "tiny", "--storage", url,
+                          "-o", str(tmp_path / "r.png")], capture_output=True, text=True, env={**env, "RKNAS_PLUGINS": ""})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["heavy"] == []
+    assert f"Wrote {tmp_path / 'r_evaluation.png'}" in run.stdout.replace("\n", "")
+    for name in ("r.png", "r_evaluation.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
