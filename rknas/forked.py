@@ -87,8 +87,12 @@ def _serve(conn: Any, preload: Callable[[], Any]) -> None:
     The first call is taken as bytes on a thread while the preload runs, so the sender never
     blocks on a full socket; it is unpickled only after the preload (unpickling imports the
     classes it meets, and two threads importing one package at once can see it half
-    initialized). A failed preload exits without an answer.
+    initialized). A failed preload exits without an answer. Ctrl-C is ignored here: it is the
+    command's, which stops its workers as it ends (else each worker printed a traceback).
     """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     first: list[bytes] = []
     reader = threading.Thread(target=_receive, args=(conn, first), daemon=True)
     reader.start()

@@ -425,3 +425,21 @@ def test_kept_importances_are_used_only_for_the_completed_trials_and_method_they
     for kept, complete, expected in table:
         assert kept_importances(StudyRecord(importances=kept), complete) == expected, (kept, complete)
     assert list(kept_importances(StudyRecord(importances=good), 12)) == ["lr", "p1_k"]  # largest first, as kept
+
+
+def test_ctrl_c_is_the_commands_not_its_workers(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: a worker that took it printed a
+    traceback under the command's one line; the command stops its workers itself."""
+    import multiprocessing
+    import os
+    import signal
+
+    from rknas import report
+
+    drawer = report.Drawer(context=multiprocessing.get_context("fork"))
+    try:
+        pid = report.drawn(drawer, os.getpid)
+        os.kill(pid, signal.SIGINT)
+        assert report.drawn(drawer, os.getpid) == pid  # still there, still answering
+    finally:
+        drawer.close()
