@@ -198,7 +198,10 @@ def command_flags(fn: F) -> F:
         for g in groups:
             values = {name: v for name, flag in g.flags.items() if (v := _given(kwargs.pop(name), flag)) is not None}
             kwargs[g.param] = g.model(**values) if g.validate else values
-        return fn(**kwargs)
+        try:
+            return fn(**kwargs)
+        except KeyboardInterrupt:  # typer would make it a silent exit 130; rknas.cli says "interrupted"
+            raise typer.Abort() from None
 
     for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
         setattr(command, attr, getattr(fn, attr))

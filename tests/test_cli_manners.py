@@ -68,3 +68,20 @@ def test_a_study_past_its_target_says_that_trials_counts_the_study(cli, tmp_path
     assert ("The study already has 2 finished trials (target 1); nothing to run. --trials is the study's total, not "
             "trials to add: --trials 3 runs 1 more.") in " ".join(out.split())
     assert "Study digits_quick: 2 (more than --trials 1) finished" in out and "2/1" not in out
+
+
+def test_ctrl_c_in_a_command_that_does_not_handle_it_says_interrupted_and_exits_130(cli, monkeypatch, tmp_path, capsys):
+    """Typer turned a KeyboardInterrupt into a silent exit 130: the user saw nothing happen."""
+    import optuna
+
+    import rknas.storage
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    capsys.readouterr()  # Optuna's own log line
+    monkeypatch.setattr(rknas.storage, "open_study", stopped)
+    code, out, err = cli("report", "--study", "s", "--storage", url, "-o", tmp_path / "r.png")
+    assert (code, out, err.strip()) == (130, "", "interrupted")
