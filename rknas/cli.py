@@ -26,7 +26,7 @@ from typer.exceptions import TyperException
 
 from rknas import display
 from rknas import storage as db  # a lazy package: Optuna and SQLAlchemy load when a command opens a study
-from rknas.cli_flags import Overrides, command_flags
+from rknas.cli_flags import STARTED, Overrides, command_flags
 from rknas.config import NetworkConfig, load_network_section
 from rknas.errors import RknasError
 from rknas.options import (
@@ -664,8 +664,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def _run(argv: Optional[list[str]]) -> None:
+    started = len(STARTED)
     try:
         rv = app(args=argv, prog_name="rknas", standalone_mode=False)
+        if rv == 130 and len(STARTED) == started:  # Ctrl-C while typer parsed: it says nothing
+            raise typer.Abort()
     except RknasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

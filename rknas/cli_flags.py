@@ -149,6 +149,11 @@ def _given(value: Any, flag: Flag) -> Any:
     return value
 
 
+# The commands whose body began in this process: typer turns a Ctrl-C that lands while it parses
+# into a silent exit 130, which rknas.cli tells apart from a command's own 130 (said by the command).
+STARTED: list[str] = []
+
+
 @dataclass
 class _Group:
     param: str
@@ -195,6 +200,7 @@ def command_flags(fn: F) -> F:
     _check_unique(fn.__name__, params)
 
     def command(**kwargs: Any) -> Any:
+        STARTED.append(fn.__name__)
         for g in groups:
             values = {name: v for name, flag in g.flags.items() if (v := _given(kwargs.pop(name), flag)) is not None}
             kwargs[g.param] = g.model(**values) if g.validate else values

@@ -85,3 +85,15 @@ def test_ctrl_c_in_a_command_that_does_not_handle_it_says_interrupted_and_exits_
     monkeypatch.setattr(rknas.storage, "open_study", stopped)
     code, out, err = cli("report", "--study", "s", "--storage", url, "-o", tmp_path / "r.png")
     assert (code, out, err.strip()) == (130, "", "interrupted")
+
+
+def test_ctrl_c_while_typer_parses_the_command_line_says_interrupted_too(cli, monkeypatch):
+    """Typer catches a KeyboardInterrupt anywhere inside it and returns 130 without a word."""
+    import typer.core
+
+    def interrupted(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.core.TyperGroup, "invoke", interrupted)
+    code, out, err = cli("strategies")
+    assert (code, out, err.strip()) == (130, "", "interrupted")

@@ -106,3 +106,25 @@ def test_the_report_draws_both_pictures_in_its_drawer_process(study_url, tmp_pat
     assert f"Wrote {tmp_path / 'r_evaluation.png'}" in run.stdout.replace("\n", "")
     for name in ("r.png", "r_evaluation.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130():
+    """`rknas` loads its CLI for a quarter second before running it: a Ctrl-C there printed
+    Python's traceback. The installed command is the entry point that says one line."""
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["rknas"].value == "rknas.__main__:main"
+    probe = """
+import sys
+class Interrupted:  # Ctrl-C arriving while rknas.cli is imported
+    def find_spec(self, name, path, target=None):
+        if name == "rknas.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupted())
+from rknas.__main__ import main
+main()
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (run.returncode, run.stdout, run.stderr.strip()) == (130, "", "interrupted")
+    run = subprocess.run([sys.executable, "-m", "rknas", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("rknas "), run.stderr[-2000:]
