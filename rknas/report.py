@@ -255,17 +255,6 @@ class Drawer(ForkedWorker):
 
         return cls() if can_fork() and "matplotlib" not in sys.modules else None
 
-    def draw(self, func: Any, *args: Any) -> Any:
-        """``func(*args)`` in the drawer: a module-level function of this module.
-
-        Raises:
-            EOFError: The drawer is gone (draw here instead).
-            Exception: What ``func`` raised.
-        """
-        if not self.submit(func, *args):
-            raise EOFError("the drawer is gone")
-        return self.result()
-
 
 def drawn(drawer: Optional[Drawer], func: Any, *args: Any) -> Any:
     """``func(*args)`` (a module-level plotting function) in ``drawer``, or here where there is
@@ -274,9 +263,9 @@ def drawn(drawer: Optional[Drawer], func: Any, *args: Any) -> Any:
     Raises:
         Exception: What ``func`` raised, wherever it ran.
     """
-    if drawer is not None:
+    if drawer is not None and drawer.submit(func, *args):
         try:
-            return drawer.draw(func, *args)
+            return drawer.result()
         except EOFError:
             pass
     return func(*args)
@@ -355,12 +344,6 @@ def _count(v: float) -> str:
         if v >= div:
             return f"{v / div:g}{unit}"
     return f"{v:g}"
-
-
-def _array(values: list) -> np.ndarray:
-    """Floats for matplotlib: handed a list, scatter checks every element for a mask (a tenth of
-    a second for ten thousand points)."""
-    return np.asarray(values, dtype=float)
 
 
 def _figure(**kwargs: Any) -> Any:
