@@ -66,10 +66,14 @@ def kept_importances(record: StudyRecord, complete: int) -> Optional[dict[str, f
     Returns:
         Parameter -> importance, largest first; None where none are kept for these trials.
     """
-    kept = record.importances or {}
-    if kept.get("complete") != complete or kept.get("method") != METHOD or not isinstance(kept.get("values"), dict):
+    kept = record.importances
+    if (not isinstance(kept, dict) or kept.get("complete") != complete or kept.get("method") != METHOD
+            or not isinstance(kept.get("values"), dict)):
         return None
-    return {str(k): float(v) for k, v in kept["values"].items()}
+    try:
+        return {str(k): float(v) for k, v in kept["values"].items()}
+    except (TypeError, ValueError):  # not what rknas wrote (a user attribute anyone can set): computed again
+        return None
 
 
 def keep_importances(study: optuna.Study, complete: int, values: dict[str, float]) -> bool:

@@ -308,6 +308,7 @@ def test_the_drawer_draws_the_same_png_in_its_own_process_and_raises_what_drawin
     there are the ones drawn here, and a failure there is the same exception here."""
     import multiprocessing
     import os
+    import threading
 
     import pytest
 
@@ -324,6 +325,8 @@ def test_the_drawer_draws_the_same_png_in_its_own_process_and_raises_what_drawin
         with pytest.raises((NotADirectoryError, FileExistsError)):  # its folder cannot be made
             report.drawn(drawer, report.draw_study, picture, tmp_path / "a-file" / "r.png")
         assert drawer._proc.is_alive()  # and it still draws
+        with pytest.raises(RuntimeError, match="lock"):  # an answer that cannot cross: said, not a hang
+            report.drawn(drawer, threading.Lock)
         assert report.drawn(drawer, report.draw_study, picture, tmp_path / "again.png").read_bytes() == here.read_bytes()
     finally:
         drawer.close()
@@ -421,6 +424,10 @@ def test_kept_importances_are_used_only_for_the_completed_trials_and_method_they
         ({**good, "values": None}, 12, None),
         ({"complete": 12}, 12, None),
         (None, 12, None),
+        ("junk", 12, None),  # a user attribute of that name that rknas did not write
+        ([good], 12, None),
+        ({**good, "values": {"lr": "high"}}, 12, None),
+        ({**good, "values": {"lr": None}}, 12, None),
     ]
     for kept, complete, expected in table:
         assert kept_importances(StudyRecord(importances=kept), complete) == expected, (kept, complete)
